@@ -1,0 +1,168 @@
+"""The event catalogue: every fact about a run, as one msgspec tagged union.
+
+Events are stored as JSON (readable with `nats sub`). Rules for evolving them: new fields get
+defaults, field types never change, tags are never renamed or reused. No
+`forbid_unknown_fields` here, so old readers skip fields added later.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+import msgspec
+
+from core.graph import TaskNode
+
+FailureReason = Literal["exit", "timeout", "spawn_error", "killed", "lost", "invalid_evaluation"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag=True):
+    run_id: str
+    ts: dt.datetime
+
+
+class TaskEvent(Event, frozen=True, kw_only=True):
+    task_id: str
+    attempt: int
+
+
+class EvaluationResult(msgspec.Struct, frozen=True, kw_only=True):
+    """What an evaluation point wrote to `$CYCLONETIX_EVAL_RESULT`."""
+
+    next_tasks: tuple[str, ...] = ()
+    parameters: dict[str, dict[str, str]] = {}  # task id -> parameter overrides
+    context_updates: dict[str, str] = {}
+    metadata: dict[str, object] = {}
+
+
+class RunScheduled(Event, frozen=True, kw_only=True):
+    kind: Literal["outcome", "dag"]
+    target: str  # task id (outcome) or dag id
+    name: str  # display name
+    graph: tuple[TaskNode, ...]  # in topological order
+    context: dict[str, str] = {}  # resolved run variables
+    context_id: str | None = None
+    params: dict[str, str] = {}  # schedule-time overrides as given (`K` or `task.K`)
+    trigger: str = "cli"
+    idempotency_key: str | None = None
+
+
+class TaskQueued(TaskEvent, frozen=True, kw_only=True):
+    queue: str
+
+
+class TaskStarted(TaskEvent, frozen=True, kw_only=True):
+    agent_id: str
+    host: str = ""
+    pid: int = 0  # the agent's process id
+    delivery: int = 1  # JetStream delivery count of the dispatch message
+
+
+class TaskSucceeded(TaskEvent, frozen=True, kw_only=True):
+    agent_id: str = ""
+    exit_code: int = 0
+    duration_ms: float = 0.0
+    spawned_at: dt.datetime | None = None  # when the command process was created
+    output_tail: str = ""
+    evaluation: EvaluationResult | None = None
+
+
+class TaskFailed(TaskEvent, frozen=True, kw_only=True):
+    reason: FailureReason = "exit"
+    agent_id: str = ""
+    exit_code: int | None = None
+    duration_ms: float = 0.0
+    spawned_at: dt.datetime | None = None
+    output_tail: str = ""
+    message: str = ""
+
+
+class TaskRetryScheduled(TaskEvent, frozen=True, kw_only=True):
+    """`attempt` is the next attempt; it is not queued before `not_before`."""
+
+    not_before: dt.datetime
+    previous_reason: str = ""
+
+
+class TaskSkipped(TaskEvent, frozen=True, kw_only=True):
+    reason: Literal["upstream_failed", "cancelled"] = "upstream_failed"
+    upstream: str = ""
+
+
+class TaskLost(TaskEvent, frozen=True, kw_only=True):
+    """The attempt's agent vanished beyond redelivery limits; counts as a failed attempt."""
+
+    message: str = ""
+
+
+class GraphExtended(TaskEvent, frozen=True, kw_only=True):
+    """An evaluation point (`task_id`, `attempt`) added tasks to the run."""
+
+    nodes: tuple[TaskNode, ...] = ()
+    context_updates: dict[str, str] = {}
+
+
+class RunCancelRequested(Event, frozen=True, kw_only=True):
+    reason: str = ""
+    by: str = ""
+
+
+class TaskCancelled(TaskEvent, frozen=True, kw_only=True):
+    agent_id: str = ""
+
+
+class RunSucceeded(Event, frozen=True, kw_only=True):
+    pass
+
+
+class RunFailed(Event, frozen=True, kw_only=True):
+    reason: str = ""
+    failed_tasks: tuple[str, ...] = ()
+
+
+class RunCancelled(Event, frozen=True, kw_only=True):
+    reason: str = ""
+
+
+AnyEvent = (
+    RunScheduled
+    | TaskQueued
+    | TaskStarted
+    | TaskSucceeded
+    | TaskFailed
+    | TaskRetryScheduled
+    | TaskSkipped
+    | TaskLost
+    | GraphExtended
+    | RunCancelRequested
+    | TaskCancelled
+    | RunSucceeded
+    | RunFailed
+    | RunCancelled
+)
+TERMINAL = (RunSucceeded, RunFailed, RunCancelled)
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(AnyEvent)
+
+
+def encode(event: AnyEvent) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes) -> AnyEvent:
+    return _decoder.decode(data)
+
+
+def msg_id(event: AnyEvent) -> str:
+    """Deterministic message id (`Nats-Msg-Id`): a retried publish of the same fact is a no-op.
+
+    Each delivery of a dispatch gets its own TaskStarted, so history shows redeliveries.
+    """
+    name = type(event).__name__
+    if isinstance(event, TaskStarted):
+        return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}/{event.delivery}"
+    if isinstance(event, TaskEvent):
+        return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}"
+    return f"{event.run_id}/{name}"

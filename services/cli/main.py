@@ -1,0 +1,80 @@
+"""`cyclonetix`: one command, a subcommand per role and per operation.
+
+Each subcommand lives in its own module under services/cli/ and exposes
+`register(subparsers) -> None`, which adds its parser and sets `func` to a callable taking the
+parsed namespace and returning the exit code. Errors the user can fix are raised as `CliError`
+and printed as one line, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules under services/cli/ that provide subcommands, in the order `--help` lists them.
+COMMANDS = (
+    "dev",
+    "orchestrator",
+    "agent",
+    "schedule",
+    "runs",
+    "events",
+    "logs",
+    "validate",
+    "graph",
+    "bench",
+)
+
+
+class CliError(Exception):
+    """An error the user can fix; printed as `cyclonetix: error: <message>`, exit code 2 or given."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cyclonetix",
+        description="Event-sourced workflow orchestrator on NATS JetStream.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"services.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"services.cli.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"cyclonetix {version('cyclonetix')}"
+    except PackageNotFoundError:
+        return "cyclonetix (not installed)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except CliError as exc:
+        print(f"cyclonetix: error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
