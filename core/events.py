@@ -166,3 +166,35 @@ def msg_id(event: AnyEvent) -> str:
     if isinstance(event, TaskEvent):
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}"
     return f"{event.run_id}/{name}"
+
+
+class Dispatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The work message on `cx.work.<queue>`: everything an agent needs to run one attempt.
+
+    `env` is the run's context merged with the task's parameters (DESIGN precedence); the agent
+    puts its own environment underneath and the CYCLONETIX_* variables on top.
+    """
+
+    run_id: str
+    task_id: str
+    attempt: int
+    queue: str
+    command: str
+    env: dict[str, str] = {}
+    timeout_seconds: float | None = None
+    evaluation_point: bool = False
+
+
+_dispatch_decoder = msgspec.json.Decoder(Dispatch)
+
+
+def encode_dispatch(d: Dispatch) -> bytes:
+    return _encoder.encode(d)
+
+
+def decode_dispatch(data: bytes) -> Dispatch:
+    return _dispatch_decoder.decode(data)
+
+
+def dispatch_msg_id(d: Dispatch) -> str:
+    return f"{d.run_id}/{d.task_id}/{d.attempt}/Dispatch"
