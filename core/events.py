@@ -144,7 +144,7 @@ AnyEvent = (
 TERMINAL = (RunSucceeded, RunFailed, RunCancelled)
 
 _encoder = msgspec.json.Encoder()
-_decoder = msgspec.json.Decoder(AnyEvent)
+_decoder: msgspec.json.Decoder[AnyEvent] = msgspec.json.Decoder(AnyEvent)
 
 
 def encode(event: AnyEvent) -> bytes:
