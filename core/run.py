@@ -294,8 +294,12 @@ def _on_failed(state: RunState, e: TaskFailed | TaskLost) -> None:
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
-    if task.status not in (QUEUED, RUNNING, EVALUATING):
-        return
+    if task.status not in (QUEUED, RUNNING):
+        # An evaluation point's attempt already succeeded; only the orchestrator's verdict on
+        # its evaluation can still fail it (a second agent's result is a late duplicate).
+        invalid = isinstance(e, TaskFailed) and e.reason == "invalid_evaluation"
+        if not (task.status == EVALUATING and invalid):
+            return
     state.evaluating.pop(e.task_id, None)
     if isinstance(e, TaskFailed):
         task.reason, task.exit_code, task.message = e.reason, e.exit_code, e.message
@@ -593,3 +597,18 @@ def replay(events: Iterable[AnyEvent]) -> dict[str, RunState]:
         if state is not None:
             runs[event.run_id] = state
     return runs
+
+
+def summary(state: RunState) -> dict[str, Any]:
+    """The stable machine-readable view of a run (`--json` of `schedule --wait` and `runs show`).
+
+    While a run is open its status is `scheduled` until a task is queued, then `running`.
+    """
+    status = state.status
+    if status == RUN_RUNNING and all(t.status == PENDING for t in state.tasks.values()):
+        status = "scheduled"
+    return {
+        "run_id": state.run_id,
+        "status": status,
+        "tasks": {task_id: task.status for task_id, task in state.tasks.items()},
+    }

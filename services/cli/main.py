@@ -29,7 +29,7 @@ COMMANDS = (
 
 
 class CliError(Exception):
-    """An error the user can fix; printed as `cyclonetix: error: <message>`, exit code 2 or given."""
+    """An error the user can fix: printed as one line `cyclonetix: error: <message>`."""
 
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)

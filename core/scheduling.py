@@ -1,0 +1,72 @@
+"""Turning a request ("make deploy_model happen", "run nightly_etl") into a RunScheduled event.
+
+Shared by every way a run starts (CLI, UI, triggers, cron), so they all validate the same way and
+snapshot the same graph. Pure: the caller passes the clock and the randomness.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from core.definitions import Definitions, split_dependency
+from core.events import RunScheduled
+from core.graph import GraphError, dag_graph, outcome_graph, overrides_from, resolve_context
+from core.ids import check_run_id, new_run_id
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Sequence
+
+Kind = Literal["outcome", "dag"]
+
+
+def plan_run(
+    defs: Definitions,
+    *,
+    kind: Kind,
+    target: str,
+    now: dt.datetime,
+    entropy: bytes,
+    context_id: str | None = None,
+    params: Sequence[str] = (),
+    run_id: str | None = None,
+    trigger: str = "cli",
+    idempotency_key: str | None = None,
+) -> RunScheduled:
+    """Resolve the graph and context of a new run. Raises GraphError/ValueError (one line)."""
+    overrides = overrides_from(list(params))
+    if kind == "outcome":
+        nodes = outcome_graph(defs, target, overrides)
+        task_id, _ = split_dependency(target)
+        name = defs.tasks[task_id].display_name
+    else:
+        dag = defs.dags.get(target)
+        if dag is None:
+            known = ", ".join(sorted(defs.dags)[:10]) or "none defined"
+            raise GraphError(f"unknown dag {target!r} (known: {known})")
+        nodes = dag_graph(defs, target, overrides)
+        name = dag.display_name
+        context_id = context_id or dag.context
+    in_run = {n.task_id for n in nodes}
+    for task_id in overrides.per_task:
+        if task_id not in in_run:
+            raise GraphError(
+                f"--param {task_id}.…: task {task_id!r} is not part of this run "
+                f"(its tasks: {', '.join(sorted(in_run)[:10])})"
+            )
+    ms = int(now.timestamp() * 1000)
+    run_id = check_run_id(run_id) if run_id else new_run_id(target, ms, entropy)
+    context = resolve_context(defs, context_id, run_id=run_id, now=now, entropy=entropy)
+    return RunScheduled(
+        run_id=run_id,
+        ts=now,
+        kind=kind,
+        target=target,
+        name=name,
+        graph=nodes,
+        context=context,
+        context_id=context_id,
+        params={p.split("=", 1)[0]: p.split("=", 1)[1] for p in params if "=" in p},
+        trigger=trigger,
+        idempotency_key=idempotency_key,
+    )

@@ -1,0 +1,66 @@
+"""`cyclonetix bench latency|throughput`: measure the running system, print JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from services import bench
+from services.cli.common import run
+from services.cli.main import CliError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "bench",
+        help="measure hop latency or throughput",
+        description="Start a private NATS server, orchestrator and agents (real processes), "
+        "run a benchmark workload through them and print the figures.",
+    )
+    kinds = parser.add_subparsers(dest="which", metavar="latency|throughput", required=True)
+    lat = kinds.add_parser(
+        "latency",
+        help="per-hop latency along a chain of `true` tasks",
+        description="Run a chain of N `true` tasks; report the time from each task's success "
+        "to the next task's start (p50/p90/p99), and to its command running.",
+    )
+    lat.add_argument("--tasks", type=int, default=200, help="chain length (default 200)")
+    lat.add_argument("--agents", type=int, default=1, help="agent processes (default 1)")
+    thr = kinds.add_parser(
+        "throughput",
+        help="tasks per second for many independent `true` tasks",
+        description="Run M independent `true` tasks in one DAG run with K agents; report tasks/s.",
+    )
+    thr.add_argument("--tasks", type=int, default=5000, help="tasks (default 5000)")
+    thr.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
+    thr.add_argument("--concurrency", type=int, default=8, help="tasks per agent at once")
+    for p in (lat, thr):
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
+        p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.tasks < 1 or args.agents < 1:
+        raise CliError("--tasks and --agents must be at least 1")
+    try:
+        if args.which == "latency":
+            figures = run(bench.latency(args.tasks, agents=args.agents, nats_url=args.nats_url))
+        else:
+            figures = run(
+                bench.throughput(
+                    args.tasks,
+                    agents=args.agents,
+                    concurrency=args.concurrency,
+                    nats_url=args.nats_url,
+                )
+            )
+    except (ValueError, RuntimeError) as exc:
+        raise CliError(str(exc), 1) from None
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        for key, value in figures.items():
+            print(f"{key:<20} {value}")
+    return 0

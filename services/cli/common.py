@@ -1,0 +1,82 @@
+"""Options and plumbing shared by the subcommands: NATS URL, logging, signals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from core.definitions import Definitions
+from services.bus import Bus, BusUnavailable
+from services.cli.main import CliError
+from services.cli.validate import load_or_report
+from services.runtime_info import DEFAULT_DATA_DIR, NoNatsServer, resolve_nats_url
+
+T = TypeVar("T")
+
+
+def add_nats_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--nats-url",
+        metavar="URL",
+        help="NATS server (default: $CYCLONETIX_NATS_URL, else the one 'cyclonetix dev' "
+        "recorded in ./.cyclonetix/)",
+    )
+
+
+def add_log_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=("console", "json"),
+        default="console",
+        help="console for people, json for log shippers (default: console)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def nats_url(args: argparse.Namespace, data_dir: Path = DEFAULT_DATA_DIR) -> str:
+    try:
+        return resolve_nats_url(getattr(args, "nats_url", None), data_dir)
+    except NoNatsServer as exc:
+        raise CliError(str(exc)) from None
+
+
+async def connect(args: argparse.Namespace, name: str) -> Bus:
+    try:
+        return await Bus.connect(nats_url(args), name=name)
+    except BusUnavailable as exc:
+        raise CliError(str(exc)) from None
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+
+    return asyncio.run(main())
+
+
+async def until_stopped(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a long-lived role until SIGTERM or SIGINT sets the stop event it is given."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await work(stop)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+def load_definitions_or_fail(folder: Path) -> Definitions:
+    """The definitions in `folder`; every problem printed and exit 1 if there is any."""
+    try:
+        defs = load_or_report(folder)
+    except (OSError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if defs is None:
+        raise CliError(f"invalid definitions in {folder}; nothing was started or changed", 1)
+    return defs

@@ -1,0 +1,116 @@
+"""`cyclonetix dev`: the whole system on this machine, in one command.
+
+Starts an embedded NATS server (data in ./.cyclonetix/), publishes the definitions, and runs
+the orchestrator and agents as separate processes whose logs share this console. Records where
+it runs in ./.cyclonetix/runtime.json so other commands in this folder find it. Ctrl-C stops
+everything cleanly; the data folder keeps the event log for the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from services.cli.common import load_definitions_or_fail, run, until_stopped
+from services.cli.main import CliError
+from services.cluster import LocalCluster, queues_of
+from services.definitions_files import default_definitions_dir
+from services.runtime_info import (
+    DEFAULT_DATA_DIR,
+    clear_runtime_info,
+    read_runtime_info,
+    write_runtime_info,
+)
+
+COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m")
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "dev",
+        help="run everything locally: NATS, orchestrator, agents",
+        description="Run the whole system on this machine with an embedded NATS server. "
+        "Without --definitions it runs the examples in infra/examples/.",
+    )
+    parser.add_argument(
+        "-d",
+        "--definitions",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="definitions folder (default: $CYCLONETIX_DEFINITIONS, else the bundled examples)",
+    )
+    parser.add_argument("--port", type=int, default=8420, help="web UI port (default 8420)")
+    parser.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="tasks each agent runs at once (default 4)"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        metavar="DIR",
+        help="where NATS keeps the event log and where runtime.json is written "
+        "(default ./.cyclonetix)",
+    )
+    parser.add_argument(
+        "--nats-url",
+        metavar="URL",
+        help="use this NATS server instead of starting an embedded one",
+    )
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    folder = args.definitions or default_definitions_dir()
+    defs = load_definitions_or_fail(folder)
+    if args.agents < 1:
+        raise CliError("--agents must be at least 1")
+    running = read_runtime_info(args.data_dir)
+    if running:
+        raise CliError(
+            f"cyclonetix dev is already running from {args.data_dir} (pid {running.get('pid')}, "
+            f"NATS {running.get('nats_url')}); stop it first or pass --data-dir"
+        )
+    colour = sys.stdout.isatty()
+    roles: dict[str, str] = {}
+
+    def printer(role: str, line: str) -> None:
+        prefix = f"{role:<13}|"
+        if colour:
+            code = roles.setdefault(role, COLOURS[len(roles) % len(COLOURS)])
+            prefix = f"{code}{prefix}\033[0m"
+        print(f"{prefix} {line}", flush=True)
+
+    async def serve(stop: asyncio.Event) -> None:
+        cluster = LocalCluster(
+            definitions=defs,
+            definitions_dir=folder,
+            data_dir=args.data_dir,
+            agents=args.agents,
+            concurrency=args.concurrency,
+            nats_url=args.nats_url,
+            printer=printer,
+        )
+        try:
+            url = await cluster.start()
+            write_runtime_info(args.data_dir, nats_url=url, ui_url=None, pid=os.getpid())
+            printer("dev", f"NATS at {url}; data in {args.data_dir.resolve()}")
+            printer(
+                "dev",
+                f"{len(defs.tasks)} tasks, {len(defs.dags)} dags from {folder}; "
+                f"{args.agents} agents on queues {', '.join(queues_of(defs))}",
+            )
+            printer("dev", "try: cyclonetix schedule task deploy_model --wait   (Ctrl-C stops)")
+            await stop.wait()
+            printer("dev", "stopping")
+        finally:
+            clear_runtime_info(args.data_dir)
+            await cluster.stop()
+
+    run(until_stopped(serve))
+    return 0

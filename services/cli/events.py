@@ -1,0 +1,68 @@
+"""`cyclonetix events RUN_ID`: the history of a run, one event per line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import msgspec
+
+from core.events import TERMINAL, AnyEvent, encode
+from services.cli.common import add_nats_option, connect, run
+from services.cli.main import CliError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "events",
+        help="print the events of a run",
+        description="Print the history of a run, one event per line, oldest first.",
+    )
+    parser.add_argument("run_id", metavar="RUN_ID")
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new events until the run ends"
+    )
+    parser.add_argument("--json", action="store_true", help="print each event as stored (JSON)")
+    add_nats_option(parser)
+    parser.set_defaults(func=lambda args: run(print_events(args)))
+
+
+def line(seq: int, event: AnyEvent, as_json: bool) -> str:
+    if as_json:
+        return encode(event).decode()
+    fields = msgspec.to_builtins(event)
+    fields.pop("run_id", None)
+    kind = fields.pop("type")
+    ts = fields.pop("ts")
+    task = fields.pop("task_id", "")
+    attempt = fields.pop("attempt", None)
+    if kind == "RunScheduled":
+        fields = {
+            "target": fields["target"],
+            "tasks": len(fields["graph"]),
+            "trigger": fields["trigger"],
+        }
+    where = f"{task}#{attempt}" if task else ""
+    details = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "", {}, []))
+    return f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip()
+
+
+async def print_events(args: argparse.Namespace) -> int:
+    bus = await connect(args, "cyclonetix-cli")
+    try:
+        history = await bus.history(args.run_id)
+        if not history:
+            raise CliError(f"no run {args.run_id!r}")
+        for seq, event in history:
+            print(line(seq, event, args.json))
+        ended = any(isinstance(e, TERMINAL) for _, e in history)
+        if args.follow and not ended:
+            sys.stdout.flush()
+            async for seq, event in bus.follow_run(args.run_id, from_seq=history[-1][0] + 1):
+                print(line(seq, event, args.json), flush=True)
+                if isinstance(event, TERMINAL):
+                    break
+    finally:
+        await bus.close()
+    return 0

@@ -1,0 +1,70 @@
+"""`cyclonetix orchestrator`: the role that decides what runs next."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from services.cli.common import (
+    add_log_options,
+    add_nats_option,
+    connect,
+    load_definitions_or_fail,
+    run,
+    until_stopped,
+)
+from services.logging import configure_logging
+from services.orchestrator import Orchestrator
+
+log = structlog.get_logger("cyclonetix.orchestrator")
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "orchestrator",
+        help="run the orchestrator role",
+        description="Follow the event log, dispatch tasks the moment they are ready, schedule "
+        "retries and end runs. Rebuilds its state by replaying the log when it starts.",
+    )
+    parser.add_argument(
+        "-d",
+        "--definitions",
+        type=Path,
+        metavar="DIR",
+        help="validate the definitions in DIR and publish them to the cx_defs bucket first",
+    )
+    add_nats_option(parser)
+    add_log_options(parser)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    configure_logging(json=args.log_format == "json", level=args.log_level, role="orchestrator")
+    definitions = None
+    if args.definitions is not None:
+        definitions = load_definitions_or_fail(args.definitions)
+
+    async def serve(stop: asyncio.Event) -> None:
+        bus = await connect(args, "cyclonetix-orchestrator")
+        try:
+            if definitions is not None:
+                changed = await bus.put_definitions(definitions)
+                log.info("definitions.published", folder=str(args.definitions), changed=changed)
+            work = asyncio.ensure_future(Orchestrator(bus).run(stop))
+            stopping = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            work.cancel()
+            stopping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+        finally:
+            await bus.close()
+            log.info("orchestrator.stopped")
+
+    run(until_stopped(serve))
+    return 0

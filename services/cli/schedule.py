@@ -1,0 +1,168 @@
+"""`cyclonetix schedule task|dag`: start a run, optionally follow it to the end."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    RunScheduled,
+    TaskFailed,
+    TaskQueued,
+    TaskRetryScheduled,
+    TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
+)
+from core.graph import GraphError
+from core.run import RunState, fold, summary
+from core.scheduling import plan_run
+from services.bus import Bus, RunExists
+from services.cli.common import add_nats_option, connect, load_definitions_or_fail, run
+from services.cli.main import CliError
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "schedule",
+        help="start a run of a task (outcome) or a DAG",
+        description="Start a run. 'task ID' makes that task happen: its prerequisites are "
+        "assembled into the run automatically. 'dag ID' runs every task of a DAG.",
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="task|dag", required=True)
+    for kind, what in (("task", "the task to make happen"), ("dag", "the DAG to run")):
+        p = kinds.add_parser(kind, help=f"schedule {what}", description=f"Schedule {what}.")
+        p.add_argument("id", metavar="ID", help=what)
+        p.add_argument("--context", metavar="NAME", help="context whose variables the run gets")
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="K=V",
+            help="override a parameter: KEY=VALUE for every task, TASK.KEY=VALUE for one "
+            "(repeatable)",
+        )
+        p.add_argument("--run-id", metavar="ID", help="choose the run id (letters, digits, _ -)")
+        p.add_argument(
+            "--wait",
+            action="store_true",
+            help="follow the run to its end; exit 0 if it succeeded, 1 otherwise",
+        )
+        p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+        p.add_argument(
+            "-d",
+            "--definitions",
+            type=Path,
+            metavar="DIR",
+            help="resolve against the definitions in DIR instead of the published ones",
+        )
+        add_nats_option(p)
+        p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    return run(schedule(args))
+
+
+async def schedule(args: argparse.Namespace) -> int:
+    local = load_definitions_or_fail(args.definitions) if args.definitions else None
+    bus = await connect(args, "cyclonetix-cli")
+    try:
+        defs = local or await bus.load_definitions()
+        if not (defs.tasks or defs.dags):
+            raise CliError(
+                "no definitions published: start the orchestrator with --definitions DIR, "
+                "or pass --definitions DIR here"
+            )
+        try:
+            event = plan_run(
+                defs,
+                kind="outcome" if args.kind == "task" else "dag",
+                target=args.id,
+                now=dt.datetime.now(dt.UTC),
+                entropy=os.urandom(16),
+                context_id=args.context,
+                params=args.param,
+                run_id=args.run_id,
+            )
+        except (GraphError, ValueError) as exc:
+            raise CliError(str(exc)) from None
+        try:
+            await bus.schedule_run(event)
+        except RunExists:
+            raise CliError(f"run id {event.run_id!r} is already taken; choose another") from None
+        if not args.wait:
+            if args.json:
+                print(json.dumps({"run_id": event.run_id, "status": "scheduled"}))
+            else:
+                print(event.run_id)
+            return 0
+        if not args.json:
+            print(f"scheduled {event.run_id} ({len(event.graph)} tasks)", file=sys.stderr)
+        state = await follow(bus, event.run_id, progress=not args.json or sys.stderr.isatty())
+    finally:
+        await bus.close()
+    result = summary(state)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(describe_end(state))
+    return 0 if result["status"] == "succeeded" else 1
+
+
+async def follow(bus: Bus, run_id: str, *, progress: bool) -> RunState:
+    """Fold a run's events as they arrive until its terminal event; print transitions."""
+    state: RunState | None = None
+    async for _seq, event in bus.follow_run(run_id):
+        state = fold(state, event)
+        if progress and state is not None:
+            line = progress_line(state, event)
+            if line:
+                print(line, file=sys.stderr, flush=True)
+        if isinstance(event, TERMINAL) and state is not None:
+            return state
+    raise CliError(f"lost the event stream of run {run_id!r}")
+
+
+def progress_line(state: RunState, event: AnyEvent) -> str | None:
+    clock = event.ts.astimezone().strftime("%H:%M:%S.%f")[:-3]
+    if isinstance(event, RunScheduled):
+        return None
+    if isinstance(event, TaskQueued):
+        what = f"queued on {event.queue}" + (
+            f" (attempt {event.attempt})" if event.attempt > 1 else ""
+        )
+    elif isinstance(event, TaskStarted):
+        what = f"started on {event.agent_id}" + (
+            f" (delivery {event.delivery})" if event.delivery > 1 else ""
+        )
+    elif isinstance(event, TaskSucceeded):
+        what = f"succeeded in {event.duration_ms / 1000:.2f}s"
+    elif isinstance(event, TaskFailed):
+        what = f"failed ({event.reason}, exit {event.exit_code}) {event.message}".rstrip()
+    elif isinstance(event, TaskRetryScheduled):
+        what = f"retry {event.attempt} at {event.not_before.astimezone():%H:%M:%S}"
+    elif isinstance(event, TaskSkipped):
+        what = f"skipped ({event.reason}{': ' + event.upstream if event.upstream else ''})"
+    else:
+        task_id = getattr(event, "task_id", "")
+        return f"{clock}  {task_id or state.run_id}  {type(event).__name__}"
+    return f"{clock}  {event.task_id:<24} {what}"
+
+
+def describe_end(state: RunState) -> str:
+    counts: dict[str, int] = {}
+    for task in state.tasks.values():
+        counts[task.status] = counts.get(task.status, 0) + 1
+    took = ""
+    if state.ended_at is not None:
+        took = f" in {(state.ended_at - state.scheduled_at).total_seconds():.2f}s"
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return f"run {state.run_id} {state.status}{took}: {parts}"

@@ -1,0 +1,178 @@
+"""A whole Cyclonetix on one machine: embedded NATS plus every role as its own process.
+
+`cyclonetix dev`, `cyclonetix bench` and the end-to-end tests all run the system this way, so
+what they exercise is what an operator deploys: separate processes talking only through NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from core.definitions import Definitions
+from services.bus import Bus
+from services.embedded_nats import EmbeddedNats
+
+log = structlog.get_logger("cyclonetix.cluster")
+
+Printer = Callable[[str, str], None]  # (role, line)
+RESTART_DELAY_S = 1.0
+
+
+def queues_of(defs: Definitions) -> list[str]:
+    """Every queue some task or DAG entry of the definitions uses, `default` always included."""
+    queues = {"default"}
+    queues.update(task.queue for task in defs.tasks.values())
+    for dag in defs.dags.values():
+        queues.update(entry.queue for entry in dag.tasks if entry.queue)
+    return sorted(queues)
+
+
+@dataclass
+class Role:
+    name: str
+    argv: list[str]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    pump: asyncio.Task[None] | None = None
+
+
+@dataclass
+class LocalCluster:
+    definitions: Definitions
+    definitions_dir: Path | None
+    data_dir: Path
+    agents: int = 2
+    concurrency: int = 4
+    queues: Sequence[str] | None = None
+    nats_url: str | None = None  # given: use that server instead of an embedded one
+    printer: Printer | None = None
+    log_format: str = "console"
+    restart: bool = True  # bring a role that died back (dev); off for benchmarks
+    agent_args: Sequence[str] = ()
+    roles: list[Role] = field(default_factory=list)
+    nats: EmbeddedNats | None = None
+    stopping: bool = False
+    supervisor: asyncio.Task[None] | None = None
+
+    async def start(self) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.nats_url is None:
+            self.nats = EmbeddedNats(self.data_dir / "nats")
+            self.nats_url = await asyncio.to_thread(self.nats.start)
+        # Publish the definitions before any role starts, so a run can be scheduled the moment
+        # start() returns.
+        async with await Bus.connect(self.nats_url, name="cyclonetix-cluster") as bus:
+            await bus.put_definitions(self.definitions)
+            self._plan_roles()
+            for role in self.roles:
+                await self._spawn(role)
+            await self._wait_for_agents(bus)
+        self.supervisor = asyncio.ensure_future(self._supervise())
+        return self.nats_url
+
+    def _plan_roles(self) -> None:
+        assert self.nats_url is not None
+        cli = [sys.executable, "-m", "services.cli"]
+        common = ["--nats-url", self.nats_url, "--log-format", self.log_format]
+        orchestrator = [*cli, "orchestrator", *common]
+        self.roles = [Role("orchestrator", orchestrator)]
+        queues = list(self.queues or queues_of(self.definitions))
+        for i in range(self.agents):
+            argv = [*cli, "agent", *common, "--concurrency", str(self.concurrency)]
+            for queue in queues:
+                argv += ["--queue", queue]
+            argv += list(self.agent_args)
+            self.roles.append(Role(f"agent-{i + 1}", argv))
+
+    async def _spawn(self, role: Role) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        role.process = await asyncio.create_subprocess_exec(
+            *role.argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop them in order
+        )
+        role.pump = asyncio.ensure_future(self._pump(role, role.process))
+
+    async def _pump(self, role: Role, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        async for raw in process.stdout:
+            if self.printer is not None:
+                self.printer(role.name, raw.decode(errors="replace").rstrip("\n"))
+
+    async def _wait_for_agents(self, bus: Bus, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(await bus.list_agents()) < self.agents:
+            for role in self.roles:
+                if role.process is not None and role.process.returncode is not None:
+                    raise RuntimeError(f"{role.name} exited with code {role.process.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"agents did not register within {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+
+    async def _supervise(self) -> None:
+        """A role that dies is started again: its state comes back from the log."""
+        while not self.stopping:
+            waits = {
+                asyncio.ensure_future(role.process.wait()): role
+                for role in self.roles
+                if role.process is not None
+            }
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for future in pending:
+                future.cancel()
+            for future in done:
+                role = waits[future]
+                if self.stopping:
+                    return
+                code = future.result()
+                if not self.restart:
+                    log.error("cluster.role_died", role=role.name, code=code)
+                    continue
+                role.restarts += 1
+                log.warning("cluster.role_restarting", role=role.name, code=code)
+                await asyncio.sleep(RESTART_DELAY_S)
+                if not self.stopping:
+                    await self._spawn(role)
+
+    def role(self, name: str) -> Role:
+        return next(r for r in self.roles if r.name == name)
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        """Agents first (they finish or hand back their work), then the orchestrator, then NATS."""
+        self.stopping = True
+        if self.supervisor is not None:
+            self.supervisor.cancel()
+        agents = [r for r in self.roles if r.name.startswith("agent")]
+        others = [r for r in self.roles if not r.name.startswith("agent")]
+        for group in (agents, others):
+            await asyncio.gather(*(self._terminate(role, timeout) for role in group))
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+
+    async def _terminate(self, role: Role, timeout: float) -> None:
+        process = role.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+        if role.pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(role.pump, 2)

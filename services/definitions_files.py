@@ -1,0 +1,68 @@
+"""Reading a definitions folder from disk; parsing and checking are core's (pure) job."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import core
+from core.definitions import (
+    YAML_SUFFIXES,
+    DefinitionError,
+    DefinitionErrors,
+    Definitions,
+    load_definitions,
+)
+
+DEFINITIONS_ENV = "CYCLONETIX_DEFINITIONS"
+
+
+def default_definitions_dir() -> Path:
+    """`$CYCLONETIX_DEFINITIONS`, else the examples next to the package (`infra/examples`)."""
+    configured = os.environ.get(DEFINITIONS_ENV)
+    if configured:
+        return Path(configured)
+    return Path(core.__file__).resolve().parent.parent / "infra" / "examples"
+
+
+def read_definitions_folder(path: Path) -> dict[str, bytes]:
+    """Every `.yaml`/`.yml` file below `path`, keyed by its POSIX path relative to `path`.
+
+    Hidden files and folders (`.git`, editor swap files) are skipped; symlinked folders are
+    followed once. Raises DefinitionErrors naming the folder if it is missing, or naming every
+    file that cannot be read.
+    """
+    if not path.exists():
+        raise DefinitionErrors([DefinitionError(str(path), "", "no such definitions folder")])
+    if not path.is_dir():
+        raise DefinitionErrors(
+            [DefinitionError(str(path), "", "not a folder (expected a definitions folder)")]
+        )
+    files: dict[str, bytes] = {}
+    errors: list[DefinitionError] = []
+    visited: set[Path] = set()
+    for folder, dirnames, filenames in os.walk(path, followlinks=True):
+        here = Path(folder)
+        real = here.resolve()
+        if real in visited:  # a symlink loop, or the same folder linked twice
+            dirnames.clear()
+            continue
+        visited.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or not name.endswith(YAML_SUFFIXES):
+                continue
+            file = here / name
+            relative = file.relative_to(path).as_posix()
+            try:
+                files[relative] = file.read_bytes()
+            except OSError as exc:
+                errors.append(DefinitionError(relative, "", f"cannot read: {exc.strerror}"))
+    if errors:
+        raise DefinitionErrors(errors)
+    return files
+
+
+def load_definitions_folder(path: Path) -> Definitions:
+    """Read, parse and check a definitions folder; DefinitionErrors lists every problem."""
+    return load_definitions(read_definitions_folder(path))

@@ -1,0 +1,310 @@
+"""The orchestrator process: folds the event log into run states and appends what happens next.
+
+What it does, in order:
+1. publishes the definitions it was given to the `cx_defs` bucket, so every process sees them;
+2. replays the event log from the start to rebuild the state of every open run (finished runs
+   are dropped as soon as they end, so memory holds only what is in flight);
+3. once caught up, re-sends the dispatch of every queued attempt (same message id, so one that
+   was already delivered is a no-op) and decides every open run once;
+4. then follows the log live: each event is folded into its run, and when no more events are
+   waiting the runs that changed are decided. Decisions are folded at once and published
+   without waiting for their acknowledgements (they are pipelined), so a task's success turns
+   into its dependents' dispatches within a few milliseconds;
+5. wakes up by itself for retry backoffs and task deadlines.
+
+Decisions that race with agents (cancelling a queued attempt, failing a silent one) are only
+appended once the run's whole log has been seen, with the expected last subject sequence, and
+folded only after the append succeeded (see core.run.decide).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import heapq
+import time
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from core.events import (
+    AnyEvent,
+    EvaluationResult,
+    RunScheduled,
+    TaskLost,
+    TaskQueued,
+)
+from core.graph import TaskNode, extend_graph
+from core.run import (
+    RunState,
+    advance,
+    decide,
+    dispatch_for,
+    fold,
+    is_racing,
+    next_wakeup,
+)
+from services.bus import Bus, Conflict
+
+if TYPE_CHECKING:
+    from core.definitions import Definitions
+
+log = structlog.get_logger("cyclonetix.orchestrator")
+
+DEFINITIONS_REFRESH_S = 2.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Orchestrator:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+        self.runs: dict[str, RunState] = {}
+        self.last_seq: dict[str, int] = {}  # per open run: last stream sequence received
+        self.inflight: dict[str, int] = {}  # per open run: own appends not yet acknowledged
+        self.own_seq: dict[str, int] = {}  # per open run: highest sequence of an own append
+        self.dirty: dict[str, None] = {}
+        self.racing: set[str] = set()  # runs with a racing decision being appended
+        self.wakeups: list[tuple[dt.datetime, str]] = []
+        self.wake = asyncio.Event()
+        self.live = False
+        self.definitions: Definitions | None = None
+        self.definitions_at = 0.0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ main loop
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.refresh_definitions(force=True)
+        caught_up_at = await self.bus.last_event_seq()
+        log.info("orchestrator.replaying", events=caught_up_at)
+        started = time.perf_counter()
+        if caught_up_at == 0:
+            await self.go_live(started)
+        timers = self.spawn(self.timer_loop(stop))
+        lost = self.spawn(self.watch_lost())
+        try:
+            async for seq, event, pending in self.bus.tail(from_seq=1, stop=stop):
+                self.apply(seq, event)
+                if not self.live and seq >= caught_up_at:
+                    await self.go_live(started)
+                elif self.live and pending == 0:
+                    await self.decide_dirty()
+        finally:
+            timers.cancel()
+            lost.cancel()
+            for task in list(self.tasks):
+                task.cancel()
+
+    def apply(self, seq: int, event: AnyEvent) -> None:
+        run_id = event.run_id
+        state = self.runs.get(run_id)
+        if state is None:
+            if not isinstance(event, RunScheduled):
+                return  # a late event of a run that has already ended
+            if run_id in self.last_seq:
+                return  # ended and dropped; its RunScheduled is being replayed again
+        self.last_seq[run_id] = seq
+        state = fold(state, event)
+        if state is None:
+            return
+        self.runs[run_id] = state
+        self.dirty[run_id] = None
+
+    async def go_live(self, started: float) -> None:
+        self.live = True
+        log.info(
+            "orchestrator.live",
+            open_runs=len(self.runs),
+            replay_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        # A crash between appending TaskQueued and publishing its dispatch must not strand the
+        # attempt: re-send every queued one (the work stream drops duplicates by message id).
+        for state in self.runs.values():
+            for task_id in state.queued:
+                task = state.tasks[task_id]
+                queued = TaskQueued(
+                    run_id=state.run_id,
+                    ts=task.queued_at or utcnow(),
+                    task_id=task_id,
+                    attempt=task.attempt,
+                    queue=task.node.queue,
+                )
+                self.publish_dispatch(state, queued)
+        self.dirty.update(dict.fromkeys(self.runs))
+        await self.decide_dirty()
+
+    # ------------------------------------------------------------------ deciding
+
+    async def decide_dirty(self) -> None:
+        now = utcnow()
+        if any(self.runs[r].evaluating for r in self.dirty if r in self.runs):
+            await self.refresh_definitions()
+        dirty, self.dirty = self.dirty, {}
+        for run_id in dirty:
+            state = self.runs.get(run_id)
+            if state is not None:
+                self.decide(state, now)
+
+    def decide(self, state: RunState, now: dt.datetime) -> None:
+        for event in advance(state, now, self.extend, racing=False):
+            self.publish(state, event)
+        if state.finished:
+            self.forget(state.run_id)
+            return
+        if self.may_race(state, now) and state.run_id not in self.racing:
+            self.racing.add(state.run_id)
+            self.spawn(self.append_racing(state))
+        wakeup = next_wakeup(state)
+        if wakeup is not None:
+            heapq.heappush(self.wakeups, (wakeup, state.run_id))
+            self.wake.set()
+
+    def may_race(self, state: RunState, now: dt.datetime) -> bool:
+        if state.cancel_requested and state.queued:
+            return True
+        return any(deadline <= now for deadline in state.deadlines.values())
+
+    async def append_racing(self, state: RunState) -> None:
+        """Append decisions that race with agents, only if nobody appended to the run since."""
+        run_id = state.run_id
+        try:
+            deadline = time.monotonic() + 30
+            # Wait until our own appends are acknowledged and have come back through the log,
+            # so the run's last sequence is one we have folded.
+            while self.inflight.get(run_id) or self.own_seq.get(run_id, 0) > self.last_seq.get(
+                run_id, 0
+            ):
+                if time.monotonic() > deadline or run_id not in self.runs:
+                    return
+                await asyncio.sleep(0.005)
+            now = utcnow()
+            expected = self.last_seq[run_id]
+            for event in decide(state, now, self.extend, racing=True):
+                if not is_racing(event):
+                    continue
+                try:
+                    expected = await self.bus.append_expected(event, expected)
+                except Conflict:
+                    log.info("orchestrator.racing_conflict", run_id=run_id)
+                    return  # the newer events will be folded and we decide again then
+                self.own_seq[run_id] = max(self.own_seq.get(run_id, 0), expected)
+                fold(state, event)
+            self.dirty[run_id] = None
+        finally:
+            self.racing.discard(run_id)
+        await self.decide_dirty()
+
+    def extend(
+        self, existing: dict[str, TaskNode], after: str, result: EvaluationResult
+    ) -> tuple[TaskNode, ...]:
+        if self.definitions is None:
+            raise ValueError("no definitions published (start the orchestrator with --definitions)")
+        return extend_graph(
+            existing,
+            self.definitions,
+            after=after,
+            next_tasks=result.next_tasks,
+            parameters=result.parameters,
+        )
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, state: RunState, event: AnyEvent) -> None:
+        run_id = event.run_id
+        self.inflight[run_id] = self.inflight.get(run_id, 0) + 1
+        future = self.bus.append_nowait(event)
+        future.add_done_callback(lambda f: self.appended(event, f))
+        if isinstance(event, TaskQueued):
+            self.publish_dispatch(state, event)
+
+    def appended(self, event: AnyEvent, future: asyncio.Future[int]) -> None:
+        run_id = event.run_id
+        if run_id in self.inflight:
+            self.inflight[run_id] -= 1
+        if future.cancelled() or future.exception() is not None:
+            # The decision is folded but not stored: store it with retries (same message id).
+            log.warning("orchestrator.append_retry", run_id=run_id, error=repr(future.exception()))
+            self.spawn(self.append_reliably(event))
+            return
+        seq = future.result()
+        if run_id in self.own_seq or run_id in self.runs:
+            self.own_seq[run_id] = max(self.own_seq.get(run_id, 0), seq)
+
+    async def append_reliably(self, event: AnyEvent) -> None:
+        self.inflight[event.run_id] = self.inflight.get(event.run_id, 0) + 1
+        try:
+            seq = await self.bus.append(event)
+            self.own_seq[event.run_id] = max(self.own_seq.get(event.run_id, 0), seq)
+        finally:
+            self.inflight[event.run_id] -= 1
+
+    def publish_dispatch(self, state: RunState, queued: TaskQueued) -> None:
+        dispatch = dispatch_for(state, queued)
+        future = self.bus.dispatch_nowait(dispatch)
+
+        def sent(f: asyncio.Future[Any]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                log.warning("orchestrator.dispatch_retry", run_id=dispatch.run_id)
+                self.spawn(self.bus.dispatch(dispatch))
+
+        future.add_done_callback(sent)
+
+    def forget(self, run_id: str) -> None:
+        """A finished run leaves memory; its sequence entry stays to ignore late events."""
+        self.runs.pop(run_id, None)
+        self.inflight.pop(run_id, None)
+        self.own_seq.pop(run_id, None)
+        self.dirty.pop(run_id, None)
+
+    # ------------------------------------------------------------------ timers and lost work
+
+    async def timer_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            timeout = None
+            if self.wakeups:
+                timeout = max(0.0, (self.wakeups[0][0] - utcnow()).total_seconds())
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            now = utcnow()
+            while self.wakeups and self.wakeups[0][0] <= now:
+                _, run_id = heapq.heappop(self.wakeups)
+                if run_id in self.runs:
+                    self.dirty[run_id] = None
+            if self.live and self.dirty:
+                await self.decide_dirty()
+
+    async def watch_lost(self) -> None:
+        """An attempt whose deliveries ran out (its agents kept dying) is lost, not stranded."""
+        async for dispatch, deliveries in self.bus.lost_dispatches():
+            log.warning(
+                "orchestrator.task_lost",
+                run_id=dispatch.run_id,
+                task_id=dispatch.task_id,
+                attempt=dispatch.attempt,
+                deliveries=deliveries,
+            )
+            lost = TaskLost(
+                run_id=dispatch.run_id,
+                ts=utcnow(),
+                task_id=dispatch.task_id,
+                attempt=dispatch.attempt,
+                message=f"no agent finished it after {deliveries} deliveries",
+            )
+            await self.bus.append(lost)
+
+    async def refresh_definitions(self, *, force: bool = False) -> None:
+        if not force and time.monotonic() - self.definitions_at < DEFINITIONS_REFRESH_S:
+            return
+        self.definitions = await self.bus.load_definitions()
+        self.definitions_at = time.monotonic()
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
