@@ -1,0 +1,197 @@
+"""The orchestrator against a real nats-server, with a scripted stand-in for the agents.
+
+The stand-in only answers dispatches (the real agent has its own tests and the end-to-end tests
+run both as processes); what is checked here is what the orchestrator appends and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import nats.errors
+import pytest
+
+from core.definitions import Definitions, TaskDef
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    Dispatch,
+    RunFailed,
+    RunSucceeded,
+    TaskFailed,
+    TaskLost,
+    TaskQueued,
+    TaskStarted,
+    TaskSucceeded,
+    decode_dispatch,
+)
+from core.scheduling import plan_run
+from services.bus import Bus
+from services.orchestrator import Orchestrator
+
+pytestmark = pytest.mark.integration
+
+Answer = Callable[[Dispatch], Awaitable[bool]]  # True: succeed, False: fail
+
+
+def defs(*tasks: TaskDef) -> Definitions:
+    return Definitions(tasks={t.id: t for t in tasks})
+
+
+DIAMOND = defs(
+    TaskDef(id="a", command="true"),
+    TaskDef(id="b", command="true", dependencies=("a",)),
+    TaskDef(id="c", command="true", dependencies=("a",)),
+    TaskDef(id="d", command="true", dependencies=("b", "c")),
+)
+
+
+@contextlib.asynccontextmanager
+async def orchestrator(bus: Bus) -> AsyncIterator[Orchestrator]:
+    stop = asyncio.Event()
+    orch = Orchestrator(bus)
+    task = asyncio.ensure_future(orch.run(stop))
+    try:
+        yield orch
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@contextlib.asynccontextmanager
+async def stand_in_agent(bus: Bus, answer: Answer, queue: str = "default") -> AsyncIterator[None]:
+    sub = await bus.work_subscription(queue)
+
+    async def loop() -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(8, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                d = decode_dispatch(msg.data)
+                now = dt.datetime.now(dt.UTC)
+                common = {"run_id": d.run_id, "task_id": d.task_id, "attempt": d.attempt}
+                await bus.append(TaskStarted(ts=now, agent_id="stand-in", **common))
+                if await answer(d):
+                    await bus.append(TaskSucceeded(ts=dt.datetime.now(dt.UTC), **common))
+                else:
+                    await bus.append(TaskFailed(ts=dt.datetime.now(dt.UTC), exit_code=1, **common))
+                await msg.ack()
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await bus.unsubscribe(sub)
+
+
+async def schedule(bus: Bus, definitions: Definitions, target: str) -> str:
+    await bus.put_definitions(definitions)
+    event = plan_run(
+        definitions,
+        kind="outcome",
+        target=target,
+        now=dt.datetime.now(dt.UTC),
+        entropy=os.urandom(16),
+    )
+    await bus.schedule_run(event)
+    return event.run_id
+
+
+async def until_end(bus: Bus, run_id: str, timeout: float = 20) -> list[AnyEvent]:
+    async with asyncio.timeout(timeout):
+        async for _seq, event in bus.follow_run(run_id):
+            if isinstance(event, TERMINAL):
+                break
+    return [e for _, e in await bus.history(run_id)]
+
+
+async def succeed(_: Dispatch) -> bool:
+    return True
+
+
+async def test_diamond_runs_in_dependency_order(bus: Bus) -> None:
+    async with orchestrator(bus), stand_in_agent(bus, succeed):
+        run_id = await schedule(bus, DIAMOND, "d")
+        events = await until_end(bus, run_id)
+    order = [e.task_id for e in events if isinstance(e, TaskQueued)]
+    assert order[0] == "a" and sorted(order[1:3]) == ["b", "c"] and order[3] == "d"
+    assert isinstance(events[-1], RunSucceeded)
+    assert sum(isinstance(e, TERMINAL) for e in events) == 1
+
+
+async def test_failure_skips_dependents_and_fails_the_run(bus: Bus) -> None:
+    async def fail_a(d: Dispatch) -> bool:
+        return d.task_id != "a"
+
+    async with orchestrator(bus), stand_in_agent(bus, fail_a):
+        run_id = await schedule(bus, DIAMOND, "d")
+        events = await until_end(bus, run_id)
+    assert isinstance(events[-1], RunFailed)
+    assert {e.task_id for e in events if type(e).__name__ == "TaskSkipped"} == {"b", "c", "d"}
+    assert not any(isinstance(e, TaskQueued) and e.task_id != "a" for e in events)
+
+
+async def test_a_restarted_orchestrator_resumes_without_queueing_twice(bus: Bus) -> None:
+    release_b = asyncio.Event()
+
+    async def hold_b(d: Dispatch) -> bool:
+        if d.task_id == "b":
+            await release_b.wait()
+        return True
+
+    async with stand_in_agent(bus, hold_b):
+        async with orchestrator(bus):
+            run_id = await schedule(bus, DIAMOND, "d")
+            await wait_for_event(
+                bus, run_id, lambda e: isinstance(e, TaskStarted) and e.task_id == "b"
+            )
+        # The orchestrator is gone; b finishes meanwhile, then a new one replays and resumes.
+        release_b.set()
+        await wait_for_event(
+            bus, run_id, lambda e: isinstance(e, TaskSucceeded) and e.task_id == "b"
+        )
+        async with orchestrator(bus):
+            events = await until_end(bus, run_id)
+    queued = [(e.task_id, e.attempt) for e in events if isinstance(e, TaskQueued)]
+    assert sorted(queued) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert isinstance(events[-1], RunSucceeded)
+
+
+async def test_an_attempt_nobody_finishes_is_lost_not_stranded(bus: Bus) -> None:
+    await bus.put_definitions(defs(TaskDef(id="x", command="true")))
+    # A consumer whose deliveries run out fast; the "agent" takes the message and never acks.
+    sub = await bus.work_subscription("default", ack_wait=0.3, max_deliver=2)
+    async with orchestrator(bus):
+        run_id = await schedule(bus, defs(TaskDef(id="x", command="true")), "x")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await sub.fetch(1, timeout=0.5)  # never acked
+            history = [e for _, e in await bus.history(run_id)]
+            if any(isinstance(e, TERMINAL) for e in history):
+                break
+        await bus.unsubscribe(sub)
+    assert any(isinstance(e, TaskLost) for e in history)
+    assert isinstance(history[-1], RunFailed)
+
+
+async def wait_for_event(
+    bus: Bus, run_id: str, predicate: Callable[[AnyEvent], bool], timeout: float = 10
+) -> AnyEvent:
+    async with asyncio.timeout(timeout):
+        async for _seq, event in bus.follow_run(run_id):
+            if predicate(event):
+                return event
+    raise AssertionError("run ended before the awaited event")
