@@ -78,13 +78,18 @@ async def stand_in_agent(bus: Bus, answer: Answer, queue: str = "default") -> As
                 continue
             for msg in msgs:
                 d = decode_dispatch(msg.data)
+                run, task, attempt = d.run_id, d.task_id, d.attempt
                 now = dt.datetime.now(dt.UTC)
-                common = {"run_id": d.run_id, "task_id": d.task_id, "attempt": d.attempt}
-                await bus.append(TaskStarted(ts=now, agent_id="stand-in", **common))
-                if await answer(d):
-                    await bus.append(TaskSucceeded(ts=dt.datetime.now(dt.UTC), **common))
-                else:
-                    await bus.append(TaskFailed(ts=dt.datetime.now(dt.UTC), exit_code=1, **common))
+                await bus.append(
+                    TaskStarted(run_id=run, ts=now, task_id=task, attempt=attempt, agent_id="x")
+                )
+                ok = await answer(d)
+                now = dt.datetime.now(dt.UTC)
+                await bus.append(
+                    TaskSucceeded(run_id=run, ts=now, task_id=task, attempt=attempt)
+                    if ok
+                    else TaskFailed(run_id=run, ts=now, task_id=task, attempt=attempt, exit_code=1)
+                )
                 await msg.ack()
 
     task = asyncio.ensure_future(loop())
