@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from core.definitions import Definitions
 from core.events import (
     TERMINAL,
     AnyEvent,
@@ -72,28 +73,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def schedule(args: argparse.Namespace) -> int:
+    # With local definitions, bad input is reported before any connection is attempted.
     local = load_definitions_or_fail(args.definitions) if args.definitions else None
+    event = plan(local, args) if local else None
     bus = await connect(args, "cyclonetix-cli")
     try:
-        defs = local or await bus.load_definitions()
-        if not (defs.tasks or defs.dags):
-            raise CliError(
-                "no definitions published: start the orchestrator with --definitions DIR, "
-                "or pass --definitions DIR here"
-            )
-        try:
-            event = plan_run(
-                defs,
-                kind="outcome" if args.kind == "task" else "dag",
-                target=args.id,
-                now=dt.datetime.now(dt.UTC),
-                entropy=os.urandom(16),
-                context_id=args.context,
-                params=args.param,
-                run_id=args.run_id,
-            )
-        except (GraphError, ValueError) as exc:
-            raise CliError(str(exc)) from None
+        if event is None:
+            event = plan(await bus.load_definitions(), args)
         try:
             await bus.schedule_run(event)
         except RunExists:
@@ -129,6 +115,27 @@ async def follow(bus: Bus, run_id: str, *, progress: bool) -> RunState:
         if isinstance(event, TERMINAL) and state is not None:
             return state
     raise CliError(f"lost the event stream of run {run_id!r}")
+
+
+def plan(defs: Definitions, args: argparse.Namespace) -> RunScheduled:
+    if not (defs.tasks or defs.dags):
+        raise CliError(
+            "no definitions published: start the orchestrator with --definitions DIR, "
+            "or pass --definitions DIR here"
+        )
+    try:
+        return plan_run(
+            defs,
+            kind="outcome" if args.kind == "task" else "dag",
+            target=args.id,
+            now=dt.datetime.now(dt.UTC),
+            entropy=os.urandom(16),
+            context_id=args.context,
+            params=args.param,
+            run_id=args.run_id,
+        )
+    except (GraphError, ValueError) as exc:
+        raise CliError(str(exc)) from None
 
 
 def progress_line(state: RunState, event: AnyEvent) -> str | None:

@@ -1,0 +1,100 @@
+"""A whole system per test: embedded NATS plus orchestrator and agents as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.definitions import Definitions, TaskDef
+from core.events import TERMINAL, AnyEvent, RunScheduled
+from core.scheduling import plan_run
+from services.bus import Bus
+from services.cluster import LocalCluster
+
+System = Callable[..., AbstractAsyncContextManager["Running"]]
+
+
+class Running:
+    """A started cluster and a bus connected to it."""
+
+    def __init__(self, cluster: LocalCluster, bus: Bus, defs: Definitions) -> None:
+        self.cluster = cluster
+        self.bus = bus
+        self.defs = defs
+        self.lines: list[str] = []
+
+    async def schedule(self, target: str, *, kind: str = "outcome", **options: Any) -> str:
+        event: RunScheduled = plan_run(
+            self.defs,
+            kind="dag" if kind == "dag" else "outcome",
+            target=target,
+            now=dt.datetime.now(dt.UTC),
+            entropy=os.urandom(16),
+            **options,
+        )
+        await self.bus.schedule_run(event)
+        return event.run_id
+
+    async def until_end(self, run_id: str, timeout: float = 30) -> list[AnyEvent]:
+        async with asyncio.timeout(timeout):
+            async for _seq, event in self.bus.follow_run(run_id):
+                if isinstance(event, TERMINAL):
+                    break
+        return [e for _, e in await self.bus.history(run_id)]
+
+    async def wait_for(
+        self, run_id: str, predicate: Callable[[AnyEvent], bool], timeout: float = 30
+    ) -> AnyEvent:
+        async with asyncio.timeout(timeout):
+            async for _seq, event in self.bus.follow_run(run_id):
+                if predicate(event):
+                    return event
+        raise AssertionError(f"run {run_id} ended before the awaited event")
+
+
+def tasks(*defs: TaskDef) -> Definitions:
+    return Definitions(tasks={t.id: t for t in defs})
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> System:
+    @contextlib.asynccontextmanager
+    async def start(
+        defs: Definitions,
+        *,
+        agents: int = 1,
+        concurrency: int = 2,
+        queues: list[str] | None = None,
+        agent_args: tuple[str, ...] = (),
+    ) -> AsyncIterator[Running]:
+        lines: list[str] = []
+        cluster = LocalCluster(
+            definitions=defs,
+            definitions_dir=None,
+            data_dir=tmp_path / "cx",
+            agents=agents,
+            concurrency=concurrency,
+            queues=queues,
+            printer=lambda role, line: lines.append(f"{role} | {line}"),
+            restart=False,
+            agent_args=agent_args,
+        )
+        await cluster.start()
+        try:
+            assert cluster.nats_url is not None
+            async with await Bus.connect(cluster.nats_url, name="pytest-e2e") as bus:
+                running = Running(cluster, bus, defs)
+                running.lines = lines
+                yield running
+        finally:
+            await cluster.stop()
+
+    return start

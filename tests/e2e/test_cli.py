@@ -1,0 +1,165 @@
+"""The command line as a user runs it: `cyclonetix dev` in the background, commands beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+CLI = [sys.executable, "-m", "services.cli"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "infra" / "examples"
+
+
+def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(EXAMPLES.parents[1])},
+    )
+
+
+@pytest.fixture
+def dev(tmp_path: Path) -> Iterator[Path]:
+    """`cyclonetix dev` started the way the README's first line does, in an empty folder."""
+    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parents[1])}
+    log = (tmp_path / "dev.log").open("w")
+    proc = subprocess.Popen(
+        [*CLI, "dev"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    runtime = tmp_path / ".cyclonetix" / "runtime.json"
+    deadline = time.monotonic() + 60
+    while not runtime.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"cyclonetix dev did not start:\n{(tmp_path / 'dev.log').read_text()}")
+        time.sleep(0.05)
+    try:
+        yield tmp_path
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = -1
+        log.close()
+        assert code == 0, (tmp_path / "dev.log").read_text()[-3000:]
+        assert not runtime.exists()
+
+
+def test_dev_then_schedule_wait_json_succeeds(dev: Path) -> None:
+    done = cli("schedule", "task", "deploy_model", "--wait", "--json", cwd=dev)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "succeeded"
+    assert result["run_id"].startswith("deploy-model-")
+    assert result["tasks"] == {
+        "prepare_data": "succeeded",
+        "train_model": "succeeded",
+        "evaluate_model": "succeeded",
+        "deploy_model": "succeeded",
+    }
+    shown = cli("runs", "show", result["run_id"], "--json", cwd=dev)
+    assert json.loads(shown.stdout) == result
+    events = cli("events", result["run_id"], cwd=dev)
+    assert events.returncode == 0
+    lines = events.stdout.splitlines()
+    assert "RunScheduled" in lines[0] and "RunSucceeded" in lines[-1]
+    logs = cli("logs", result["run_id"], "train_model", cwd=dev)
+    assert "training" in logs.stdout
+
+
+def test_schedule_without_wait_and_a_dag_with_params(dev: Path) -> None:
+    started = cli("schedule", "dag", "nightly_etl", "--json", cwd=dev)
+    assert started.returncode == 0, started.stderr
+    first = json.loads(started.stdout)
+    assert first["status"] == "scheduled"
+    waited = cli(
+        "schedule", "dag", "nightly_etl", "--param", "transform.MODE=fast", "--wait", cwd=dev
+    )
+    assert waited.returncode == 0, waited.stderr
+    assert "succeeded" in waited.stdout
+
+
+def test_a_failed_run_exits_1_with_json(dev: Path) -> None:
+    done = cli(
+        "schedule",
+        "task",
+        "flaky_fetch",
+        "--param",
+        "flaky_fetch.FAIL_ATTEMPTS=9",
+        "--wait",
+        "--json",
+        cwd=dev,
+    )
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["status"] == "failed"
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("cyclonetix: error: ")
+    return lines[0]
+
+
+def test_unknown_task_is_one_clear_line(tmp_path: Path) -> None:
+    done = cli(
+        "schedule",
+        "task",
+        "nope",
+        "-d",
+        str(EXAMPLES),
+        "--nats-url",
+        "nats://127.0.0.1:1",
+        cwd=tmp_path,
+    )
+    assert "unknown task 'nope'" in one_line_error(done)
+
+
+def test_malformed_param_is_one_clear_line(tmp_path: Path) -> None:
+    done = cli("schedule", "task", "extract", "-d", str(EXAMPLES), "--param", "oops", cwd=tmp_path)
+    assert "--param 'oops'" in one_line_error(done)
+
+
+def test_unreachable_nats_is_one_clear_line(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = cli("schedule", "task", "extract", "--nats-url", "nats://127.0.0.1:1", cwd=tmp_path)
+    assert "cannot reach NATS at nats://127.0.0.1:1" in one_line_error(done)
+    assert time.monotonic() - started < 20
+
+
+def test_no_server_known_is_one_clear_line(tmp_path: Path) -> None:
+    env_free = {k: v for k, v in os.environ.items() if k != "CYCLONETIX_NATS_URL"}
+    done = subprocess.run(
+        [*CLI, "runs", "show", "x"], cwd=tmp_path, capture_output=True, text=True, env=env_free
+    )
+    assert "no NATS server" in one_line_error(done)
+
+
+def test_cyclic_definitions_name_the_whole_cycle(tmp_path: Path) -> None:
+    tasks = tmp_path / "defs" / "tasks"
+    tasks.mkdir(parents=True)
+    (tasks / "a.yaml").write_text("id: a\ncommand: 'true'\ndependencies: [c]\n")
+    (tasks / "b.yaml").write_text("id: b\ncommand: 'true'\ndependencies: [a]\n")
+    (tasks / "c.yaml").write_text("id: c\ncommand: 'true'\ndependencies: [b]\n")
+    done = cli("schedule", "task", "a", "-d", str(tmp_path / "defs"), cwd=tmp_path)
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "dependency cycle: a -> c -> b -> a" in done.stderr
+    validate = cli("validate", str(tmp_path / "defs"), cwd=tmp_path)
+    assert validate.returncode == 1 and "dependency cycle" in validate.stderr
