@@ -66,6 +66,11 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # One-shot commands print results on stdout; only warnings go to stderr. Long-running
+    # roles configure their own logging from --log-format/--log-level.
+    from services.logging import configure_logging
+
+    configure_logging(json=False, level="WARNING")
     try:
         code: int = args.func(args)
     except CliError as exc:
