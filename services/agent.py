@@ -1,0 +1,554 @@
+"""The agent process: takes dispatches from its queues and runs their commands.
+
+What it does:
+1. registers a heartbeat in `cx_agents` (and refreshes it every few seconds);
+2. binds to the shared durable pull consumer of each queue it serves (all agents of a queue share
+   it: that is the queue group) and keeps one pull request outstanding per queue, so an idle
+   agent receives a dispatch the moment it is stored. It never holds more than `concurrency`
+   dispatches in total: a pull asks for at most as many messages as there are free slots;
+3. for each dispatch: appends `TaskStarted` (pipelined: the command starts without waiting for
+   the append's ack), runs the command (services.process) with the merged environment in the
+   work directory, streams its output to CX_LOGS, tells JetStream the message is still in
+   progress every ack_wait/3, then appends `TaskSucceeded` or `TaskFailed`, waits until that is
+   stored, and only then acks the message. A crash anywhere before means redelivery to another
+   agent (delivery + 1), never a lost result;
+4. on stop (SIGTERM/SIGINT): fetches nothing more, lets running commands finish for
+   `shutdown_grace` seconds, kills what still runs and hands those dispatches back (nak) for
+   another agent, then leaves its queues and deletes its heartbeat. `kill` (a second signal)
+   skips the grace and kills at once.
+
+`cancel_run(run_id)` kills the commands of a cancelled run and reports them as TaskCancelled;
+nothing calls it yet (see its docstring).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import os
+import secrets
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+import nats.errors
+import structlog
+
+from core.events import (
+    Dispatch,
+    FailureReason,
+    TaskCancelled,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+    decode_dispatch,
+)
+from services.bus import AgentInfo, Bus, BusError, BusUnavailable
+from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from nats.aio.msg import Msg
+
+log = structlog.get_logger("cyclonetix.agent")
+
+FETCH_TIMEOUT = 1.0  # an idle pull is renewed this often
+BACKLOG_FETCH_TIMEOUT = 0.05  # a batch pull under backlog: bounds a wait for an unfilled batch
+HEARTBEAT_INTERVAL = 5.0
+ERROR_BACKOFF = 1.0  # after a failed fetch / append, before trying again
+LOG_STREAM = "stdout"  # stderr is merged into stdout by services.process (terminal order)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 4
+    workdir: Path = field(default_factory=Path.cwd)
+    ack_wait: float = 30.0
+    max_deliver: int = 5
+    shutdown_grace: float = 30.0
+    kill_grace: float = 5.0  # SIGTERM -> SIGKILL for timeouts and shutdown kills
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    heartbeat_interval: float = HEARTBEAT_INTERVAL
+
+
+def new_agent_id() -> str:
+    host = socket.gethostname().split(".")[0] or "agent"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+def agent_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cyclonetix")
+    except PackageNotFoundError:
+        return ""
+
+
+class Agent:
+    def __init__(self, bus: Bus, config: AgentConfig, *, agent_id: str | None = None) -> None:
+        if config.concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if not config.queues:
+            raise ValueError("an agent needs at least one queue")
+        self.bus = bus
+        self.config = config
+        self.id = agent_id or new_agent_id()
+        self.host = socket.gethostname()
+        self.pid = os.getpid()
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.version = agent_version()
+        self._slots = _Slots(config.concurrency)
+        self._running: dict[asyncio.Task[None], _Running] = {}
+        self._stopping = asyncio.Event()  # no new work
+        self._eval_dir: Path | None = None
+        # A snapshot: reading os.environ decodes every variable again (measurable per task).
+        self._base_env = dict(os.environ)
+
+    def cancel_run(self, run_id: str) -> int:
+        """Kill the commands this agent runs for `run_id` (SIGTERM, SIGKILL after kill_grace);
+        each is reported as TaskCancelled. Returns how many were running.
+
+        Not wired to anything yet: the bus has no cheap per-agent feed of RunCancelRequested.
+        """
+        hits = [r for r in self._running.values() if r.run_id == run_id and not r.kill.is_set()]
+        for running in hits:
+            running.cancelled = True
+            running.kill.set()
+        return len(hits)
+
+    @property
+    def running(self) -> list[str]:
+        """The attempts being executed, as "run_id/task_id/attempt"."""
+        return [r.key for r in self._running.values()]
+
+    # -- the process --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event, kill: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set, then shut down (see the module doc); `kill` cuts it short."""
+        kill = kill or asyncio.Event()
+        self._eval_dir = Path(tempfile.mkdtemp(prefix="cyclonetix-agent-"))
+        subs: dict[str, Any] = {}
+        fetchers: list[asyncio.Task[None]] = []
+        background: list[asyncio.Task[None]] = []
+        try:
+            await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
+            for queue in self.config.queues:
+                subs[queue] = await self.bus.work_subscription(
+                    queue, ack_wait=self.config.ack_wait, max_deliver=self.config.max_deliver
+                )
+            fetchers = [asyncio.create_task(self._fetch_loop(q, s)) for q, s in subs.items()]
+            background = [
+                asyncio.create_task(self._heartbeat_loop()),
+                asyncio.create_task(self._progress_loop()),
+            ]
+            log.info(
+                "agent.started",
+                agent_id=self.id,
+                queues=list(self.config.queues),
+                concurrency=self.config.concurrency,
+                workdir=str(self.config.workdir),
+            )
+            await stop.wait()
+            log.info("agent.stopping", running=len(self._running))
+            self._stopping.set()
+            self._slots.close()
+            await _wait_any(asyncio.gather(*fetchers), kill)  # at most one fetch timeout
+            await self._finish_running(kill)
+        finally:
+            self._stopping.set()
+            self._slots.close()
+            if self._running:  # only when run() itself failed or was cancelled
+                for task in self._running:
+                    task.cancel()
+                await asyncio.wait(list(self._running))
+            for task in [*fetchers, *background]:
+                task.cancel()
+            # Awaited, so no heartbeat put can land after the delete below.
+            await asyncio.gather(*fetchers, *background, return_exceptions=True)
+            for sub in subs.values():
+                await self.bus.unsubscribe(sub)
+            with contextlib.suppress(BusError):
+                await self.bus.delete_agent(self.id)
+            shutil.rmtree(self._eval_dir, ignore_errors=True)
+            log.info("agent.stopped", agent_id=self.id)
+
+    async def _finish_running(self, kill: asyncio.Event) -> None:
+        """Let running commands finish within the grace, then kill them and hand them back."""
+        if self._running:
+            log.info(
+                "agent.waiting_for_tasks",
+                running=self.running,
+                grace_seconds=self.config.shutdown_grace,
+            )
+            await _wait_any(
+                asyncio.wait(list(self._running)), kill, timeout=self.config.shutdown_grace
+            )
+        if self._running and not kill.is_set():
+            log.warning("agent.killing_tasks", running=self.running)
+            for running in self._running.values():
+                running.kill.set()  # SIGTERM, SIGKILL after kill_grace, then nak
+            await _wait_any(asyncio.wait(list(self._running)), kill)
+        if self._running:
+            for task in self._running:
+                task.cancel()  # SIGKILL at once (services.process), then nak
+            await asyncio.wait(list(self._running))
+
+    # -- taking work --------------------------------------------------------------------------
+
+    async def _fetch_loop(self, queue: str, sub: Any) -> None:
+        """Keep a pull request outstanding on `queue` while a slot is free.
+
+        Idle, the pull asks for one message and waits up to FETCH_TIMEOUT: nats-py's batch
+        fetch can sit on a message it already received until its timeout when the batch is not
+        filled, which would delay pickup. With a backlog (the last message said more are
+        pending), it asks for as many as there are free slots, with a short timeout.
+        """
+        backlog = 0
+        while wanted := await self._slots.reserve(backlog):
+            timeout = FETCH_TIMEOUT if wanted == 1 else BACKLOG_FETCH_TIMEOUT
+            try:
+                msgs = await sub.fetch(wanted, timeout=timeout)
+            except TimeoutError:  # nats.errors.TimeoutError too: nothing came
+                self._slots.release(wanted)
+                backlog = 0
+                continue
+            except nats.errors.Error as exc:
+                self._slots.release(wanted)
+                backlog = 0
+                log.warning("agent.fetch_failed", queue=queue, error=str(exc) or repr(exc))
+                await _wait_any(asyncio.sleep(ERROR_BACKOFF), self._stopping)
+                continue
+            except BaseException:
+                self._slots.release(wanted)
+                raise
+            self._slots.release(wanted - len(msgs))
+            backlog = _pending_after(msgs[-1]) if msgs else 0
+            for msg in msgs:
+                if self._stopping.is_set():
+                    await self._hand_back(msg, None, reason="agent stopping")
+                    self._slots.release()
+                else:
+                    self._start(queue, msg)
+
+    def _start(self, queue: str, msg: Msg) -> None:
+        running = _Running(msg=msg, queue=queue)
+        task = asyncio.create_task(self._execute(running))
+        self._running[task] = running
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        running = self._running.pop(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("agent.task_crashed", key=running.key, error=repr(exc), exc_info=exc)
+
+    # -- running one dispatch -----------------------------------------------------------------
+
+    async def _execute(self, running: _Running) -> None:
+        msg = running.msg
+        try:
+            d = decode_dispatch(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            # A message no agent can read would be redelivered forever: drop it for good.
+            log.error("agent.poison_message", queue=running.queue, error=str(exc))
+            with contextlib.suppress(nats.errors.Error):
+                await msg.term()
+            return
+        running.key = f"{d.run_id}/{d.task_id}/{d.attempt}"
+        running.run_id = d.run_id
+        delivery = _delivery_count(msg)
+        # TaskStarted is pipelined: the command starts without waiting for its ack.
+        self.bus.append_nowait(
+            TaskStarted(
+                run_id=d.run_id,
+                ts=dt.datetime.now(dt.UTC),
+                task_id=d.task_id,
+                attempt=d.attempt,
+                agent_id=self.id,
+                host=self.host,
+                pid=self.pid,
+                delivery=delivery,
+            )
+        )
+        with structlog.contextvars.bound_contextvars(
+            run_id=d.run_id, task_id=d.task_id, attempt=d.attempt
+        ):
+            if delivery > 1:
+                log.info("task.redelivered", delivery=delivery)
+            eval_path = self._eval_path(d)
+            try:
+                result = await run_command(
+                    d.command,
+                    env=self._environment(d, eval_path),
+                    cwd=self.config.workdir,
+                    timeout=d.timeout_seconds,
+                    on_output=self._log_writer(d),
+                    max_output_bytes=self.config.max_output_bytes,
+                    kill_grace=self.config.kill_grace,
+                    eval_result_path=eval_path,
+                    cancel=running.kill,
+                )
+                if result.reason == "killed" and not running.cancelled:  # shutdown
+                    await self._hand_back(msg, d, reason="agent stopped")
+                    return
+                await self._report(d, result, msg, cancelled=running.cancelled)
+            except asyncio.CancelledError:
+                # Killed (second signal) before the result was stored: another agent runs it.
+                if not msg.is_acked:
+                    await self._hand_back(msg, d, reason="agent killed")
+                raise
+            finally:
+                if eval_path is not None:
+                    eval_path.unlink(missing_ok=True)
+
+    def _environment(self, d: Dispatch, eval_path: Path | None) -> dict[str, str]:
+        """agent environment < dispatch env (context, parameters) < CYCLONETIX_* of the attempt."""
+        env = {**self._base_env, **d.env}
+        env["CYCLONETIX_RUN_ID"] = d.run_id
+        env["CYCLONETIX_TASK_ID"] = d.task_id
+        env["CYCLONETIX_ATTEMPT"] = str(d.attempt)
+        if eval_path is not None:
+            env["CYCLONETIX_EVAL_RESULT"] = str(eval_path)
+        else:
+            env.pop("CYCLONETIX_EVAL_RESULT", None)  # never a stale path from our own env
+        return env
+
+    def _eval_path(self, d: Dispatch) -> Path | None:
+        if not d.evaluation_point:
+            return None
+        assert self._eval_dir is not None
+        return self._eval_dir / f"{secrets.token_hex(8)}.json"
+
+    def _log_writer(self, d: Dispatch) -> Callable[[bytes], None]:
+        bus = self.bus
+
+        def write(chunk: bytes) -> None:
+            # Publish errors are logged by the bus; a lost chunk must not fail the task.
+            bus.publish_log_nowait(
+                d.run_id, d.task_id, d.attempt, chunk, stream=LOG_STREAM
+            ).add_done_callback(_retrieve)
+
+        return write
+
+    async def _report(
+        self, d: Dispatch, result: CommandResult, msg: Msg, *, cancelled: bool = False
+    ) -> None:
+        """Append the result, wait until it is stored, then ack the dispatch."""
+        event: TaskSucceeded | TaskFailed | TaskCancelled
+        if cancelled and result.reason == "killed":
+            event = TaskCancelled(
+                run_id=d.run_id,
+                ts=dt.datetime.now(dt.UTC),
+                task_id=d.task_id,
+                attempt=d.attempt,
+                agent_id=self.id,
+            )
+        else:
+            event = self._result_event(d, result)
+        # Pipelined behind this task's log chunks, so the log is complete once the result shows.
+        while True:
+            try:
+                await self.bus.append_nowait(event)
+                break
+            except BusUnavailable as exc:
+                if self.bus.closed:
+                    raise
+                # Keep the message (in progress) and keep trying: acking without a stored
+                # result would lose it, giving up would run the command again elsewhere.
+                log.warning("task.result_not_stored", error=str(exc))
+                await asyncio.sleep(ERROR_BACKOFF)
+        try:
+            # Plain ack (no round trip): it follows the result on this connection; if it is
+            # lost, JetStream redelivers and the orchestrator fences the duplicate attempt.
+            await msg.ack()
+        except nats.errors.Error as exc:
+            log.warning("task.ack_failed", error=str(exc) or repr(exc))
+        if isinstance(event, TaskSucceeded):
+            outcome = "succeeded"
+        elif isinstance(event, TaskCancelled):
+            outcome = "cancelled"
+        else:
+            outcome = event.reason
+        log.info(
+            "task.finished",
+            outcome=outcome,
+            exit_code=result.exit_code,
+            duration_ms=round(result.duration_ms, 1),
+        )
+
+    def _result_event(self, d: Dispatch, r: CommandResult) -> TaskSucceeded | TaskFailed:
+        ts = dt.datetime.now(dt.UTC)
+        duration_ms = round(r.duration_ms, 3)
+        spawned_at = r.spawned_at if r.reason != "spawn_error" else None
+        if r.ok and r.evaluation_error is None:
+            return TaskSucceeded(
+                run_id=d.run_id,
+                ts=ts,
+                task_id=d.task_id,
+                attempt=d.attempt,
+                agent_id=self.id,
+                exit_code=0,
+                duration_ms=duration_ms,
+                spawned_at=spawned_at,
+                output_tail=r.output_tail,
+                evaluation=r.evaluation,
+            )
+        if r.ok:  # the command succeeded but wrote an unusable decision
+            reason: FailureReason = "invalid_evaluation"
+            message = r.evaluation_error or ""
+        elif r.reason == "exit":
+            reason, message = "exit", r.message or f"exit code {r.exit_code}"
+        else:
+            reason, message = r.reason, r.message
+        return TaskFailed(
+            run_id=d.run_id,
+            ts=ts,
+            task_id=d.task_id,
+            attempt=d.attempt,
+            reason=reason,
+            agent_id=self.id,
+            exit_code=r.exit_code,
+            duration_ms=duration_ms,
+            spawned_at=spawned_at,
+            output_tail=r.output_tail,
+            message=message,
+        )
+
+    async def _hand_back(self, msg: Msg, d: Dispatch | None, *, reason: str) -> None:
+        """Return a dispatch to its queue at once (nak) for another agent."""
+        if d is not None:
+            note = f"\n[cyclonetix: {reason} ({self.id}); task handed back for another agent]\n"
+            self.bus.publish_log_nowait(
+                d.run_id, d.task_id, d.attempt, note.encode(), stream=LOG_STREAM
+            ).add_done_callback(_retrieve)
+            log.warning("task.handed_back", reason=reason)
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak()
+
+    # -- staying alive ------------------------------------------------------------------------
+
+    async def _progress_loop(self) -> None:
+        """Tell JetStream every running dispatch is in progress, well within ack_wait."""
+        interval = max(self.config.ack_wait / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            for running in list(self._running.values()):
+                with contextlib.suppress(nats.errors.Error):
+                    await running.msg.in_progress()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_interval)
+            try:
+                await self._heartbeat()
+            except BusError as exc:
+                log.warning("agent.heartbeat_failed", error=str(exc))
+
+    async def _heartbeat(self) -> None:
+        await self.bus.put_heartbeat(
+            AgentInfo(
+                id=self.id,
+                host=self.host,
+                pid=self.pid,
+                queues=list(self.config.queues),
+                running=self.running,
+                version=self.version,
+                started_at=self.started_at,
+                seen_at=dt.datetime.now(dt.UTC),
+            )
+        )
+
+
+@dataclass(eq=False)
+class _Running:
+    msg: Msg
+    queue: str
+    key: str = "?"
+    run_id: str = ""
+    kill: asyncio.Event = field(default_factory=asyncio.Event)  # SIGTERM, SIGKILL after grace
+    cancelled: bool = False  # killed because its run was cancelled (else: handed back)
+
+
+class _Slots:
+    """The agent's concurrency: running dispatches plus slots reserved by outstanding pulls.
+
+    An idle queue's pull holds a slot, so with several queues a busy one can use at most
+    `concurrency - (queues - 1)` slots while the others are idle; that keeps a pull outstanding
+    on every queue (sub-millisecond pickup everywhere) without ever holding more than
+    `concurrency` dispatches.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.used = 0
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    async def reserve(self, wanted: int) -> int:
+        """Wait for a free slot, take up to `wanted` free ones; 0 once closed."""
+        while not self._closed:
+            free = self.total - self.used
+            if free > 0:
+                n = min(max(wanted, 1), free)
+                self.used += n
+                return n
+            self._changed.clear()
+            await self._changed.wait()
+        return 0
+
+    def release(self, n: int = 1) -> None:
+        if n > 0:
+            self.used -= n
+            self._changed.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._changed.set()
+
+
+def _pending_after(msg: Msg) -> int:
+    """How many messages the consumer still had for others after this one."""
+    try:
+        return int(msg.metadata.num_pending)
+    except (ValueError, IndexError, AttributeError, TypeError, nats.errors.Error):
+        return 0
+
+
+def _delivery_count(msg: Msg) -> int:
+    try:
+        return int(msg.metadata.num_delivered)
+    except (ValueError, IndexError, AttributeError, nats.errors.Error):
+        return 1
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as seen (the bus already logged it)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _wait_any(
+    work: Awaitable[Any], event: asyncio.Event, timeout: float | None = None
+) -> None:
+    """Wait for `work`, until `event` is set, or `timeout`, whichever comes first.
+
+    Work still going on then is cancelled (cancelling `asyncio.wait(tasks)` leaves the tasks).
+    """
+    work_task = asyncio.ensure_future(work)
+    event_task = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait(
+            {work_task, event_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        event_task.cancel()
+        work_task.cancel()
+        work_task.add_done_callback(_retrieve)

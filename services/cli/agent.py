@@ -1,0 +1,165 @@
+"""`cyclonetix agent`: run the commands of one or more queues."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from services.agent import Agent, AgentConfig, new_agent_id
+from services.cli.common import add_log_options, add_nats_option, connect, nats_url, run
+from services.cli.main import CliError
+from services.logging import configure_logging
+from services.process import DEFAULT_MAX_OUTPUT_BYTES, seal_inherited_fds
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "agent",
+        help="run the agent role: execute the tasks of some queues",
+        description="Take dispatched tasks from the given queues and run their commands, "
+        "streaming output to the log store. SIGTERM/SIGINT: finish running tasks (up to "
+        "--shutdown-grace), hand back the rest, exit; a second signal kills at once.",
+    )
+    parser.add_argument(
+        "-q",
+        "--queue",
+        dest="queues",
+        action="append",
+        metavar="QUEUE",
+        help="queue to serve; repeat for several (default: default)",
+    )
+    parser.add_argument(
+        "-c",
+        "--concurrency",
+        type=_positive_int,
+        default=4,
+        help="tasks run at once, across all queues (default 4)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="working directory of the commands (default: the current directory)",
+    )
+    parser.add_argument(
+        "--ack-wait",
+        type=_positive_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a task whose agent stops answering is redelivered after this (default 30); "
+        "shared by every agent of a queue, so give them all the same value",
+    )
+    parser.add_argument(
+        "--max-deliver",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="deliveries of one dispatch before it counts as lost (default 5)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_non_negative_float,
+        default=30.0,
+        metavar="SECONDS",
+        help="on SIGTERM/SIGINT, how long running tasks may finish (default 30)",
+    )
+    parser.add_argument(
+        "--kill-grace",
+        type=_non_negative_float,
+        default=5.0,
+        metavar="SECONDS",
+        help="between SIGTERM and SIGKILL when a command times out or is killed (default 5)",
+    )
+    parser.add_argument(
+        "--max-output-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_OUTPUT_BYTES,
+        metavar="BYTES",
+        help="output stored per task attempt; the rest is discarded with a note (default 10 MiB)",
+    )
+    add_nats_option(parser)
+    add_log_options(parser)
+    parser.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        configure_logging(json=args.log_format == "json", level=args.log_level, role="agent")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    workdir = (args.workdir or Path.cwd()).resolve()
+    if not workdir.is_dir():
+        raise CliError(f"--workdir {args.workdir} is not a directory")
+    # Resolved here: ./.cyclonetix/runtime.json is relative to where we were started.
+    args.nats_url = nats_url(args)
+    # Commands run in the agent's own directory take the fast spawn path (services.process),
+    # which needs no descriptor of ours to be inheritable.
+    os.chdir(workdir)
+    seal_inherited_fds()
+    agent_id = new_agent_id()
+    config = AgentConfig(
+        queues=tuple(dict.fromkeys(args.queues or ["default"])),
+        concurrency=args.concurrency,
+        workdir=workdir,
+        ack_wait=args.ack_wait,
+        max_deliver=args.max_deliver,
+        shutdown_grace=args.shutdown_grace,
+        kill_grace=args.kill_grace,
+        max_output_bytes=args.max_output_bytes,
+    )
+
+    async def serve() -> None:
+        stop, kill = asyncio.Event(), asyncio.Event()
+
+        def on_signal() -> None:
+            # First signal: stop gracefully. Second: kill running commands now.
+            (kill if stop.is_set() else stop).set()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            bus = await connect(args, f"cyclonetix-agent-{agent_id}")
+            try:
+                await Agent(bus, config, agent_id=agent_id).run(stop, kill)
+            finally:
+                await bus.close()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    run(serve())
+    return 0
+
+
+def _number(text: str, kind: type[int] | type[float]) -> float:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text, float)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
