@@ -17,8 +17,8 @@ What it does:
    another agent, then leaves its queues and deletes its heartbeat. `kill` (a second signal)
    skips the grace and kills at once.
 
-`cancel_run(run_id)` kills the commands of a cancelled run and reports them as TaskCancelled;
-nothing calls it yet (see its docstring).
+`cancel_run(run_id)` kills the commands of a cancelled run and reports them as TaskCancelled,
+when the orchestrator announces the cancellation.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Agent:
         """Kill the commands this agent runs for `run_id` (SIGTERM, SIGKILL after kill_grace);
         each is reported as TaskCancelled. Returns how many were running.
 
-        Not wired to anything yet: the bus has no cheap per-agent feed of RunCancelRequested.
+        Called when the orchestrator announces a cancellation (Bus.cancellations).
         """
         hits = [r for r in self._running.values() if r.run_id == run_id and not r.kill.is_set()]
         for running in hits:
@@ -148,6 +148,7 @@ class Agent:
             background = [
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._progress_loop()),
+                asyncio.create_task(self._cancel_loop()),
             ]
             log.info(
                 "agent.started",
@@ -443,6 +444,11 @@ class Agent:
             for running in list(self._running.values()):
                 with contextlib.suppress(nats.errors.Error):
                     await running.msg.in_progress()
+
+    async def _cancel_loop(self) -> None:
+        async for run_id in self.bus.cancellations():
+            if killed := self.cancel_run(run_id):
+                log.info("agent.cancelled", run_id=run_id, tasks=killed)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -173,6 +173,9 @@ def decode_token(token: str) -> str:
     return out.decode(errors="replace")
 
 
+CANCEL_PREFIX = "cx.cancel"
+
+
 def event_subject(run_id: str) -> str:
     return f"cx.ev.{shard_of(run_id)}.{subject_token(run_id)}"
 
@@ -974,6 +977,23 @@ class Bus:
                     await msg.ack()
         finally:
             await self.unsubscribe(psub)
+
+    # ------------------------------------------------------------------ cancellations
+
+    async def announce_cancel(self, run_id: str) -> None:
+        """Tell every agent to kill the commands it runs for `run_id` (core NATS, not stored:
+        the durable fact is RunCancelRequested; an agent that misses this lets them finish)."""
+        await self.nc.publish(f"{CANCEL_PREFIX}.{subject_token(run_id)}", b"")
+
+    async def cancellations(self) -> AsyncGenerator[str, None]:
+        """Run ids announced as cancelled, as they arrive."""
+        sub = await self.nc.subscribe(f"{CANCEL_PREFIX}.*")
+        self._subs.add(sub)
+        try:
+            async for msg in sub.messages:
+                yield decode_token(msg.subject.split(".", 2)[2])
+        finally:
+            await self.unsubscribe(sub)
 
     async def unsubscribe(self, sub: Any) -> None:
         """Stop a subscription this bus handed out (e.g. an agent leaving a queue)."""

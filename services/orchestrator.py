@@ -10,7 +10,8 @@ What it does, in order:
    waiting the runs that changed are decided. Decisions are folded at once and published
    without waiting for their acknowledgements (they are pipelined), so a task's success turns
    into its dependents' dispatches within a few milliseconds;
-5. wakes up by itself for retry backoffs and task deadlines.
+5. wakes up by itself for retry backoffs and task deadlines;
+6. tells agents to kill the running commands of a run whose cancellation was requested.
 
 Decisions that race with agents (cancelling a queued attempt, failing a silent one) are only
 appended once the run's whole log has been seen, with the expected last subject sequence, and
@@ -31,6 +32,7 @@ import structlog
 from core.events import (
     AnyEvent,
     EvaluationResult,
+    RunCancelRequested,
     RunScheduled,
     TaskLost,
     TaskQueued,
@@ -113,6 +115,8 @@ class Orchestrator:
             return
         self.runs[run_id] = state
         self.dirty[run_id] = None
+        if isinstance(event, RunCancelRequested) and self.live:
+            self.spawn(self.bus.announce_cancel(run_id))
 
     async def go_live(self, started: float) -> None:
         self.live = True
@@ -135,6 +139,9 @@ class Orchestrator:
                 )
                 self.publish_dispatch(state, queued)
         self.dirty.update(dict.fromkeys(self.runs))
+        for state in self.runs.values():
+            if state.cancel_requested:  # announced before a crash, maybe not: again
+                self.spawn(self.bus.announce_cancel(state.run_id))
         await self.decide_dirty()
 
     # ------------------------------------------------------------------ deciding

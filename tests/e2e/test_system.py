@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import subprocess
 import sys
 
@@ -11,8 +12,11 @@ import pytest
 from core.definitions import RetryPolicy, TaskDef
 from core.events import (
     AnyEvent,
+    RunCancelled,
+    RunCancelRequested,
     RunFailed,
     RunSucceeded,
+    TaskCancelled,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
@@ -218,3 +222,21 @@ async def test_many_runs_at_once_all_end(system: System) -> None:
         run_ids = [await sys_.schedule("d", params=["x=1"]) for _ in range(10)]
         ends = await asyncio.gather(*(sys_.until_end(r) for r in run_ids))
     assert all(isinstance(events[-1], RunSucceeded) for events in ends)
+
+
+async def test_cancel_kills_running_commands_and_ends_the_run_cancelled(system: System) -> None:
+    defs = tasks(
+        TaskDef(id="long", command="sleep 60"),
+        TaskDef(id="after", command="true", dependencies=("long",)),
+    )
+    async with system(defs) as sys_:
+        run_id = await sys_.schedule("after")
+        await sys_.wait_for(run_id, lambda e: isinstance(e, TaskStarted))
+        await sys_.bus.append(
+            RunCancelRequested(run_id=run_id, ts=dt.datetime.now(dt.UTC), reason="test")
+        )
+        events = await sys_.until_end(run_id, timeout=20)
+    assert isinstance(events[-1], RunCancelled)
+    cancelled = next(e for e in events if isinstance(e, TaskCancelled))
+    assert cancelled.task_id == "long" and cancelled.agent_id  # killed by its agent
+    assert any(isinstance(e, TaskSkipped) and e.task_id == "after" for e in events)
