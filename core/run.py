@@ -20,6 +20,7 @@ from core.events import (
     AnyEvent,
     Dispatch,
     EvaluationResult,
+    FailureReason,
     GraphExtended,
     RunCancelled,
     RunCancelRequested,
@@ -425,17 +426,8 @@ def decide(
             if not extend and task.evaluation.next_tasks:
                 raise ValueError("no definitions available to extend the graph")
         except Exception as exc:  # noqa: BLE001 - any resolution error fails the evaluation point
-            out.append(
-                TaskFailed(
-                    run_id=run_id,
-                    ts=now,
-                    task_id=task_id,
-                    attempt=task.attempt,
-                    reason="invalid_evaluation",
-                    agent_id="orchestrator",
-                    message=f"evaluation point {task_id!r}: {exc}",
-                )
-            )
+            message = f"evaluation point {task_id!r}: {exc}"
+            out.append(_verdict(state, task_id, now, "invalid_evaluation", message))
             continue
         out.append(
             GraphExtended(
@@ -509,18 +501,11 @@ def decide(
     for task_id, deadline in state.deadlines.items() if racing else ():
         if deadline <= now:
             task = tasks[task_id]
-            out.append(
-                TaskFailed(
-                    run_id=run_id,
-                    ts=now,
-                    task_id=task_id,
-                    attempt=task.attempt,
-                    reason="timeout",
-                    agent_id="orchestrator",
-                    message=f"no result within timeout_seconds={task.node.timeout_seconds} "
-                    f"plus {int(TIMEOUT_GRACE.total_seconds())} s from agent {task.agent_id!r}",
-                )
+            message = (
+                f"no result within timeout_seconds={task.node.timeout_seconds} plus "
+                f"{int(TIMEOUT_GRACE.total_seconds())} s from agent {task.agent_id!r}"
             )
+            out.append(_verdict(state, task_id, now, "timeout", message))
 
     if not out and state.open_tasks == 0:  # (racing decisions never leave open_tasks at 0)
         if state.cancel_requested:
@@ -538,6 +523,21 @@ def decide(
         else:
             out.append(RunSucceeded(run_id=run_id, ts=now))
     return out
+
+
+def _verdict(
+    state: RunState, task_id: str, now: dt.datetime, reason: FailureReason, message: str
+) -> TaskFailed:
+    """A failure the orchestrator itself pronounces on the current attempt of a task."""
+    return TaskFailed(
+        run_id=state.run_id,
+        ts=now,
+        task_id=task_id,
+        attempt=state.tasks[task_id].attempt,
+        reason=reason,
+        agent_id="orchestrator",
+        message=message,
+    )
 
 
 def advance(

@@ -81,7 +81,6 @@ def _cluster(
 
     return LocalCluster(
         definitions=defs,
-        definitions_dir=None,
         data_dir=data_dir,
         agents=agents,
         concurrency=concurrency,

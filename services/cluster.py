@@ -48,7 +48,6 @@ class Role:
 @dataclass
 class LocalCluster:
     definitions: Definitions
-    definitions_dir: Path | None
     data_dir: Path
     agents: int = 2
     concurrency: int = 4

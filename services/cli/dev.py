@@ -89,7 +89,6 @@ def main(args: argparse.Namespace) -> int:
     async def serve(stop: asyncio.Event) -> None:
         cluster = LocalCluster(
             definitions=defs,
-            definitions_dir=folder,
             data_dir=args.data_dir,
             agents=args.agents,
             concurrency=args.concurrency,
