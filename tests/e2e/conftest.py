@@ -78,7 +78,7 @@ def system(tmp_path: Path) -> System:
         lines: list[str] = []
         cluster = LocalCluster(
             definitions=defs,
-                data_dir=tmp_path / "cx",
+            data_dir=tmp_path / "cx",
             agents=agents,
             concurrency=concurrency,
             queues=queues,
