@@ -104,11 +104,8 @@ class Orchestrator:
     def apply(self, seq: int, event: AnyEvent) -> None:
         run_id = event.run_id
         state = self.runs.get(run_id)
-        if state is None:
-            if not isinstance(event, RunScheduled):
-                return  # a late event of a run that has already ended
-            if run_id in self.last_seq:
-                return  # ended and dropped; its RunScheduled is being replayed again
+        if state is None and not isinstance(event, RunScheduled):
+            return  # a late event of a run that has already ended (and left memory)
         self.last_seq[run_id] = seq
         state = fold(state, event)
         if state is None:
@@ -188,6 +185,8 @@ class Orchestrator:
                 if time.monotonic() > deadline or run_id not in self.runs:
                     return
                 await asyncio.sleep(0.005)
+            if run_id not in self.runs:
+                return  # it ended meanwhile
             now = utcnow()
             expected = self.last_seq[run_id]
             for event in decide(state, now, self.extend, racing=True):
@@ -261,8 +260,9 @@ class Orchestrator:
         future.add_done_callback(sent)
 
     def forget(self, run_id: str) -> None:
-        """A finished run leaves memory; its sequence entry stays to ignore late events."""
+        """A finished run leaves memory: only open runs cost the orchestrator anything."""
         self.runs.pop(run_id, None)
+        self.last_seq.pop(run_id, None)
         self.inflight.pop(run_id, None)
         self.own_seq.pop(run_id, None)
         self.dirty.pop(run_id, None)
