@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TextIO
 
 from core.definitions import DagDef, DagTask, Definitions, TaskDef
 from core.events import TERMINAL, AnyEvent, RunSucceeded, TaskStarted, TaskSucceeded
@@ -72,12 +73,15 @@ async def _run_to_end(
 
 
 def _cluster(
-    defs: Definitions, data_dir: Path, agents: int, concurrency: int, nats_url: str | None
+    defs: Definitions,
+    data_dir: Path,
+    log: TextIO,
+    agents: int,
+    concurrency: int,
+    nats_url: str | None,
 ) -> LocalCluster:
-    log_file = (data_dir / "roles.log").open("a")
-
     def printer(role: str, line: str) -> None:
-        log_file.write(f"{role} | {line}\n")
+        log.write(f"{role} | {line}\n")
 
     return LocalCluster(
         definitions=defs,
@@ -97,8 +101,11 @@ async def latency(
     if tasks < 2:
         raise ValueError("--tasks must be at least 2 for a hop")
     defs = chain_definitions(tasks)
-    with tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp:
-        cluster = _cluster(defs, Path(tmp), agents, 1, nats_url)
+    with (
+        tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
+        (Path(tmp) / "roles.log").open("a") as log,
+    ):
+        cluster = _cluster(defs, Path(tmp), log, agents, 1, nats_url)
         await cluster.start()
         try:
             events = await _run_to_end(cluster, defs, "outcome", f"t{tasks - 1:05d}")
@@ -130,8 +137,11 @@ async def throughput(
     tasks: int = 5000, *, agents: int = 2, concurrency: int = 8, nats_url: str | None = None
 ) -> dict[str, float]:
     defs = fanout_definitions(tasks)
-    with tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp:
-        cluster = _cluster(defs, Path(tmp), agents, concurrency, nats_url)
+    with (
+        tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
+        (Path(tmp) / "roles.log").open("a") as log,
+    ):
+        cluster = _cluster(defs, Path(tmp), log, agents, concurrency, nats_url)
         await cluster.start()
         try:
             started = time.perf_counter()

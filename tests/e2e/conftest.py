@@ -74,6 +74,7 @@ def system(tmp_path: Path) -> System:
         concurrency: int = 2,
         queues: list[str] | None = None,
         agent_args: tuple[str, ...] = (),
+        restart: bool = False,
     ) -> AsyncIterator[Running]:
         lines: list[str] = []
         cluster = LocalCluster(
@@ -83,7 +84,7 @@ def system(tmp_path: Path) -> System:
             concurrency=concurrency,
             queues=queues,
             printer=lambda role, line: lines.append(f"{role} | {line}"),
-            restart=False,
+            restart=restart,
             agent_args=agent_args,
         )
         await cluster.start()

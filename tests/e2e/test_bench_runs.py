@@ -1,0 +1,36 @@
+"""The system benchmarks still run (on a tiny size; their budgets live in `just bench`)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from services import bench
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_latency_bench_runs_on_a_short_chain() -> None:
+    figures = await bench.latency(5)
+    assert figures["hops"] == 4
+    assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"]
+
+
+async def test_throughput_bench_runs_on_a_few_tasks() -> None:
+    figures = await bench.throughput(20, agents=2, concurrency=2)
+    assert figures["tasks"] == 20 and figures["tasks_per_s"] > 0
+
+
+def test_bench_cli_prints_one_json_object() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "bench", "latency", "--tasks", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert {"hops", "p50_ms", "p90_ms", "p99_ms"} <= figures.keys()
