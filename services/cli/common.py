@@ -80,3 +80,13 @@ def load_definitions_or_fail(folder: Path) -> Definitions:
     if defs is None:
         raise CliError(f"invalid definitions in {folder}; nothing was started or changed", 1)
     return defs
+
+
+def human_duration(seconds: float) -> str:
+    """`12 ms`, `3.40 s`, `2 m 05 s`: short tasks are common, so milliseconds matter."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms" if seconds >= 0.01 else f"{seconds * 1000:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} m {rest:02d} s"

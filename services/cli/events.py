@@ -44,7 +44,7 @@ def line(seq: int, event: AnyEvent, as_json: bool) -> str:
             "trigger": fields["trigger"],
         }
     where = f"{task}#{attempt}" if task else ""
-    details = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "", {}, []))
+    details = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in (None, "", {}, []))
     return f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip()
 
 
@@ -66,3 +66,8 @@ async def print_events(args: argparse.Namespace) -> int:
     finally:
         await bus.close()
     return 0
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = str(value).replace("\n", "\\n")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

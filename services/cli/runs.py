@@ -10,7 +10,7 @@ from typing import Any
 from core.events import RunCancelRequested
 from core.run import RunState, fold, summary
 from services.bus import Bus
-from services.cli.common import add_nats_option, connect, run
+from services.cli.common import add_nats_option, connect, human_duration, run
 from services.cli.main import CliError
 
 
@@ -68,14 +68,14 @@ async def show_run(args: argparse.Namespace) -> int:
     print(f"status   {status}")
     print(f"started  {state.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S}")
     if state.ended_at:
-        took = (state.ended_at - state.scheduled_at).total_seconds()
-        print(f"ended    {state.ended_at.astimezone():%Y-%m-%d %H:%M:%S} ({took:.2f}s)")
+        took = human_duration((state.ended_at - state.scheduled_at).total_seconds())
+        print(f"ended    {state.ended_at.astimezone():%Y-%m-%d %H:%M:%S} ({took})")
     print()
     print(f"{'TASK':<28} {'STATUS':<13} {'ATTEMPT':>7}  {'QUEUE':<12} {'AGENT':<24} DURATION")
     for task_id, task in state.tasks.items():
         duration = ""
         if task.started_at and task.finished_at:
-            duration = f"{(task.finished_at - task.started_at).total_seconds():.2f}s"
+            duration = human_duration((task.finished_at - task.started_at).total_seconds())
         print(
             f"{task_id:<28} {task.status:<13} {task.attempt:>7}  {task.node.queue:<12} "
             f"{task.agent_id:<24} {duration}"

@@ -14,7 +14,9 @@ from core.definitions import Definitions
 from core.events import (
     TERMINAL,
     AnyEvent,
+    GraphExtended,
     RunScheduled,
+    TaskEvent,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
@@ -26,7 +28,13 @@ from core.graph import GraphError
 from core.run import RunState, fold, summary
 from core.scheduling import plan_run
 from services.bus import Bus, RunExists
-from services.cli.common import add_nats_option, connect, load_definitions_or_fail, run
+from services.cli.common import (
+    add_nats_option,
+    connect,
+    human_duration,
+    load_definitions_or_fail,
+    run,
+)
 from services.cli.main import CliError
 
 
@@ -151,16 +159,23 @@ def progress_line(state: RunState, event: AnyEvent) -> str | None:
             f" (delivery {event.delivery})" if event.delivery > 1 else ""
         )
     elif isinstance(event, TaskSucceeded):
-        what = f"succeeded in {event.duration_ms / 1000:.2f}s"
+        what = f"succeeded in {human_duration(event.duration_ms / 1000)}"
     elif isinstance(event, TaskFailed):
-        what = f"failed ({event.reason}, exit {event.exit_code}) {event.message}".rstrip()
+        why = {"exit": f"exit code {event.exit_code}", "timeout": "timed out"}.get(
+            event.reason, event.reason.replace("_", " ")
+        )
+        what = f"failed: {why}" + (f" ({event.message})" if event.message else "")
     elif isinstance(event, TaskRetryScheduled):
         what = f"retry {event.attempt} at {event.not_before.astimezone():%H:%M:%S}"
     elif isinstance(event, TaskSkipped):
         what = f"skipped ({event.reason}{': ' + event.upstream if event.upstream else ''})"
+    elif isinstance(event, GraphExtended):
+        added = ", ".join(n.id for n in event.nodes) or "nothing"
+        what = f"extended the run with {added}"
+    elif isinstance(event, TaskEvent):
+        what = type(event).__name__
     else:
-        task_id = getattr(event, "task_id", "")
-        return f"{clock}  {task_id or state.run_id}  {type(event).__name__}"
+        return f"{clock}  run {type(event).__name__.removeprefix('Run').lower()}"
     return f"{clock}  {event.task_id:<24} {what}"
 
 
@@ -170,6 +185,6 @@ def describe_end(state: RunState) -> str:
         counts[task.status] = counts.get(task.status, 0) + 1
     took = ""
     if state.ended_at is not None:
-        took = f" in {(state.ended_at - state.scheduled_at).total_seconds():.2f}s"
+        took = f" in {human_duration((state.ended_at - state.scheduled_at).total_seconds())}"
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     return f"run {state.run_id} {state.status}{took}: {parts}"
