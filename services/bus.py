@@ -113,6 +113,7 @@ DUPLICATE_WINDOW: Final = 300.0  # seconds: how long a retried publish is recogn
 LOG_MAX_AGE: Final = 7 * 24 * 3600.0
 ADVISORY_MAX_AGE: Final = 7 * 24 * 3600.0
 AGENT_TTL: Final = 30.0
+LEASE_TTL: Final = 6.0  # a lease its holder stops renewing is free after this long
 LOG_CHUNK_MAX: Final = 256 * 1024  # larger log writes are split; well under max_payload
 
 # Server error codes we act on (nats-server `server/errors.json`).
@@ -547,7 +548,7 @@ class Bus:
         return [
             KeyValueConfig(bucket=DEFS_BUCKET, history=5, **common),
             KeyValueConfig(bucket=AGENTS_BUCKET, ttl=AGENT_TTL, **common),
-            KeyValueConfig(bucket=LEASES_BUCKET, **common),
+            KeyValueConfig(bucket=LEASES_BUCKET, ttl=LEASE_TTL, **common),
             KeyValueConfig(bucket=CHECKPOINTS_BUCKET, **common),
         ]
 
@@ -1141,6 +1142,56 @@ class Bus:
             except msgspec.DecodeError as exc:
                 log.warning("bus.undecodable_agent", key=key, error=str(exc))
         return sorted(agents, key=lambda a: a.id)
+
+    # -- leases and checkpoints -----------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str) -> int | None:
+        """Take the lease `name` if nobody holds it: its revision, or None when it is held.
+
+        Leases live in a bucket whose entries expire LEASE_TTL after their last write, so a
+        holder that dies frees its lease by itself.
+        """
+        try:
+            return int(await self.kv_bucket(LEASES_BUCKET).create(kv_token(name), holder.encode()))
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+
+    async def renew_lease(self, name: str, holder: str, revision: int) -> int | None:
+        """Keep holding `name`: the new revision, or None when the lease was lost meanwhile."""
+        try:
+            return int(
+                await self.kv_bucket(LEASES_BUCKET).update(
+                    kv_token(name), holder.encode(), last=revision
+                )
+            )
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            return None
+
+    async def lease_holder(self, name: str) -> str | None:
+        try:
+            entry = await self.kv_bucket(LEASES_BUCKET).get(kv_token(name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return (entry.value or b"").decode() or None
+
+    async def release_lease(self, name: str, revision: int) -> None:
+        # Best effort: a lease that is not released expires after LEASE_TTL anyway. (A stale
+        # revision comes back as a plain BadRequestError from delete, unlike from update.)
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, nats.js.errors.BadRequestError):
+            await self.kv_bucket(LEASES_BUCKET).delete(kv_token(name), last=revision)
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        try:
+            entry = await self.kv_bucket(CHECKPOINTS_BUCKET).get(kv_token(name))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        try:
+            return int(entry.value or b"")
+        except ValueError:
+            return None
+
+    async def put_checkpoint(self, name: str, value: int) -> None:
+        await self.kv_bucket(CHECKPOINTS_BUCKET).put(kv_token(name), str(value).encode())
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """The orchestrator process: folds the event log into run states and appends what happens next.
 
-What it does, in order:
+What it does, in order (after taking the orchestrator lease: a second orchestrator waits as a
+hot standby and takes over when the first one stops renewing it):
 1. publishes the definitions it was given to the `cx_defs` bucket, so every process sees them;
-2. replays the event log from the start to rebuild the state of every open run (finished runs
-   are dropped as soon as they end, so memory holds only what is in flight);
+2. replays the event log from its checkpoint (the first event of the oldest open run) to rebuild
+   the state of every open run; finished runs leave memory once their end is stored;
 3. once caught up, re-sends the dispatch of every queued attempt (same message id, so one that
    was already delivered is a no-op) and decides every open run once;
 4. then follows the log live: each event is folded into its run, and when no more events are
@@ -24,12 +25,15 @@ import asyncio
 import contextlib
 import datetime as dt
 import heapq
+import os
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from core.events import (
+    TERMINAL,
     AnyEvent,
     EvaluationResult,
     RunCancelRequested,
@@ -47,7 +51,7 @@ from core.run import (
     is_racing,
     next_wakeup,
 )
-from services.bus import Bus, Conflict
+from services.bus import Bus, BusError, Conflict
 
 if TYPE_CHECKING:
     from core.definitions import Definitions
@@ -55,6 +59,15 @@ if TYPE_CHECKING:
 log = structlog.get_logger("cyclonetix.orchestrator")
 
 DEFINITIONS_REFRESH_S = 2.0
+LEASE = "orchestrator"  # one lease for all shards until orchestrators split them
+LEASE_RETRY_S = 1.0
+LEASE_RENEW_S = 2.0  # well inside LEASE_TTL
+CHECKPOINT = "orchestrator.resume_from"
+CHECKPOINT_EVERY_S = 2.0
+
+
+class LeaseLost(Exception):
+    """Another orchestrator took over (this one was cut off for longer than the lease lasts)."""
 
 
 def utcnow() -> dt.datetime:
@@ -76,44 +89,131 @@ class Orchestrator:
         self.definitions: Definitions | None = None
         self.definitions_at = 0.0
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.first_seq: dict[str, int] = {}  # per open run: sequence of its RunScheduled
+        self.seen_seq = 0  # highest sequence received
+        self.holder = f"{socket.gethostname()}-{os.getpid()}"
+        self.lease_revision = 0
+        self.lost_lease = False
 
     # ------------------------------------------------------------------ main loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.refresh_definitions(force=True)
-        caught_up_at = await self.bus.last_event_seq()
-        log.info("orchestrator.replaying", events=caught_up_at)
-        started = time.perf_counter()
-        if caught_up_at == 0:
-            await self.go_live(started)
-        timers = self.spawn(self.timer_loop(stop))
-        lost = self.spawn(self.watch_lost())
+        """Hold the orchestrator lease, then follow the log until `stop` (or the lease is lost)."""
+        revision = await self.acquire_lease(stop)
+        if revision is None:
+            return
+        lease = self.spawn(self.keep_lease(revision, stop))
         try:
-            async for seq, event, pending in self.bus.tail(from_seq=1, stop=stop):
+            await self.follow_log(stop)
+        finally:
+            lease.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BusError):
+                await lease
+            if not self.lost_lease:
+                with contextlib.suppress(BusError):
+                    await self.bus.release_lease(LEASE, self.lease_revision)
+        if self.lost_lease:
+            raise LeaseLost("another orchestrator holds the lease now; stopping")
+
+    async def follow_log(self, stop: asyncio.Event) -> None:
+        await self.refresh_definitions(force=True)
+        # Everything before the checkpoint belongs to runs that ended: start after it.
+        from_seq = await self.bus.get_checkpoint(CHECKPOINT) or 1
+        caught_up_at = await self.bus.last_event_seq()
+        self.seen_seq = from_seq - 1
+        log.info("orchestrator.replaying", from_seq=from_seq, to_seq=caught_up_at)
+        started = time.perf_counter()
+        if caught_up_at < from_seq:
+            await self.go_live(started)
+        background = [
+            self.spawn(self.timer_loop(stop)),
+            self.spawn(self.watch_lost()),
+            self.spawn(self.checkpoint_loop(stop)),
+        ]
+        try:
+            async for seq, event, pending in self.bus.tail(from_seq=from_seq, stop=stop):
                 self.apply(seq, event)
                 if not self.live and seq >= caught_up_at:
                     await self.go_live(started)
                 elif self.live and pending == 0:
                     await self.decide_dirty()
+                if self.lost_lease:
+                    return
         finally:
-            timers.cancel()
-            lost.cancel()
+            for task in background:
+                task.cancel()
             for task in list(self.tasks):
                 task.cancel()
 
     def apply(self, seq: int, event: AnyEvent) -> None:
+        self.seen_seq = max(self.seen_seq, seq)
         run_id = event.run_id
         state = self.runs.get(run_id)
-        if state is None and not isinstance(event, RunScheduled):
-            return  # a late event of a run that has already ended (and left memory)
+        if state is None:
+            if not isinstance(event, RunScheduled):
+                return  # a late event of a run that has already ended (and left memory)
+            self.first_seq[run_id] = seq
         self.last_seq[run_id] = seq
         state = fold(state, event)
         if state is None:
             return
         self.runs[run_id] = state
+        if isinstance(event, TERMINAL):
+            # Forgotten only once its end is stored: the checkpoint may then move past it.
+            self.forget(run_id)
+            return
         self.dirty[run_id] = None
         if isinstance(event, RunCancelRequested) and self.live:
             self.spawn(self.bus.announce_cancel(run_id))
+
+    # ------------------------------------------------------------------ lease and checkpoint
+
+    async def acquire_lease(self, stop: asyncio.Event) -> int | None:
+        """One orchestrator decides at a time; others wait here as hot standbys."""
+        waiting = False
+        while not stop.is_set():
+            revision = await self.bus.acquire_lease(LEASE, self.holder)
+            if revision is not None:
+                log.info("orchestrator.lease_acquired", holder=self.holder)
+                self.lease_revision = revision
+                return revision
+            if not waiting:
+                holder = await self.bus.lease_holder(LEASE)
+                log.info("orchestrator.standby", holder=holder)
+                waiting = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_RETRY_S)
+        return None
+
+    async def keep_lease(self, revision: int, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
+            if stop.is_set():
+                return
+            try:
+                renewed = await self.bus.renew_lease(LEASE, self.holder, revision)
+            except BusError as exc:
+                log.warning("orchestrator.lease_renew_failed", error=str(exc))
+                continue  # NATS is away: nothing we decide can be stored meanwhile either
+            if renewed is None:
+                log.error("orchestrator.lease_lost")
+                self.lost_lease = True
+                return
+            revision = self.lease_revision = renewed
+
+    async def checkpoint_loop(self, stop: asyncio.Event) -> None:
+        written = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), CHECKPOINT_EVERY_S)
+            if not self.live:
+                continue
+            resume = min(self.first_seq.values(), default=self.seen_seq + 1)
+            if resume != written:
+                with contextlib.suppress(BusError):
+                    await self.bus.put_checkpoint(CHECKPOINT, resume)
+                    written = resume
 
     async def go_live(self, started: float) -> None:
         self.live = True
@@ -157,8 +257,7 @@ class Orchestrator:
         for event in advance(state, now, self.extend, racing=False):
             self.publish(state, event)
         if state.finished:
-            self.forget(state.run_id)
-            return
+            return  # forgotten when its terminal event comes back from the log
         if self.may_race(state, now) and state.run_id not in self.racing:
             self.racing.add(state.run_id)
             self.spawn(self.append_racing(state))
@@ -263,6 +362,7 @@ class Orchestrator:
         """A finished run leaves memory: only open runs cost the orchestrator anything."""
         self.runs.pop(run_id, None)
         self.last_seq.pop(run_id, None)
+        self.first_seq.pop(run_id, None)
         self.inflight.pop(run_id, None)
         self.own_seq.pop(run_id, None)
         self.dirty.pop(run_id, None)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ from services.cli.common import (
     run,
     until_stopped,
 )
+from services.cli.main import CliError
 from services.logging import configure_logging
-from services.orchestrator import Orchestrator
+from services.orchestrator import LeaseLost, Orchestrator
 
 log = structlog.get_logger("cyclonetix.orchestrator")
 
@@ -55,13 +55,10 @@ def main(args: argparse.Namespace) -> int:
             if definitions is not None:
                 changed = await bus.put_definitions(definitions)
                 log.info("definitions.published", folder=str(args.definitions), changed=changed)
-            work = asyncio.ensure_future(Orchestrator(bus).run(stop))
-            stopping = asyncio.ensure_future(stop.wait())
-            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            work.cancel()
-            stopping.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await work
+            try:
+                await Orchestrator(bus).run(stop)  # returns once `stop` is set
+            except LeaseLost as exc:
+                raise CliError(str(exc), 3) from None
         finally:
             await bus.close()
             log.info("orchestrator.stopped")

@@ -33,7 +33,7 @@ from core.events import (
 )
 from core.scheduling import plan_run
 from services.bus import Bus
-from services.orchestrator import Orchestrator
+from services.orchestrator import CHECKPOINT, Orchestrator
 
 pytestmark = pytest.mark.integration
 
@@ -202,3 +202,67 @@ async def wait_for_event(
             if predicate(event):
                 return event
     raise AssertionError("run ended before the awaited event")
+
+
+async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_second_orchestrator_stands_by_and_takes_over(bus: Bus) -> None:
+    async with stand_in_agent(bus, succeed):
+        first_stop = asyncio.Event()
+        first = Orchestrator(bus)
+        first_task = asyncio.ensure_future(first.run(first_stop))
+        await wait_until(lambda: _true(first.live))
+        async with orchestrator(bus) as second:
+            run_id = await schedule(bus, DIAMOND, "d")
+            await until_end(bus, run_id)
+            assert not second.live and second.lease_revision == 0  # it never decided
+            first_stop.set()
+            await first_task  # a graceful stop releases the lease
+            await wait_until(lambda: _true(second.live))
+            events = await until_end(bus, await schedule(bus, DIAMOND, "d"))
+    assert isinstance(events[-1], RunSucceeded)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_the_checkpoint_skips_finished_runs_and_holds_at_the_oldest_open_one(
+    bus: Bus,
+) -> None:
+    release = asyncio.Event()
+
+    async def hold_held(d: Dispatch) -> bool:
+        if d.run_id == held_run:
+            await release.wait()
+        return True
+
+    held_run = ""
+    async with stand_in_agent(bus, hold_held):
+        async with orchestrator(bus):
+            for _ in range(3):
+                await until_end(bus, await schedule(bus, DIAMOND, "d"))
+            end = await bus.last_event_seq()
+
+            async def past_finished_runs() -> bool:
+                return (await bus.get_checkpoint(CHECKPOINT) or 0) > end
+
+            await wait_until(past_finished_runs)
+            held_run = await schedule(bus, defs(TaskDef(id="x", command="true")), "x")
+            first_seq = (await bus.history(held_run))[0][0]
+
+            async def at_open_run() -> bool:
+                return await bus.get_checkpoint(CHECKPOINT) == first_seq
+
+            await wait_until(at_open_run)
+        # The orchestrator is gone; the task finishes; a new one starts from the checkpoint.
+        release.set()
+        async with orchestrator(bus) as restarted:
+            events = await until_end(bus, held_run)
+            assert restarted.first_seq == {} and restarted.seen_seq >= first_seq
+    assert isinstance(events[-1], RunSucceeded)
