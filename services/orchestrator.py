@@ -64,6 +64,7 @@ LEASE_RETRY_S = 1.0
 LEASE_RENEW_S = 2.0  # well inside LEASE_TTL
 CHECKPOINT = "orchestrator.resume_from"
 CHECKPOINT_EVERY_S = 2.0
+DECIDE_AFTER_RUNS = 64
 
 
 class LeaseLost(Exception):
@@ -135,7 +136,9 @@ class Orchestrator:
                 self.apply(seq, event)
                 if not self.live and seq >= caught_up_at:
                     await self.go_live(started)
-                elif self.live and pending == 0:
+                elif self.live and (pending == 0 or len(self.dirty) >= DECIDE_AFTER_RUNS):
+                    # Deciding once the backlog is read batches work under load; the bound
+                    # keeps a backlog that never empties from holding decisions back.
                     await self.decide_dirty()
                 if self.lost_lease:
                     return
