@@ -64,7 +64,7 @@ LEASE_RETRY_S = 1.0
 LEASE_RENEW_S = 2.0  # well inside LEASE_TTL
 CHECKPOINT = "orchestrator.resume_from"
 CHECKPOINT_EVERY_S = 2.0
-DECIDE_AFTER_RUNS = 64
+DECIDE_AFTER_EVENTS = 256
 
 
 class LeaseLost(Exception):
@@ -132,14 +132,17 @@ class Orchestrator:
             self.spawn(self.checkpoint_loop(stop)),
         ]
         try:
+            undecided = 0
             async for seq, event, pending in self.bus.tail(from_seq=from_seq, stop=stop):
                 self.apply(seq, event)
+                undecided += 1
                 if not self.live and seq >= caught_up_at:
                     await self.go_live(started)
-                elif self.live and (pending == 0 or len(self.dirty) >= DECIDE_AFTER_RUNS):
+                elif self.live and (pending == 0 or undecided >= DECIDE_AFTER_EVENTS):
                     # Deciding once the backlog is read batches work under load; the bound
                     # keeps a backlog that never empties from holding decisions back.
                     await self.decide_dirty()
+                    undecided = 0
                 if self.lost_lease:
                     return
         finally:
