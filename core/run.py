@@ -36,7 +36,7 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from core.graph import TaskNode
+from core.graph import TaskNode, task_environment
 
 # Task statuses.
 PENDING = "pending"  # waiting for dependencies (or for a queue decision once they are met)
@@ -579,7 +579,7 @@ def dispatch_for(state: RunState, queued: TaskQueued) -> Dispatch:
         attempt=queued.attempt,
         queue=node.queue,
         command=node.command,
-        env={**state.context, **node.parameters},
+        env=task_environment(state.context, node, run_id=state.run_id, attempt=queued.attempt),
         timeout_seconds=node.timeout_seconds,
         evaluation_point=node.evaluation_point,
     )

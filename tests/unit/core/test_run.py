@@ -89,7 +89,13 @@ def test_dispatch_env_is_context_under_parameters() -> None:
     assert state is not None
     (q,) = advance(state, T0)
     assert isinstance(q, TaskQueued)
-    assert dispatch_for(state, q).env == {"A": "task", "B": "task", "C": "ctx"}
+    env = dispatch_for(state, q).env
+    assert {k: v for k, v in env.items() if not k.startswith("CYCLONETIX_")} == {
+        "A": "task",
+        "B": "task",
+        "C": "ctx",
+    }
+    assert env["CYCLONETIX_TASK_ID"] == "t" and env["CYCLONETIX_ATTEMPT"] == "1"
 
 
 def test_mid_graph_failure_skips_dependents_and_fails_the_run() -> None:
