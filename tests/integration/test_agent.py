@@ -10,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,10 +25,11 @@ from core.events import (
     TaskSucceeded,
 )
 from services.agent import Agent, AgentConfig
-from services.bus import WORK_STREAM, Bus, BusUnavailable, work_subject
+from services.bus import WORK_STREAM, Bus, work_subject
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+    from collections.abc import AsyncIterator, Callable, Iterator
 
     from services.embedded_nats import EmbeddedNats
 
@@ -41,27 +41,6 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 20.0, what: str = ""
-) -> T:
-    """Poll `probe` until it returns something other than None, or fail after `timeout`.
-
-    BusUnavailable counts as "not yet" (reads fail while NATS restarts).
-    """
-    deadline = time.monotonic() + timeout
-    last_error: BusUnavailable | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = await probe()
-        except BusUnavailable as exc:
-            last_error = exc
-        else:
-            if result is not None:
-                return result
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or probe} ({last_error})")
 
 
 async def wait_for_file(path: Path, timeout: float = 20.0) -> str:

@@ -47,9 +47,10 @@ from services.bus import (
     subject_token,
     work_subject,
 )
+from tests.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator
 
     from services.embedded_nats import EmbeddedNats
 
@@ -69,24 +70,6 @@ def started(run_id: str, task_id: str, attempt: int = 1) -> TaskStarted:
 
 def dispatch(task_id: str, queue: str = "default") -> Dispatch:
     return Dispatch(run_id="r1", task_id=task_id, attempt=1, queue=queue, command="true")
-
-
-async def eventually(
-    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 15.0, what: str = ""
-) -> T:
-    """Poll `probe` until it returns something other than None (or raise after `timeout`)."""
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = await probe()
-        except Exception as exc:  # noqa: BLE001 - the condition is not met yet
-            last_error = exc
-        else:
-            if result is not None:
-                return result
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what or probe}: last error {last_error!r}")
 
 
 async def take(source: AsyncIterator[T], n: int, timeout: float = 10.0) -> list[T]:

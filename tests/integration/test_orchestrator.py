@@ -34,6 +34,7 @@ from core.events import (
 from core.scheduling import plan_run
 from services.bus import Bus
 from services.orchestrator import CHECKPOINT, Orchestrator
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -204,32 +205,25 @@ async def wait_for_event(
     raise AssertionError("run ended before the awaited event")
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_second_orchestrator_stands_by_and_takes_over(bus: Bus) -> None:
     async with stand_in_agent(bus, succeed):
         first_stop = asyncio.Event()
         first = Orchestrator(bus)
         first_task = asyncio.ensure_future(first.run(first_stop))
-        await wait_until(lambda: _true(first.live))
+        await eventually(lambda: _true(first.live), what="the first orchestrator to lead")
         async with orchestrator(bus) as second:
             run_id = await schedule(bus, DIAMOND, "d")
             await until_end(bus, run_id)
             assert not second.live and second.lease_revision == 0  # it never decided
             first_stop.set()
             await first_task  # a graceful stop releases the lease
-            await wait_until(lambda: _true(second.live))
+            await eventually(lambda: _true(second.live), what="the standby to take over")
             events = await until_end(bus, await schedule(bus, DIAMOND, "d"))
     assert isinstance(events[-1], RunSucceeded)
 
 
-async def _true(value: bool) -> bool:
-    return value
+async def _true(value: bool) -> bool | None:
+    return True if value else None
 
 
 async def test_the_checkpoint_skips_finished_runs_and_holds_at_the_oldest_open_one(
@@ -249,17 +243,17 @@ async def test_the_checkpoint_skips_finished_runs_and_holds_at_the_oldest_open_o
                 await until_end(bus, await schedule(bus, DIAMOND, "d"))
             end = await bus.last_event_seq()
 
-            async def past_finished_runs() -> bool:
-                return (await bus.get_checkpoint(CHECKPOINT) or 0) > end
+            async def past_finished_runs() -> bool | None:
+                return True if (await bus.get_checkpoint(CHECKPOINT) or 0) > end else None
 
-            await wait_until(past_finished_runs)
+            await eventually(past_finished_runs, what="the checkpoint to pass finished runs")
             held_run = await schedule(bus, defs(TaskDef(id="x", command="true")), "x")
             first_seq = (await bus.history(held_run))[0][0]
 
-            async def at_open_run() -> bool:
-                return await bus.get_checkpoint(CHECKPOINT) == first_seq
+            async def at_open_run() -> bool | None:
+                return True if await bus.get_checkpoint(CHECKPOINT) == first_seq else None
 
-            await wait_until(at_open_run)
+            await eventually(at_open_run, what="the checkpoint to hold at the open run")
         # The orchestrator is gone; the task finishes; a new one starts from the checkpoint.
         release.set()
         async with orchestrator(bus) as restarted:
