@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 DESCRIPTION = (
     "Resolve the graph of an outcome (a task and everything it needs) or of a DAG, with "
     "parameters merged as a run would see them, and print it as JSON or as a Graphviz digraph "
-    "(`cyclonetix graph --outcome deploy_model --format dot | dot -Tsvg > graph.svg`)."
+    "(`cyclonetix graph DIR --outcome deploy_model --format dot | dot -Tsvg > graph.svg`)."
 )
 
 

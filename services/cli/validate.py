@@ -28,6 +28,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="check definition files and report every problem",
         description=DESCRIPTION,
     )
+    add_definitions_option(parser)
+    parser.set_defaults(func=run)
+
+
+def add_definitions_option(parser: argparse.ArgumentParser) -> None:
+    """`[DIR]` or `-d/--definitions DIR`, shared by every command that reads definitions."""
     parser.add_argument(
         "dir",
         nargs="?",
@@ -35,12 +41,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="DIR",
         help="definitions folder (same as --definitions)",
     )
-    add_definitions_option(parser)
-    parser.set_defaults(func=run)
-
-
-def add_definitions_option(parser: argparse.ArgumentParser) -> None:
-    """`-d/--definitions DIR`, shared by every command that reads definitions."""
     parser.add_argument(
         "-d",
         "--definitions",
