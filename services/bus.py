@@ -113,6 +113,7 @@ DUPLICATE_WINDOW: Final = 300.0  # seconds: how long a retried publish is recogn
 LOG_MAX_AGE: Final = 7 * 24 * 3600.0
 ADVISORY_MAX_AGE: Final = 7 * 24 * 3600.0
 AGENT_TTL: Final = 30.0
+REPLICAS_ENV: Final = "CYCLONETIX_STREAM_REPLICAS"
 LEASE_TTL: Final = 6.0  # a lease its holder stops renewing is free after this long
 LOG_CHUNK_MAX: Final = 256 * 1024  # larger log writes are split; well under max_payload
 
@@ -352,15 +353,22 @@ class Bus:
         name: str,
         provision: bool = True,
         connect_timeout: float = 2.0,
-        replicas: int = 1,
+        replicas: int | None = None,
         publish_timeout: float = 5.0,
         publish_deadline: float = 60.0,
     ) -> Bus:
         """Connect (a few quick attempts), then provision; after that, reconnect forever.
 
         Raises BusUnavailable within about `connect_timeout` when NATS cannot be reached.
-        `url` may list several servers separated by commas (a cluster).
+        `url` may list several servers separated by commas (a cluster). Streams and buckets are
+        created with `replicas` copies (default: $CYCLONETIX_STREAM_REPLICAS, else 1; 3 on a
+        three-node cluster).
         """
+        if replicas is None:
+            try:
+                replicas = int(os.environ.get(REPLICAS_ENV) or 1)
+            except ValueError:
+                raise BusUnavailable(f"{REPLICAS_ENV} must be 1, 3 or 5") from None
         bus = cls(
             name=name,
             replicas=replicas,
