@@ -446,9 +446,14 @@ class Agent:
                     await running.msg.in_progress()
 
     async def _cancel_loop(self) -> None:
-        async for run_id in self.bus.cancellations():
-            if killed := self.cancel_run(run_id):
-                log.info("agent.cancelled", run_id=run_id, tasks=killed)
+        while not self._stopping.is_set():
+            try:
+                async for run_id in self.bus.cancellations():
+                    if killed := self.cancel_run(run_id):
+                        log.info("agent.cancelled", run_id=run_id, tasks=killed)
+            except Exception as exc:  # noqa: BLE001 - keep listening (NATS away and back)
+                log.warning("agent.cancellations_failed", error=repr(exc))
+            await _wait_any(asyncio.sleep(ERROR_BACKOFF), self._stopping)
 
     async def _heartbeat_loop(self) -> None:
         while True:

@@ -959,7 +959,7 @@ class Bus:
             while not self._closing:
                 try:
                     msgs = await psub.fetch(16, timeout=5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from deeper in fetch
                     continue
                 except nats.errors.Error as exc:
                     if self.closed:

@@ -28,6 +28,7 @@ import heapq
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -127,9 +128,9 @@ class Orchestrator:
         if caught_up_at < from_seq:
             await self.go_live(started)
         background = [
-            self.spawn(self.timer_loop(stop)),
-            self.spawn(self.watch_lost()),
-            self.spawn(self.checkpoint_loop(stop)),
+            self.spawn(self.supervised("timers", lambda: self.timer_loop(stop), stop)),
+            self.spawn(self.supervised("lost work", self.watch_lost, stop)),
+            self.spawn(self.supervised("checkpoints", lambda: self.checkpoint_loop(stop), stop)),
         ]
         try:
             undecided = 0
@@ -415,6 +416,18 @@ class Orchestrator:
             return
         self.definitions = await self.bus.load_definitions()
         self.definitions_at = time.monotonic()
+
+    async def supervised(
+        self, name: str, loop: Callable[[], Awaitable[None]], stop: asyncio.Event
+    ) -> None:
+        """A background loop that fails (NATS away, a bug) is logged and started again."""
+        while not stop.is_set():
+            try:
+                await loop()
+            except Exception as exc:  # noqa: BLE001 - a helper loop must not die silently
+                log.error("orchestrator.loop_failed", loop=name, error=repr(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

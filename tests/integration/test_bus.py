@@ -8,7 +8,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import nats.errors
 import pytest
 from nats.js.api import StreamConfig
 
@@ -336,7 +335,7 @@ async def test_agents_of_a_queue_share_its_messages(bus: Bus, nats_url: str) -> 
                 await msg.ack()
         assert len(seen["first"]) == 5 and len(seen["second"]) == 5
         assert sorted(seen["first"] + seen["second"]) == sorted(f"t{i}" for i in range(10))
-        with pytest.raises(nats.errors.TimeoutError):
+        with pytest.raises(TimeoutError):
             await first.fetch(1, timeout=0.3)  # the gpu message is not for the default queue
         (msg,) = await gpu.fetch(1, timeout=5)
         assert b"big-model" in msg.data
@@ -385,7 +384,7 @@ async def test_work_whose_deliveries_ran_out_is_reported(bus: Bus) -> None:
         while True:
             try:
                 await sub.fetch(1, timeout=1)
-            except nats.errors.TimeoutError:
+            except TimeoutError:
                 continue
 
     puller = asyncio.create_task(keep_pulling())
@@ -493,7 +492,7 @@ async def test_heartbeats(bus: Bus) -> None:
 async def test_close_is_quick_with_open_subscriptions(nats_url: str) -> None:
     bus = await Bus.connect(nats_url, name="closing")
     sub = await bus.work_subscription("default")
-    with pytest.raises(nats.errors.TimeoutError):
+    with pytest.raises(TimeoutError):
         await sub.fetch(1, timeout=0.2)  # leaves a 408 status in the subscription's queue
     stop = asyncio.Event()
 
