@@ -10,9 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from services.agent import Agent, AgentConfig, new_agent_id
-from services.cli.common import add_log_options, add_nats_option, connect, nats_url, run
+from services.cli.common import (
+    add_log_options,
+    add_nats_option,
+    configure_role_logging,
+    connect,
+    nats_url,
+    run,
+)
 from services.cli.main import CliError
-from services.logging import configure_logging
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, seal_inherited_fds
 
 
@@ -88,10 +94,7 @@ def register(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        configure_logging(json=args.log_format == "json", level=args.log_level, role="agent")
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
+    configure_role_logging(args, "agent")
     workdir = (args.workdir or Path.cwd()).resolve()
     if not workdir.is_dir():
         raise CliError(f"--workdir {args.workdir} is not a directory")

@@ -13,6 +13,7 @@ from core.definitions import Definitions
 from services.bus import Bus, BusUnavailable
 from services.cli.main import CliError
 from services.cli.validate import load_or_report
+from services.logging import configure_logging
 from services.runtime_info import DEFAULT_DATA_DIR, NoNatsServer, resolve_nats_url
 
 T = TypeVar("T")
@@ -35,6 +36,14 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
         help="console for people, json for log shippers (default: console)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def configure_role_logging(args: argparse.Namespace, role: str) -> None:
+    """Logging of a long-running role from --log-format/--log-level (a bad level: one line)."""
+    try:
+        configure_logging(json=args.log_format == "json", level=args.log_level, role=role)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 def nats_url(args: argparse.Namespace, data_dir: Path = DEFAULT_DATA_DIR) -> str:

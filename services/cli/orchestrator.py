@@ -12,13 +12,13 @@ import structlog
 from services.cli.common import (
     add_log_options,
     add_nats_option,
+    configure_role_logging,
     connect,
     load_definitions_or_fail,
     run,
     until_stopped,
 )
 from services.cli.main import CliError
-from services.logging import configure_logging
 from services.orchestrator import LeaseLost, Orchestrator
 
 log = structlog.get_logger("cyclonetix.orchestrator")
@@ -44,7 +44,7 @@ def register(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    configure_logging(json=args.log_format == "json", level=args.log_level, role="orchestrator")
+    configure_role_logging(args, "orchestrator")
     definitions = None
     if args.definitions is not None:
         definitions = load_definitions_or_fail(args.definitions)
