@@ -19,7 +19,7 @@ import structlog
 
 from core.definitions import Definitions
 from services.bus import Bus
-from services.embedded_nats import EmbeddedNats
+from services.embedded_nats import EmbeddedNats, die_with_parent
 
 log = structlog.get_logger("cyclonetix.cluster")
 
@@ -101,6 +101,7 @@ class LocalCluster:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop them in order
+            preexec_fn=die_with_parent(),  # a killed dev/bench/test run leaves no role behind
         )
         role.pump = asyncio.ensure_future(self._pump(role, role.process))
 

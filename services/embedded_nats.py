@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
-__all__ = ["EmbeddedNats", "EmbeddedNatsError", "find_nats_server"]
+__all__ = ["EmbeddedNats", "EmbeddedNatsError", "die_with_parent", "find_nats_server"]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -62,6 +62,19 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(127)
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when this process dies, even by SIGKILL (Linux;
+    None elsewhere). Start the child from the main thread or a thread that never ends."""
+    if _prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _die_with_parent(parent)
+
+    return preexec
 
 
 class _Forker:
@@ -189,13 +202,7 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self._config_text())
         self._log = self.log_path.open("ab")
-        preexec = None
-        if _prctl is not None:
-            parent = os.getpid()
-
-            def preexec() -> None:
-                _die_with_parent(parent)
-
+        preexec = die_with_parent()
         log = self._log
         self._proc = _popen(
             lambda: subprocess.Popen(
