@@ -570,16 +570,17 @@ def next_wakeup(state: RunState) -> dt.datetime | None:
     return min(times, default=None)
 
 
-def dispatch_for(state: RunState, queued: TaskQueued) -> Dispatch:
-    """The work message for a queued attempt: the run's context under the task's parameters."""
-    node = state.tasks[queued.task_id].node
+def dispatch_for(state: RunState, task_id: str) -> Dispatch:
+    """The work message for a task's current (queued) attempt: context under its parameters."""
+    task = state.tasks[task_id]
+    node, attempt = task.node, task.attempt
     return Dispatch(
         run_id=state.run_id,
         task_id=node.id,
-        attempt=queued.attempt,
+        attempt=attempt,
         queue=node.queue,
         command=node.command,
-        env=task_environment(state.context, node, run_id=state.run_id, attempt=queued.attempt),
+        env=task_environment(state.context, node, run_id=state.run_id, attempt=attempt),
         timeout_seconds=node.timeout_seconds,
         evaluation_point=node.evaluation_point,
     )

@@ -66,7 +66,7 @@ def plan_run(
         graph=nodes,
         context=context,
         context_id=context_id,
-        params={p.split("=", 1)[0]: p.split("=", 1)[1] for p in params if "=" in p},
+        params=dict(p.split("=", 1) for p in params),  # (each has an "=": checked above)
         trigger=trigger,
         idempotency_key=idempotency_key,
     )

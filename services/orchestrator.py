@@ -233,15 +233,7 @@ class Orchestrator:
         # attempt: re-send every queued one (the work stream drops duplicates by message id).
         for state in self.runs.values():
             for task_id in state.queued:
-                task = state.tasks[task_id]
-                queued = TaskQueued(
-                    run_id=state.run_id,
-                    ts=task.queued_at or utcnow(),
-                    task_id=task_id,
-                    attempt=task.attempt,
-                    queue=task.node.queue,
-                )
-                self.publish_dispatch(state, queued)
+                self.publish_dispatch(state, task_id)
         self.dirty.update(dict.fromkeys(self.runs))
         for state in self.runs.values():
             if state.cancel_requested:  # announced before a crash, maybe not: again
@@ -331,7 +323,7 @@ class Orchestrator:
         future = self.bus.append_nowait(event)
         future.add_done_callback(lambda f: self.appended(event, f))
         if isinstance(event, TaskQueued):
-            self.publish_dispatch(state, event)
+            self.publish_dispatch(state, event.task_id)  # (already folded)
 
     def appended(self, event: AnyEvent, future: asyncio.Future[int]) -> None:
         run_id = event.run_id
@@ -354,8 +346,8 @@ class Orchestrator:
         finally:
             self.inflight[event.run_id] -= 1
 
-    def publish_dispatch(self, state: RunState, queued: TaskQueued) -> None:
-        dispatch = dispatch_for(state, queued)
+    def publish_dispatch(self, state: RunState, task_id: str) -> None:
+        dispatch = dispatch_for(state, task_id)
         future = self.bus.dispatch_nowait(dispatch)
 
         def sent(f: asyncio.Future[Any]) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
 from core.definitions import Definitions
+from core.events import AnyEvent
+from core.run import RunState, fold
 from services.bus import Bus, BusUnavailable
 from services.cli.main import CliError
 from services.cli.validate import load_or_report
@@ -36,6 +38,15 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
         help="console for people, json for log shippers (default: console)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+async def follow_state(bus: Bus, run_id: str) -> AsyncIterator[tuple[AnyEvent, RunState]]:
+    """Each new event of a run with the run's state after it, until its terminal event."""
+    state: RunState | None = None
+    async for _seq, event in bus.follow_run(run_id):
+        state = fold(state, event)
+        if state is not None:
+            yield event, state
 
 
 def configure_role_logging(args: argparse.Namespace, role: str) -> None:

@@ -8,9 +8,9 @@ import contextlib
 import sys
 from typing import Any
 
-from core.run import TASK_DONE, RunState, fold
+from core.run import TASK_DONE
 from services.bus import Bus
-from services.cli.common import add_nats_option, connect, run
+from services.cli.common import add_nats_option, connect, follow_state, run
 from services.cli.main import CliError
 
 
@@ -65,11 +65,7 @@ async def _copy(bus: Bus, args: argparse.Namespace, out: Any) -> None:
 
 async def _task_ended(bus: Bus, run_id: str, task_id: str) -> None:
     """Returns once the task is done for good (a failed attempt may still be retried)."""
-    state: RunState | None = None
-    async for _seq, event in bus.follow_run(run_id):
-        state = fold(state, event)
-        if state is None:
-            continue
+    async for _event, state in follow_state(bus, run_id):
         task = state.tasks.get(task_id)
         if state.finished or (task is not None and task.status in TASK_DONE):
             return

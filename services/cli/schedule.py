@@ -12,7 +12,6 @@ from typing import Any
 
 from core.definitions import Definitions
 from core.events import (
-    TERMINAL,
     AnyEvent,
     GraphExtended,
     RunScheduled,
@@ -25,12 +24,13 @@ from core.events import (
     TaskSucceeded,
 )
 from core.graph import GraphError
-from core.run import RunState, fold, summary
+from core.run import RunState, summary
 from core.scheduling import plan_run
 from services.bus import Bus, RunExists
 from services.cli.common import (
     add_nats_option,
     connect,
+    follow_state,
     human_duration,
     load_definitions_or_fail,
     run,
@@ -113,14 +113,10 @@ async def schedule(args: argparse.Namespace) -> int:
 
 async def follow(bus: Bus, run_id: str, *, progress: bool) -> RunState:
     """Fold a run's events as they arrive until its terminal event; print transitions."""
-    state: RunState | None = None
-    async for _seq, event in bus.follow_run(run_id):
-        state = fold(state, event)
-        if progress and state is not None:
-            line = progress_line(state, event)
-            if line:
-                print(line, file=sys.stderr, flush=True)
-        if isinstance(event, TERMINAL) and state is not None:
+    async for event, state in follow_state(bus, run_id):
+        if progress and (line := progress_line(state, event)):
+            print(line, file=sys.stderr, flush=True)
+        if state.finished:
             return state
     raise CliError(f"lost the event stream of run {run_id!r}")
 

@@ -80,7 +80,7 @@ def test_queue_of_each_task_is_in_its_queued_event_and_dispatch() -> None:
     fold(state, succeeded("run-1", "prep"))
     (q,) = [e for e in advance(state, T0) if isinstance(e, TaskQueued)]
     assert q.queue == "gpu"
-    assert dispatch_for(state, q).queue == "gpu"
+    assert dispatch_for(state, q.task_id).queue == "gpu"
 
 
 def test_dispatch_env_is_context_under_parameters() -> None:
@@ -89,7 +89,7 @@ def test_dispatch_env_is_context_under_parameters() -> None:
     assert state is not None
     (q,) = advance(state, T0)
     assert isinstance(q, TaskQueued)
-    env = dispatch_for(state, q).env
+    env = dispatch_for(state, q.task_id).env
     assert {k: v for k, v in env.items() if not k.startswith("CYCLONETIX_")} == {
         "A": "task",
         "B": "task",
