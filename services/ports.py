@@ -1,0 +1,288 @@
+"""The ports: what the roles (orchestrator, agent, CLI, commands) need from the outside world.
+
+Each port is a Protocol; `services.nats` implements every one on NATS JetStream and
+`tests.fakes` implements them in memory. One contract suite (`tests/contract/`) runs against
+both, so a test that uses the fake tells the truth about the real thing. Roles receive a
+`Backplane` (all ports of one connection) and never import a transport library.
+
+Errors: every port raises only `core.errors` types for conditions a caller acts on —
+`Unavailable` when the backend cannot be reached or does not acknowledge within its deadline,
+`Conflict` when a conditional write lost (`RunExists` when a run id is taken).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Protocol
+
+import msgspec
+
+from core.agents import AgentInfo
+from core.definitions import Definitions
+from core.errors import Conflict
+from core.events import AnyEvent, Dispatch, RunScheduled
+
+__all__ = [
+    "AgentInfo",
+    "AgentRegistry",
+    "Backplane",
+    "CancelSignals",
+    "Checkpoints",
+    "DefinitionsStore",
+    "EventLog",
+    "Leases",
+    "LogStore",
+    "LostWork",
+    "RunExists",
+    "WorkConsumer",
+    "WorkItem",
+    "WorkQueue",
+]
+
+
+class RunExists(Conflict):
+    """A different run was already scheduled under this run id."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run id {run_id!r} is already taken; choose another")
+        self.run_id = run_id
+
+
+# -- event log ----------------------------------------------------------------------------------
+
+
+class EventLog(Protocol):
+    """The append-only log of every run's events, one ordered subject per run.
+
+    Positions are stream sequences: increasing across the whole log, so a reader can resume
+    from any one. Appends are idempotent by the event's deterministic message id within the
+    duplicate window: appending the same fact twice stores it once and returns its sequence.
+    """
+
+    async def append(self, event: AnyEvent) -> int:
+        """Append and wait until it is stored; the event's sequence (the original one when
+        this exact event was already stored). Retries until its deadline, then Unavailable."""
+        ...
+
+    def append_nowait(self, event: AnyEvent) -> asyncio.Future[int]:
+        """Pipelined append: returns at once, stores in call order, retries in the background;
+        the future gives the sequence (or the error)."""
+        ...
+
+    async def flush(self) -> None:
+        """Wait for every pipelined append issued so far; raise the first failure."""
+        ...
+
+    async def append_expected(self, event: AnyEvent, expected: int) -> int:
+        """Append only if the run's last event is still at sequence `expected` (0: the run has
+        no events). Raises Conflict when someone appended since; our own earlier append of
+        this very event (same id and bytes) counts as success."""
+        ...
+
+    async def schedule_run(self, event: RunScheduled) -> int:
+        """Append the first event of a run (expected 0): RunExists when the id is taken."""
+        ...
+
+    async def last_seq(self) -> int:
+        """The sequence of the newest event of any run (0 when there are none)."""
+        ...
+
+    async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
+        """Every stored event of one run, in order, as (sequence, event)."""
+        ...
+
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, AnyEvent, int]]:
+        """Events from `from_seq` on (of one run, or all), then live, as
+        (sequence, event, pending): `pending == 0` means caught up. Runs until `stop` is set
+        or the backplane closes. Events that do not decode are logged and skipped."""
+        ...
+
+    def follow_run(
+        self, run_id: str, from_seq: int = 1, *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[tuple[int, AnyEvent]]:
+        """One run's events, stored then live; ends after its terminal event."""
+        ...
+
+
+# -- work queue ---------------------------------------------------------------------------------
+
+
+class WorkItem(Protocol):
+    """One delivery of a dispatch to one agent. Settle it exactly once with `ack` (the result
+    is stored), `nak` (hand it back now) or `term` (never deliver again)."""
+
+    @property
+    def dispatch(self) -> Dispatch: ...
+
+    @property
+    def delivery(self) -> int:
+        """1 for the first delivery, 2 after one redelivery, ..."""
+        ...
+
+    @property
+    def pending(self) -> int:
+        """How many dispatches of the queue were still waiting after this one."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def in_progress(self) -> None:
+        """Still working: do not redeliver yet (call well within ack_wait)."""
+        ...
+
+
+class WorkConsumer(Protocol):
+    """A binding to the shared consumer of one queue (every agent of the queue shares it:
+    that is the queue group). A dispatch that does not decode is terminated and logged by the
+    consumer itself, never handed to the caller."""
+
+    async def fetch(self, count: int, timeout: float) -> list[WorkItem]:
+        """Up to `count` items; waits up to `timeout` for the first; [] when none came."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class LostWork(msgspec.Struct, frozen=True):
+    """A dispatch whose deliveries ran out (every agent that took it vanished)."""
+
+    dispatch: Dispatch
+    deliveries: int
+
+
+class WorkQueue(Protocol):
+    """Dispatch messages, one queue per name, deduplicated by the dispatch's message id."""
+
+    async def dispatch(self, d: Dispatch) -> int: ...
+
+    def dispatch_nowait(self, d: Dispatch) -> asyncio.Future[int]: ...
+
+    async def consumer(
+        self, queue: str, *, ack_wait: float = 30.0, max_deliver: int = 5
+    ) -> WorkConsumer: ...
+
+    def lost(self) -> AsyncIterator[LostWork]:
+        """Dispatches whose deliveries ran out, at least once, shared by all readers: the next
+        one is asked for only after the previous one was handled."""
+        ...
+
+    async def depths(self) -> dict[str, int]:
+        """Dispatches waiting to be delivered, per queue."""
+        ...
+
+
+# -- cancellation, logs, definitions, agents, leases, checkpoints -------------------------------
+
+
+class CancelSignals(Protocol):
+    """Not stored: the durable fact is RunCancelRequested; this only wakes agents up."""
+
+    async def announce(self, run_id: str) -> None: ...
+
+    def listen(self) -> AsyncIterator[str]:
+        """Run ids announced as cancelled, as they arrive."""
+        ...
+
+
+class LogStore(Protocol):
+    """Command output per attempt, stored in order of writing."""
+
+    def write_nowait(
+        self, run_id: str, task_id: str, attempt: int, data: bytes, *, stream: str = "stdout"
+    ) -> asyncio.Future[int]: ...
+
+    def read(
+        self, run_id: str, task_id: str, attempt: int | None = None, *, follow: bool = False
+    ) -> AsyncIterator[tuple[int, bytes]]:
+        """(attempt, chunk) of one attempt or all; stored only, or stored then live."""
+        ...
+
+
+class DefinitionsStore(Protocol):
+    async def put(self, defs: Definitions) -> int:
+        """Make the store hold exactly `defs`; returns how many entries changed."""
+        ...
+
+    async def load(self) -> Definitions: ...
+
+
+class AgentRegistry(Protocol):
+    async def heartbeat(self, info: AgentInfo) -> None: ...
+
+    async def remove(self, agent_id: str) -> None: ...
+
+    async def list(self) -> list[AgentInfo]: ...
+
+
+class Leases(Protocol):
+    """Named leases that expire by themselves a few seconds after their last renewal."""
+
+    async def acquire(self, name: str, holder: str) -> int | None:
+        """Take `name` if free: its revision, or None when someone holds it."""
+        ...
+
+    async def renew(self, name: str, holder: str, revision: int) -> int | None:
+        """Keep holding: the new revision, or None when the lease was lost meanwhile."""
+        ...
+
+    async def holder(self, name: str) -> str | None: ...
+
+    async def release(self, name: str, revision: int) -> None: ...
+
+
+class Checkpoints(Protocol):
+    async def get(self, name: str) -> int | None: ...
+
+    async def put(self, name: str, value: int) -> None: ...
+
+
+# -- the composition --------------------------------------------------------------------------
+
+
+class Backplane(Protocol):
+    """Every port over one connection: what a role is given."""
+
+    @property
+    def events(self) -> EventLog: ...
+
+    @property
+    def work(self) -> WorkQueue: ...
+
+    @property
+    def cancels(self) -> CancelSignals: ...
+
+    @property
+    def logs(self) -> LogStore: ...
+
+    @property
+    def definitions(self) -> DefinitionsStore: ...
+
+    @property
+    def agents(self) -> AgentRegistry: ...
+
+    @property
+    def leases(self) -> Leases: ...
+
+    @property
+    def checkpoints(self) -> Checkpoints: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def url(self) -> str:
+        """Where it is connected (for messages and for child processes)."""
+        ...
+
+    def close(self) -> Awaitable[None]: ...
