@@ -14,6 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from core.errors import Conflict, CyclonetixError, Invalid, NotFound, Unavailable
+
 # Modules under services/cli/ that provide subcommands, in the order `--help` lists them.
 COMMANDS = (
     "dev",
@@ -35,6 +37,21 @@ class CliError(Exception):
     def __init__(self, message: str, code: int = 2) -> None:
         super().__init__(message)
         self.code = code
+
+
+# The exit code of each kind of error (core.errors), most specific first; 1 is also what a
+# failed run or invalid definitions exit with, 2 what argparse uses for bad usage.
+EXIT_CODES: tuple[tuple[type[CyclonetixError], int], ...] = (
+    (Conflict, 1),
+    (Invalid, 2),
+    (NotFound, 2),
+    (Unavailable, 3),
+    (CyclonetixError, 2),
+)
+
+
+def exit_code(exc: CyclonetixError) -> int:
+    return next(code for kind, code in EXIT_CODES if isinstance(exc, kind))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"cyclonetix: error: {exc}", file=sys.stderr)
         return exc.code
+    except CyclonetixError as exc:
+        print(f"cyclonetix: error: {exc}", file=sys.stderr)
+        return exit_code(exc)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -1,0 +1,188 @@
+"""What a person or a system can ask Cyclonetix to do: schedule, cancel, rerun, look at a run.
+
+One layer for every entry point — the CLI today, the HTTP API, subject triggers and cron next —
+so they validate the same way, write the same events and fail with the same typed errors
+(`core.errors`: Invalid, NotFound, Conflict, Unavailable), each mapped once to an exit code or an
+HTTP status by its caller. Functions take only the ports they use.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from core.definitions import Definitions
+from core.errors import Conflict, Invalid, NotFound
+from core.events import RunCancelRequested, RunScheduled
+from core.ids import check_run_id, new_run_id
+from core.run import RunState, fold
+from core.scheduling import plan_run
+
+if TYPE_CHECKING:
+    from services.ports import DefinitionsStore, EventLog
+
+Kind = Literal["outcome", "dag"]
+
+
+class ScheduleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """A request to start a run, as every entry point receives it."""
+
+    kind: Kind
+    target: str  # task id (or task:set) for an outcome, DAG id for a DAG
+    context: str | None = None
+    params: tuple[str, ...] = ()  # `KEY=VALUE` or `TASK.KEY=VALUE`
+    run_id: str | None = None
+    trigger: str = "cli"
+    idempotency_key: str | None = None
+
+
+class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    seq: int  # stream sequence of its RunScheduled
+    tasks: int
+    event: RunScheduled
+
+
+class CancelRequested(msgspec.Struct, frozen=True, kw_only=True):
+    run_id: str
+    seq: int
+
+
+def plan(
+    defs: Definitions,
+    request: ScheduleRequest,
+    *,
+    now: dt.datetime | None = None,
+    entropy: bytes | None = None,
+) -> RunScheduled:
+    """The RunScheduled a request would append (no I/O): raises Invalid with one line."""
+    if not (defs.tasks or defs.dags):
+        raise Invalid(
+            "no definitions published: start the orchestrator with --definitions DIR, "
+            "or pass --definitions DIR here"
+        )
+    try:
+        return plan_run(
+            defs,
+            kind=request.kind,
+            target=request.target,
+            now=now or dt.datetime.now(dt.UTC),
+            entropy=entropy or os.urandom(16),
+            context_id=request.context,
+            params=request.params,
+            run_id=request.run_id,
+            trigger=request.trigger,
+            idempotency_key=request.idempotency_key,
+        )
+    except Invalid:
+        raise
+    except ValueError as exc:  # e.g. a malformed run id
+        raise Invalid(str(exc)) from None
+
+
+async def schedule(
+    events: EventLog,
+    definitions: DefinitionsStore | Definitions,
+    request: ScheduleRequest,
+) -> Scheduled:
+    """Plan a run against the given (or the published) definitions and append it.
+
+    Raises Invalid (bad request), Conflict (`RunExists`: the run id is taken), Unavailable.
+    """
+    defs = definitions if isinstance(definitions, Definitions) else await definitions.load()
+    event = plan(defs, request)
+    seq = await events.schedule_run(event)
+    return Scheduled(run_id=event.run_id, seq=seq, tasks=len(event.graph), event=event)
+
+
+async def load_run(events: EventLog, run_id: str) -> RunState:
+    """A run's current state, folded from its history; NotFound when it has none."""
+    state: RunState | None = None
+    for _seq, event in await events.history(run_id):
+        state = fold(state, event)
+    if state is None:
+        raise NotFound(f"no run {run_id!r}")
+    return state
+
+
+async def cancel(
+    events: EventLog, run_id: str, *, reason: str = "", by: str = ""
+) -> CancelRequested:
+    """Ask the orchestrator to cancel a run: waiting tasks are skipped, queued ones cancelled,
+    running commands killed. NotFound for an unknown run, Conflict when it already ended."""
+    state = await load_run(events, run_id)
+    if state.finished:
+        raise Conflict(f"run {run_id!r} already ended {state.status}")
+    seq = await events.append(
+        RunCancelRequested(run_id=run_id, ts=dt.datetime.now(dt.UTC), reason=reason, by=by)
+    )
+    return CancelRequested(run_id=run_id, seq=seq)
+
+
+async def rerun(
+    events: EventLog,
+    run_id: str,
+    *,
+    from_task: str | None = None,
+    run_as: str | None = None,
+    trigger: str = "rerun",
+) -> Scheduled:
+    """Start a new run from an earlier run's own graph snapshot (not today's definitions: a
+    rerun repeats what ran). With `from_task`, only that task and everything downstream of it
+    run again; their dependencies outside that set count as done (they succeeded, or are
+    accepted as they were, in the earlier run). The earlier run may still be open.
+
+    NotFound for an unknown run or task, Invalid for a bad run id, Conflict if it is taken.
+    """
+    history = await events.history(run_id)
+    if not history:
+        raise NotFound(f"no run {run_id!r}")
+    first = history[0][1]
+    if not isinstance(first, RunScheduled):
+        raise NotFound(f"run {run_id!r} has no RunScheduled event")
+    state = await load_run(events, run_id)
+    nodes = [task.node for task in state.tasks.values()]  # the snapshot, with extensions
+    if from_task is not None:
+        if from_task not in state.tasks:
+            known = ", ".join(sorted(state.tasks)[:10])
+            raise NotFound(f"run {run_id!r} has no task {from_task!r} (its tasks: {known})")
+        keep = _downstream(state, from_task)
+        nodes = [
+            msgspec.structs.replace(n, dependencies=tuple(d for d in n.dependencies if d in keep))
+            for n in nodes
+            if n.id in keep
+        ]
+    now = dt.datetime.now(dt.UTC)
+    entropy = os.urandom(16)
+    if run_as is None:
+        new_id = new_run_id(first.target, int(now.timestamp() * 1000), entropy)
+    else:
+        try:
+            new_id = check_run_id(run_as)
+        except ValueError as exc:
+            raise Invalid(str(exc)) from None
+    event = msgspec.structs.replace(
+        first,
+        run_id=new_id,
+        ts=now,
+        graph=tuple(nodes),
+        context=dict(state.context),  # with what evaluation points added
+        trigger=trigger,
+        idempotency_key=None,
+    )
+    seq = await events.schedule_run(event)
+    return Scheduled(run_id=new_id, seq=seq, tasks=len(event.graph), event=event)
+
+
+def _downstream(state: RunState, task_id: str) -> set[str]:
+    keep = {task_id}
+    stack = [task_id]
+    while stack:
+        for dependent in state.dependents.get(stack.pop(), ()):
+            if dependent not in keep:
+                keep.add(dependent)
+                stack.append(dependent)
+    return keep
