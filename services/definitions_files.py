@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import core
+import services
 from core.definitions import (
     YAML_SUFFIXES,
     DefinitionError,
@@ -13,16 +14,28 @@ from core.definitions import (
     Definitions,
     load_definitions,
 )
+from services.settings import Settings, load_settings
 
 DEFINITIONS_ENV = "CYCLONETIX_DEFINITIONS"
+# The example definitions: in an installed wheel they are package data (pyproject.toml
+# force-includes infra/examples there); in a checkout or an editable install, infra/examples
+# itself, the one source of both.
+BUNDLED_EXAMPLES = Path(services.__file__).resolve().parent / "examples"
+REPOSITORY_EXAMPLES = Path(core.__file__).resolve().parent.parent / "infra" / "examples"
 
 
-def default_definitions_dir() -> Path:
-    """`$CYCLONETIX_DEFINITIONS`, else the examples next to the package (`infra/examples`)."""
-    configured = os.environ.get(DEFINITIONS_ENV)
-    if configured:
-        return Path(configured)
-    return Path(core.__file__).resolve().parent.parent / "infra" / "examples"
+def default_definitions_dir(settings: Settings | None = None) -> Path:
+    """The definitions setting ($CYCLONETIX_DEFINITIONS, cyclonetix.yaml), else the examples."""
+    if settings is None:
+        settings = load_settings()
+    if settings.definitions_dir is not None:
+        return settings.definitions_dir
+    return examples_dir()
+
+
+def examples_dir() -> Path:
+    """The bundled examples: installed package data first, else the repository's folder."""
+    return BUNDLED_EXAMPLES if BUNDLED_EXAMPLES.is_dir() else REPOSITORY_EXAMPLES
 
 
 def read_definitions_folder(path: Path) -> dict[str, bytes]:

@@ -11,11 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DATA_DIR = Path(".cyclonetix")
+from core.errors import Invalid
+from services.settings import Settings, load_settings
+
+DEFAULT_DATA_DIR = Path(Settings().data_dir)  # the default of the data_dir setting
 RUNTIME_FILE = "runtime.json"
 
 
-class NoNatsServer(Exception):
+class NoNatsServer(Invalid):
     """No NATS URL given and none recorded; the message says how to get one."""
 
 
@@ -46,13 +49,21 @@ def clear_runtime_info(data_dir: Path) -> None:
     (data_dir / RUNTIME_FILE).unlink(missing_ok=True)
 
 
-def resolve_nats_url(explicit: str | None, data_dir: Path = DEFAULT_DATA_DIR) -> str:
-    """--nats-url, else CYCLONETIX_NATS_URL, else what `cyclonetix dev` recorded here."""
+def resolve_nats_url(
+    explicit: str | None, data_dir: Path | None = None, settings: Settings | None = None
+) -> str:
+    """--nats-url, else the nats.url setting (CYCLONETIX_NATS_URL, cyclonetix.yaml), else what
+    `cyclonetix dev` recorded in the data folder (`data_dir`, else the data_dir setting).
+
+    `settings` defaults to this process's (load_settings); SettingsError if they are bad.
+    """
     if explicit:
         return explicit
-    if env := os.environ.get("CYCLONETIX_NATS_URL"):
-        return env
-    info = read_runtime_info(data_dir)
+    if settings is None:
+        settings = load_settings()
+    if settings.nats.url:
+        return settings.nats.url
+    info = read_runtime_info(settings.data_path if data_dir is None else data_dir)
     if info and isinstance(info.get("nats_url"), str):
         return str(info["nats_url"])
     raise NoNatsServer(

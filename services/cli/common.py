@@ -16,7 +16,8 @@ from services.bus import Bus, BusUnavailable
 from services.cli.main import CliError
 from services.cli.validate import load_or_report
 from services.logging import configure_logging
-from services.runtime_info import DEFAULT_DATA_DIR, NoNatsServer, resolve_nats_url
+from services.runtime_info import resolve_nats_url
+from services.settings import load_settings
 
 T = TypeVar("T")
 
@@ -34,10 +35,12 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
         choices=("console", "json"),
-        default="console",
-        help="console for people, json for log shippers (default: console)",
+        help="console for people, json for log shippers (default: $CYCLONETIX_LOG_FORMAT, "
+        "else console)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument(
+        "--log-level", help="DEBUG, INFO, WARNING (default: $CYCLONETIX_LOG_LEVEL, else INFO)"
+    )
 
 
 async def follow_state(bus: Bus, run_id: str) -> AsyncIterator[tuple[AnyEvent, RunState]]:
@@ -51,22 +54,22 @@ async def follow_state(bus: Bus, run_id: str) -> AsyncIterator[tuple[AnyEvent, R
 
 def configure_role_logging(args: argparse.Namespace, role: str) -> None:
     """Logging of a long-running role from --log-format/--log-level (a bad level: one line)."""
+    log = load_settings().override(log_format=args.log_format, log_level=args.log_level).log
     try:
-        configure_logging(json=args.log_format == "json", level=args.log_level, role=role)
+        configure_logging(json=log.format == "json", level=log.level, role=role)
     except ValueError as exc:
         raise CliError(str(exc)) from None
 
 
-def nats_url(args: argparse.Namespace, data_dir: Path = DEFAULT_DATA_DIR) -> str:
-    try:
-        return resolve_nats_url(getattr(args, "nats_url", None), data_dir)
-    except NoNatsServer as exc:
-        raise CliError(str(exc)) from None
+def nats_url(args: argparse.Namespace, data_dir: Path | None = None) -> str:
+    """--nats-url, else the nats.url setting, else what `cyclonetix dev` recorded (settings)."""
+    return resolve_nats_url(getattr(args, "nats_url", None), data_dir)
 
 
 async def connect(args: argparse.Namespace, name: str) -> Bus:
     try:
-        return await Bus.connect(nats_url(args), name=name)
+        replicas = load_settings().nats.stream_replicas
+        return await Bus.connect(nats_url(args), name=name, replicas=replicas)
     except BusUnavailable as exc:
         raise CliError(str(exc)) from None
 

@@ -20,11 +20,11 @@ from services.cli.main import CliError
 from services.cluster import LocalCluster, queues_of
 from services.definitions_files import default_definitions_dir
 from services.runtime_info import (
-    DEFAULT_DATA_DIR,
     clear_runtime_info,
     read_runtime_info,
     write_runtime_info,
 )
+from services.settings import load_settings
 
 COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m")
 
@@ -52,10 +52,10 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--data-dir",
         type=Path,
-        default=DEFAULT_DATA_DIR,
+        default=None,
         metavar="DIR",
         help="where NATS keeps the event log and where runtime.json is written "
-        "(default ./.cyclonetix)",
+        "(default: $CYCLONETIX_DATA_DIR, else ./.cyclonetix)",
     )
     parser.add_argument(
         "--nats-url",
@@ -66,7 +66,9 @@ def register(sub: Any) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    folder = args.definitions or default_definitions_dir()
+    settings = load_settings().override(data_dir=args.data_dir)
+    args.data_dir = settings.data_path
+    folder = args.definitions or default_definitions_dir(settings)
     defs = load_definitions_or_fail(folder)
     if args.agents < 1:
         raise CliError("--agents must be at least 1")

@@ -1,0 +1,289 @@
+"""Settings in one place: `cyclonetix.yaml`, then `CYCLONETIX_*` variables, then flags.
+
+Precedence, lowest first: the defaults below < the settings file < the environment < a
+command-line flag (`Settings.override`). The file is `./cyclonetix.yaml` if it exists, or the
+path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
+
+| file key               | variable                     | flag            | default         |
+|------------------------|------------------------------|-----------------|-----------------|
+| `nats.url`             | `CYCLONETIX_NATS_URL`        | `--nats-url`    | (none)          |
+| `nats.stream_replicas` | `CYCLONETIX_STREAM_REPLICAS` |                 | 1               |
+| `definitions`          | `CYCLONETIX_DEFINITIONS`     | `-d DIR`        | bundled examples|
+| `data_dir`             | `CYCLONETIX_DATA_DIR`        | `--data-dir`    | `.cyclonetix`   |
+| `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`  | `console`       |
+| `log.level`            | `CYCLONETIX_LOG_LEVEL`       | `--log-level`   | `INFO`          |
+
+Validation is strict, as for definitions: unknown keys in the file are errors, and a bad value
+is one line naming where it came from (`cyclonetix.yaml: nats.url: expected a string, got a
+list`, `$CYCLONETIX_STREAM_REPLICAS: expected 1, 3 or 5, got 'x'`), raised as `SettingsError`.
+Other `CYCLONETIX_*` variables (the ones agents give task commands, say) are not settings and
+are ignored here. Relative folders in the file are relative to the file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeVar
+
+import msgspec
+import yaml
+
+from core.errors import Invalid
+
+CONFIG_FILE = "cyclonetix.yaml"
+CONFIG_ENV = "CYCLONETIX_CONFIG"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+T = TypeVar("T")
+
+
+class SettingsError(Invalid):
+    """A setting that cannot be used; the message is one line: `where: key: problem`."""
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every settings table: unknown keys are errors, values never mutate."""
+
+
+class NatsSettings(_Section, frozen=True):
+    url: str | None = None  # comma-separated URLs for a cluster
+    stream_replicas: Literal[1, 3, 5] = 1  # copies of each stream and bucket when created
+
+
+class LogSettings(_Section, frozen=True):
+    format: Literal["console", "json"] = "console"
+    level: str = "INFO"  # one of LOG_LEVELS, checked (case-insensitively) by the loader
+
+
+class Settings(_Section, frozen=True):
+    nats: NatsSettings = NatsSettings()
+    definitions: str | None = None  # None: the bundled examples
+    data_dir: str = ".cyclonetix"
+    log: LogSettings = LogSettings()
+
+    @property
+    def definitions_dir(self) -> Path | None:
+        return Path(self.definitions) if self.definitions is not None else None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def override(self, **flags: Any) -> Settings:
+        """These settings with command-line flags on top; a flag that is None was not given.
+
+        Flags are named like their options (`nats_url`, `definitions`, `data_dir`,
+        `log_format`, `log_level`) and checked like every other source (`--log-level: ...`).
+        """
+        raw = msgspec.to_builtins(self)
+        for name, value in flags.items():
+            field = _FLAGS.get(name)
+            if field is None:
+                raise TypeError(f"no setting for the flag {name!r}")
+            if value is None:
+                continue
+            text = str(value) if isinstance(value, Path) else value
+            _set(raw, field.path, _checked(field, text, "--" + name.replace("_", "-")))
+        return _convert(raw, "flags")
+
+
+class _Field(NamedTuple):
+    path: tuple[str, ...]
+    env: str
+    flag: str | None  # the keyword of Settings.override, if a flag sets it
+    expected: str  # what a bad value is told it should be
+    from_text: Callable[[str], object]  # an environment variable's text -> the value to check
+
+
+def _as_int(text: str) -> object:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return text
+
+
+FIELDS = (
+    _Field(("nats", "url"), "CYCLONETIX_NATS_URL", "nats_url", "a string", str),
+    _Field(("nats", "stream_replicas"), "CYCLONETIX_STREAM_REPLICAS", None, "1, 3 or 5", _as_int),
+    _Field(("definitions",), "CYCLONETIX_DEFINITIONS", "definitions", "a folder path", str),
+    _Field(("data_dir",), "CYCLONETIX_DATA_DIR", "data_dir", "a folder path", str),
+    _Field(("log", "format"), "CYCLONETIX_LOG_FORMAT", "log_format", "console or json", str),
+    _Field(
+        ("log", "level"),
+        "CYCLONETIX_LOG_LEVEL",
+        "log_level",
+        ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1],
+        str,
+    ),
+)
+_BY_PATH = {f.path: f for f in FIELDS}
+_FLAGS = {f.flag: f for f in FIELDS if f.flag is not None}
+_SECTIONS = {("nats",): NatsSettings, ("log",): LogSettings, (): Settings}
+_PATH_KEYS = {("definitions",), ("data_dir",)}  # relative to the settings file's folder
+
+
+def load_settings(
+    env: Mapping[str, str] | None = None, cwd: Path | None = None, *, file: Path | None = None
+) -> Settings:
+    """The settings from the file (if any) and the environment (default: this process's).
+
+    `file` is where the settings file is, if not `$CYCLONETIX_CONFIG`; without either,
+    `cyclonetix.yaml` in `cwd` is read if it exists. Raises SettingsError on the first bad value.
+    """
+    env = os.environ if env is None else env
+    cwd = Path.cwd() if cwd is None else cwd
+    if file is None and env.get(CONFIG_ENV):
+        file = Path(env[CONFIG_ENV])
+    if file is None and (cwd / CONFIG_FILE).is_file():
+        file = Path(CONFIG_FILE)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        raw = _read_file(file if file.is_absolute() else cwd / file, file.as_posix())
+        for key in _PATH_KEYS:  # checked to be a string or nothing by _read_file
+            value = _get(raw, key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                _set(raw, key, (file.parent / value).as_posix())
+    for field in FIELDS:
+        text = env.get(field.env)
+        if text:  # an empty variable counts as unset, as shells usually mean it
+            value = _checked(field, field.from_text(text), f"${field.env}", repr(text))
+            _set(raw, field.path, value)
+    return _convert(raw, "settings")
+
+
+def pick(flag: T | None, setting: T) -> T:
+    """A flag's value when it was given (not None), else the setting's: flags beat both."""
+    return setting if flag is None else flag
+
+
+# --- reading and checking ----------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML where a key given twice is an error (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r}", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_file(path: Path, shown: str) -> dict[str, Any]:
+    """The settings file as checked raw values (log level upper-cased), or SettingsError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SettingsError(f"{shown}: no such settings file") from None
+    except UnicodeDecodeError:
+        raise SettingsError(f"{shown}: cannot read: not UTF-8 text") from None
+    except OSError as exc:
+        raise SettingsError(f"{shown}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SettingsError(f"{shown}: invalid YAML{where}: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{shown}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}  # an empty file: every default
+    if not isinstance(data, dict):
+        raise SettingsError(f"{shown}: expected a mapping of settings, got {_show(data)}")
+    try:
+        msgspec.convert(data, Settings)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_message(shown, data, exc)) from None
+    level = _BY_PATH[("log", "level")]
+    if isinstance(_get(data, level.path), str):
+        _set(data, level.path, _checked(level, _get(data, level.path), f"{shown}: log.level"))
+    return data
+
+
+def _checked(field: _Field, value: object, where: str, got: str | None = None) -> Any:
+    """`value` if valid for `field` (a log level upper-cased), else SettingsError at `where`."""
+    problem = f"{where}: expected {field.expected}, got {got if got is not None else _show(value)}"
+    if field.path == ("log", "level"):
+        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+            return value.strip().upper()
+        raise SettingsError(problem)
+    try:
+        msgspec.convert({field.path[-1]: value}, _SECTIONS[field.path[:-1]])
+    except msgspec.ValidationError:
+        raise SettingsError(problem) from None
+    return value
+
+
+def _convert(raw: dict[str, Any], where: str) -> Settings:
+    try:
+        return msgspec.convert(raw, Settings)
+    except msgspec.ValidationError as exc:  # pragma: no cover - every source is checked first
+        raise SettingsError(_message(where, raw, exc)) from None
+
+
+_AT_RE = re.compile(r"^(?P<what>.*?) - at `\$(?P<path>[^`]*)`$", re.DOTALL)
+_UNKNOWN_RE = re.compile(r"^Object contains unknown field `(?P<name>[^`]+)`$")
+
+
+def _message(where: str, raw: Mapping[str, Any], exc: msgspec.ValidationError) -> str:
+    """msgspec's complaint about `raw` as `where: key: problem`."""
+    match = _AT_RE.match(str(exc))
+    what, dotted = (match["what"], match["path"]) if match else (str(exc), "")
+    path = tuple(p for p in dotted.split(".") if p)
+    unknown = _UNKNOWN_RE.match(what)
+    if unknown:
+        name = unknown["name"]
+        allowed = list(_SECTIONS[path].__struct_fields__) if path in _SECTIONS else []
+        close = difflib.get_close_matches(name, allowed, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (allowed: {', '.join(allowed)})"
+        return f"{where}: {'.'.join((*path, name))}: unknown field{hint}"
+    if path in _BY_PATH:
+        expected = _BY_PATH[path].expected
+    elif path in _SECTIONS:
+        expected = "a mapping"
+    else:  # pragma: no cover - every key is a field or a section
+        expected = what
+    return f"{where}: {'.'.join(path)}: expected {expected}, got {_show(_get(raw, path))}"
+
+
+def _show(value: object) -> str:
+    """A value as the YAML author wrote it: `'x'`, `2`, `true`, `a list`, `a mapping`."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "nothing"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _get(raw: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = raw
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _set(raw: dict[str, Any], path: tuple[str, ...], value: object) -> None:
+    node = raw
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = node[key] = {}
+        node = child
+    node[path[-1]] = value
