@@ -1,8 +1,11 @@
 """The event catalogue: every fact about a run, as one msgspec tagged union.
 
-Events are stored as JSON (readable with `nats sub`). Rules for evolving them: new fields get
-defaults, field types never change, tags are never renamed or reused. No
-`forbid_unknown_fields` here, so old readers skip fields added later.
+Events are stored as JSON (readable with `nats sub`), so every struct here, and every struct
+nested in one, is a stored type (see `core.snapshots`): no `forbid_unknown_fields` (old readers
+skip fields added later, at every nesting level) and no `omit_defaults` (every value is written).
+Rules for evolving them: new fields get defaults, field types and defaults never change, tags are
+never renamed or reused, and no input type (definitions, evaluation decisions) is ever nested in
+an event. `tests/unit/core/test_event_golden.py` keeps a golden document of each.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Literal
 
 import msgspec
 
-from core.graph import TaskNode
+from core.snapshots import TaskNode
 
 FailureReason = Literal["exit", "timeout", "spawn_error", "killed", "lost", "invalid_evaluation"]
 
@@ -28,7 +31,10 @@ class TaskEvent(Event, frozen=True, kw_only=True):
 
 
 class EvaluationResult(msgspec.Struct, frozen=True, kw_only=True):
-    """What an evaluation point wrote to `$CYCLONETIX_EVAL_RESULT`."""
+    """What an evaluation point decided, as recorded in its TaskSucceeded.
+
+    The decision file itself is parsed by the strict input type `core.evaluation`.
+    """
 
     next_tasks: tuple[str, ...] = ()
     parameters: dict[str, dict[str, str]] = {}  # task id -> parameter overrides
@@ -168,8 +174,10 @@ def msg_id(event: AnyEvent) -> str:
     return f"{event.run_id}/{name}"
 
 
-class Dispatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Dispatch(msgspec.Struct, frozen=True, kw_only=True):
     """The work message on `cx.work.<queue>`: everything an agent needs to run one attempt.
+
+    Stored in a stream, so a stored type: lenient, every value written.
 
     `env` is the run's context merged with the task's parameters (DESIGN precedence); the agent
     puts its own environment underneath and the CYCLONETIX_* variables on top.

@@ -1,7 +1,8 @@
 """The execution graph of one run: an immutable snapshot of resolved task specs.
 
 A run never looks at definitions again after it is scheduled (DESIGN invariant 5): everything a
-task needs to run is copied into its `TaskNode` when the graph is assembled.
+task needs to run is copied into its `TaskNode` when the graph is assembled. This is the one
+place where definitions (strict input types) become stored types (`core.snapshots`): `_node`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from core.definitions import (
     suggest,
     valid_dependency,
 )
+from core.errors import Invalid
+from core.snapshots import NO_RETRY, RetrySpec
+from core.snapshots import TaskNode as TaskNode  # the public name services use
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -32,26 +36,7 @@ if TYPE_CHECKING:
     from core.definitions import ParameterSetDef
 
 
-class TaskNode(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
-    """One task of a run, fully resolved.
-
-    `id` is the node key inside the run: the task id, or `task_id:parameter_set` when the same
-    task runs with a parameter set (the same task with two sets is two nodes).
-    """
-
-    id: str
-    task_id: str
-    command: str
-    name: str = ""
-    queue: str = "default"
-    dependencies: tuple[str, ...] = ()  # node ids
-    parameters: dict[str, str] = {}  # resolved and stringified; exported as environment
-    retries: RetryPolicy = NO_RETRIES
-    timeout_seconds: float | None = None
-    evaluation_point: bool = False
-
-
-class GraphError(Exception):
+class GraphError(Invalid):
     """A graph could not be assembled; the message is one line naming what and where."""
 
 
@@ -390,9 +375,21 @@ def _node(
         queue=task.queue,
         dependencies=deps,
         parameters=parameters,
-        retries=task.retry_policy,
+        retries=retry_spec(task.retry_policy),
         timeout_seconds=task.timeout_seconds,
         evaluation_point=task.evaluation_point,
+    )
+
+
+def retry_spec(policy: RetryPolicy) -> RetrySpec:
+    """The stored retry spec of a definition's retry policy, every value written out."""
+    if policy == NO_RETRIES:
+        return NO_RETRY
+    return RetrySpec(
+        count=policy.count,
+        delay_seconds=policy.delay_seconds,
+        backoff=policy.backoff,
+        max_delay_seconds=policy.max_delay_seconds,
     )
 
 

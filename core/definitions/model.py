@@ -30,20 +30,15 @@ class _Strict(
 
 
 class RetryPolicy(_Strict, frozen=True):
-    """How often a failed task is tried again, and how long to wait between tries."""
+    """How often a failed task is tried again, and how long to wait between tries.
+
+    A run records it as a `core.snapshots.RetrySpec`, which computes the delays.
+    """
 
     count: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
     delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     backoff: Annotated[float, msgspec.Meta(ge=1)] = 2.0
     max_delay_seconds: Annotated[float, msgspec.Meta(ge=0)] = 300.0
-
-    def delay_before(self, attempt: int) -> float:
-        """Seconds to wait before `attempt` (2 = first retry)."""
-        if attempt <= 1:
-            return 0.0
-        return float(
-            min(self.max_delay_seconds, self.delay_seconds * self.backoff ** (attempt - 2))
-        )
 
 
 NO_RETRIES = RetryPolicy()

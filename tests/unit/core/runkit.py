@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-from core.definitions import RetryPolicy
 from core.events import (
     AnyEvent,
     EvaluationResult,
@@ -16,6 +15,7 @@ from core.events import (
 )
 from core.graph import TaskNode
 from core.run import RunState, advance, fold
+from core.snapshots import RetrySpec
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -34,7 +34,7 @@ def node(
         command=f"echo {node_id}",
         queue=queue,
         dependencies=deps,
-        retries=RetryPolicy(count=retries, delay_seconds=10, backoff=2, max_delay_seconds=15),
+        retries=RetrySpec(count=retries, delay_seconds=10, backoff=2, max_delay_seconds=15),
         timeout_seconds=timeout,
         evaluation_point=evaluation_point,
     )

@@ -8,6 +8,7 @@ import random
 import re
 import textwrap
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -31,6 +32,7 @@ from core.graph import (
     resolve_context,
     task_environment,
 )
+from core.snapshots import RetrySpec
 
 
 def y(text: str) -> str:
@@ -89,6 +91,32 @@ def test_outcome_nodes_carry_the_resolved_spec() -> None:
     assert node.retries.count == 3
     assert node.timeout_seconds == 60
     assert node.evaluation_point
+
+
+def test_nodes_record_the_retry_spec_with_every_value_written_out() -> None:
+    defs = load_definitions(
+        {
+            "tasks/a.yaml": "id: a\ncommand: x\nretries: {count: 2, backoff: 3}\n",
+            "tasks/b.yaml": "id: b\ncommand: x\nretries: 1\n",
+            "tasks/c.yaml": "id: c\ncommand: x\n",
+        }
+    )
+    nodes = {n.id: n for target in "abc" for n in outcome_graph(defs, target)}
+    assert nodes["a"].retries == RetrySpec(
+        count=2, delay_seconds=5.0, backoff=3.0, max_delay_seconds=300.0
+    )
+    assert nodes["b"].retries == RetrySpec(count=1)
+    assert nodes["c"].retries == RetrySpec(count=0)
+    # The stored spec, never the strict input type, and every value in the encoded node.
+    assert all(type(n.retries) is RetrySpec for n in nodes.values())
+    encoded = msgspec.json.decode(msgspec.json.encode(nodes["c"]))
+    assert encoded["retries"] == {
+        "count": 0,
+        "delay_seconds": 5.0,
+        "backoff": 2.0,
+        "max_delay_seconds": 300.0,
+    }
+    assert encoded["queue"] == "default" and encoded["timeout_seconds"] is None
 
 
 def test_unknown_target_suggests_a_close_match() -> None:
