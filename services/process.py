@@ -45,6 +45,8 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
+from core.errors import Invalid
+from core.evaluation import parse_decision
 from core.events import EvaluationResult
 
 Reason = Literal["exit", "timeout", "spawn_error", "killed"]
@@ -203,8 +205,8 @@ def read_evaluation(path: Path) -> tuple[EvaluationResult | None, str | None]:
     if not data.strip():
         return None, None
     try:
-        return msgspec.json.decode(data, type=EvaluationResult), None
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return parse_decision(data), None
+    except Invalid as exc:  # strict: a misspelt key fails the evaluation point, naming the key
         return None, f"invalid evaluation result: {exc}"
 
 

@@ -433,6 +433,12 @@ async def test_evaluation_file_missing_means_no_decision(tmp_path: Path) -> None
         ("{not json", "invalid evaluation result"),
         ('{"next_tasks": "train"}', "invalid evaluation result"),
         ('["a"]', "invalid evaluation result"),
+        # Strict: a misspelt key is an error naming it, never a silent "no decision".
+        (
+            '{"next_task": ["train"]}',
+            "invalid evaluation result: unknown key 'next_task' (did you mean 'next_tasks'?)",
+        ),
+        ('{"next_tasks": ["train"], "contxt_updates": {}}', "unknown key 'contxt_updates'"),
     ],
 )
 async def test_invalid_evaluation_result(tmp_path: Path, content: str, error: str) -> None:
