@@ -13,8 +13,11 @@ Everything `decide` acts on is kept in small work sets, so deciding never rescan
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import msgspec
 
 from core.events import (
     AnyEvent,
@@ -38,23 +41,48 @@ from core.events import (
 )
 from core.graph import TaskNode, task_environment
 
-# Task statuses.
-PENDING = "pending"  # waiting for dependencies (or for a queue decision once they are met)
-QUEUED = "queued"
-RUNNING = "running"
-EVALUATING = "evaluating"  # an evaluation point succeeded; its graph extension is pending
-UP_FOR_RETRY = "up_for_retry"  # an attempt failed and another one will follow
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-SKIPPED = "skipped"
-CANCELLED = "cancelled"
+
+class TaskStatus(enum.StrEnum):
+    """Where one task of a run stands."""
+
+    PENDING = "pending"  # waiting for dependencies (or for a queue decision once they are met)
+    QUEUED = "queued"
+    RUNNING = "running"
+    EVALUATING = "evaluating"  # an evaluation point succeeded; its graph extension is pending
+    UP_FOR_RETRY = "up_for_retry"  # an attempt failed and another one will follow
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+
+class RunStatus(enum.StrEnum):
+    """Where a run stands."""
+
+    SCHEDULED = "scheduled"  # only in views (RunSummary): running, but no task queued yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# The module constants older code uses: aliases of the members.
+PENDING = TaskStatus.PENDING
+QUEUED = TaskStatus.QUEUED
+RUNNING = TaskStatus.RUNNING
+EVALUATING = TaskStatus.EVALUATING
+UP_FOR_RETRY = TaskStatus.UP_FOR_RETRY
+SUCCEEDED = TaskStatus.SUCCEEDED
+FAILED = TaskStatus.FAILED
+SKIPPED = TaskStatus.SKIPPED
+CANCELLED = TaskStatus.CANCELLED
 TASK_DONE = frozenset({SUCCEEDED, FAILED, SKIPPED, CANCELLED})
 
-# Run statuses.
-RUN_RUNNING = "running"
-RUN_SUCCEEDED = "succeeded"
-RUN_FAILED = "failed"
-RUN_CANCELLED = "cancelled"
+RUN_SCHEDULED = RunStatus.SCHEDULED
+RUN_RUNNING = RunStatus.RUNNING
+RUN_SUCCEEDED = RunStatus.SUCCEEDED
+RUN_FAILED = RunStatus.FAILED
+RUN_CANCELLED = RunStatus.CANCELLED
 
 # How long past its own timeout a running task may stay silent before the orchestrator fails it
 # (the agent enforces the timeout; this catches an agent that vanished with the task).
@@ -87,7 +115,7 @@ class TaskRun:
 
     def __init__(self, node: TaskNode, remaining: int) -> None:
         self.node = node
-        self.status = PENDING
+        self.status: TaskStatus = PENDING
         self.attempt = 0
         self.remaining = remaining
         self.not_before: dt.datetime | None = None
@@ -142,7 +170,7 @@ class RunState:
         self.context = dict(event.context)
         self.scheduled_at = event.ts
         self.ended_at: dt.datetime | None = None
-        self.status = RUN_RUNNING
+        self.status: RunStatus = RUN_RUNNING
         self.cancel_requested = False
         self.cancel_reason = ""
         self.tasks: dict[str, TaskRun] = {}
@@ -212,7 +240,7 @@ def fold(state: RunState | None, event: AnyEvent) -> RunState | None:
     return state
 
 
-def _finish_task(state: RunState, task: TaskRun, status: str, ts: dt.datetime) -> None:
+def _finish_task(state: RunState, task: TaskRun, status: TaskStatus, ts: dt.datetime) -> None:
     task.status = status
     task.finished_at = ts
     state.open_tasks -= 1
@@ -600,16 +628,31 @@ def replay(events: Iterable[AnyEvent]) -> dict[str, RunState]:
     return runs
 
 
-def summary(state: RunState) -> dict[str, Any]:
-    """The stable machine-readable view of a run (`--json` of `schedule --wait` and `runs show`).
+class RunSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """The typed view of a run: its status and every task's status."""
+
+    run_id: str
+    status: RunStatus
+    tasks: dict[str, TaskStatus]
+
+
+def run_summary(state: RunState) -> RunSummary:
+    """The view of a run that `runs show --json` prints.
 
     While a run is open its status is `scheduled` until a task is queued, then `running`.
     """
     status = state.status
     if status == RUN_RUNNING and all(t.status == PENDING for t in state.tasks.values()):
-        status = "scheduled"
-    return {
-        "run_id": state.run_id,
-        "status": status,
-        "tasks": {task_id: task.status for task_id, task in state.tasks.items()},
-    }
+        status = RUN_SCHEDULED
+    return RunSummary(
+        run_id=state.run_id,
+        status=status,
+        tasks={task_id: task.status for task_id, task in state.tasks.items()},
+    )
+
+
+def summary(state: RunState) -> dict[str, Any]:
+    """`run_summary` as plain data (`--json` of `schedule --wait` and `runs show`): strings only,
+    so the printed JSON stays exactly what it was before statuses were enums."""
+    out: dict[str, Any] = msgspec.to_builtins(run_summary(state))
+    return out

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
+from core.definitions import DefinitionErrors
+from core.errors import Invalid
 from core.events import (
     EvaluationResult,
     GraphExtended,
@@ -19,19 +22,27 @@ from core.events import (
     TaskSkipped,
     msg_id,
 )
-from core.graph import TaskNode
+from core.graph import GraphError, TaskNode
 from core.run import (
     EVALUATING,
     FAILED,
+    PENDING,
     QUEUED,
+    RUN_RUNNING,
     RUNNING,
     SKIPPED,
     SUCCEEDED,
+    TASK_DONE,
     UP_FOR_RETRY,
+    RunStatus,
+    RunSummary,
+    TaskStatus,
     advance,
     dispatch_for,
     fold,
     next_wakeup,
+    run_summary,
+    summary,
 )
 from tests.unit.core.runkit import (
     DIAMOND,
@@ -289,3 +300,39 @@ def test_message_ids_are_deterministic_and_distinct_per_fact() -> None:
     assert msg_id(a1) != msg_id(succeeded("r", "a", 2))
     qa = TaskQueued(run_id="r", ts=T0, task_id="a", attempt=1, queue="q")
     assert msg_id(started(qa, delivery=1)) != msg_id(started(qa, delivery=2))
+
+
+# --- statuses and the typed view ---------------------------------------------------------------
+
+
+def test_statuses_are_enums_and_the_old_constants_are_their_members() -> None:
+    assert PENDING is TaskStatus.PENDING and SUCCEEDED is TaskStatus.SUCCEEDED
+    assert RUN_RUNNING is RunStatus.RUNNING
+    assert {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.SKIPPED, "cancelled"} == TASK_DONE
+    state, _ = start(node("a"))
+    assert type(state.tasks["a"].status) is TaskStatus and type(state.status) is RunStatus
+
+
+def test_run_summary_is_typed_and_summary_prints_the_same_json_as_before() -> None:
+    state = fold(None, scheduled(*DIAMOND))
+    assert state is not None
+    assert run_summary(state) == RunSummary(
+        run_id="run-1", status=RunStatus.SCHEDULED, tasks=dict.fromkeys("abcd", PENDING)
+    )
+    assert json.dumps(summary(state)) == (
+        '{"run_id": "run-1", "status": "scheduled", "tasks": '
+        '{"a": "pending", "b": "pending", "c": "pending", "d": "pending"}}'
+    )
+    advance(state, T0)
+    fold(state, succeeded("run-1", "a"))
+    view = summary(state)
+    assert json.dumps(view) == (
+        '{"run_id": "run-1", "status": "running", "tasks": '
+        '{"a": "succeeded", "b": "pending", "c": "pending", "d": "pending"}}'
+    )
+    # Plain strings, not enum members: any JSON encoder prints the same text.
+    assert type(view["status"]) is str and all(type(s) is str for s in view["tasks"].values())
+
+
+def test_graph_and_definition_errors_are_invalid_input() -> None:
+    assert issubclass(GraphError, Invalid) and issubclass(DefinitionErrors, Invalid)
