@@ -1,0 +1,229 @@
+"""Key-value ports in memory: definitions, agent registry, leases, checkpoints.
+
+A `Bucket` behaves like a JetStream KV bucket: one revision counter for the whole bucket,
+`create` only when the key is absent, `update` only from the current revision, and entries that
+expire `ttl` seconds after their last write on the backplane's `Clock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+import structlog
+
+from core.agents import AgentInfo
+from core.definitions import ContextDef, DagDef, Definitions, ParameterSetDef, TaskDef
+
+if TYPE_CHECKING:
+    from tests.fakes.backplane import MemoryBackplane
+    from tests.fakes.clock import Clock
+
+__all__ = [
+    "Bucket",
+    "MemoryAgentRegistry",
+    "MemoryCheckpoints",
+    "MemoryDefinitionsStore",
+    "MemoryLeases",
+]
+
+log = structlog.get_logger("cyclonetix.fakes")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    value: bytes
+    revision: int
+    written_at: float
+    source: str | None = None  # a header the definitions store keeps with each value
+
+
+class Bucket:
+    def __init__(self, clock: Clock, ttl: float | None = None) -> None:
+        self.clock = clock
+        self.ttl = ttl
+        self._entries: dict[str, Entry] = {}
+        self._revision = 0
+
+    def get(self, key: str) -> Entry | None:
+        entry = self._entries.get(key)
+        if entry is not None and self.ttl is not None and self._expired(entry, self.ttl):
+            del self._entries[key]
+            return None
+        return entry
+
+    def _expired(self, entry: Entry, ttl: float) -> bool:
+        return self.clock.now() - entry.written_at >= ttl
+
+    def items(self) -> dict[str, Entry]:
+        return {key: e for key in list(self._entries) if (e := self.get(key)) is not None}
+
+    def put(self, key: str, value: bytes, source: str | None = None) -> int:
+        self._revision += 1
+        self._entries[key] = Entry(value, self._revision, self.clock.now(), source)
+        return self._revision
+
+    def create(self, key: str, value: bytes) -> int | None:
+        """Write only if `key` is absent (never written, deleted or expired)."""
+        if self.get(key) is not None:
+            return None
+        return self.put(key, value)
+
+    def update(self, key: str, value: bytes, last: int) -> int | None:
+        """Write only if `key` is still at revision `last`."""
+        entry = self.get(key)
+        if entry is None or entry.revision != last:
+            return None
+        return self.put(key, value)
+
+    def delete(self, key: str, last: int | None = None) -> bool:
+        entry = self.get(key)
+        if last is not None and (entry is None or entry.revision != last):
+            return False
+        self._entries.pop(key, None)
+        self._revision += 1  # the delete marker takes a revision
+        return True
+
+
+# Definitions: key prefix -> (Definitions attribute, struct type), as on NATS.
+_DEF_KINDS: Final[dict[str, tuple[str, type[Any]]]] = {
+    "task": ("tasks", TaskDef),
+    "dag": ("dags", DagDef),
+    "context": ("contexts", ContextDef),
+    "parameter_set": ("parameter_sets", ParameterSetDef),
+}
+_DEF_DECODERS = {kind: msgspec.json.Decoder(t) for kind, (_, t) in _DEF_KINDS.items()}
+_json = msgspec.json.Encoder()
+_agent_decoder = msgspec.json.Decoder(AgentInfo)
+
+
+class MemoryDefinitionsStore:
+    """`services.ports.DefinitionsStore`: one entry per definition, as JSON."""
+
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+        self._conn = conn
+        self._bucket = bucket
+
+    async def put(self, defs: Definitions) -> int:
+        self._conn.check_open()
+        desired: dict[str, tuple[bytes, str | None]] = {}
+        for kind, (attr, _) in _DEF_KINDS.items():
+            for def_id, item in getattr(defs, attr).items():
+                source = defs.sources.get(f"{attr}/{def_id}")
+                desired[f"{kind}.{def_id}"] = (_json.encode(item), source)
+        current = {key: (e.value, e.source) for key, e in self._bucket.items().items()}
+        changed = 0
+        for key, (value, source) in desired.items():
+            if current.get(key) != (value, source):
+                self._bucket.put(key, value, source)
+                changed += 1
+        for key in current.keys() - desired.keys():
+            self._bucket.delete(key)
+            changed += 1
+        await asyncio.sleep(0)
+        return changed
+
+    async def load(self) -> Definitions:
+        self._conn.check_open()
+        parts: dict[str, dict[str, Any]] = {attr: {} for attr, _ in _DEF_KINDS.values()}
+        sources: dict[str, str] = {}
+        for key, entry in self._bucket.items().items():
+            kind, _, def_id = key.partition(".")
+            try:
+                item = _DEF_DECODERS[kind].decode(entry.value)
+            except msgspec.DecodeError as exc:
+                log.warning("fake.undecodable_definition", key=key, error=str(exc))
+                continue
+            attr = _DEF_KINDS[kind][0]
+            parts[attr][def_id] = item
+            if entry.source:
+                sources[f"{attr}/{def_id}"] = entry.source
+        await asyncio.sleep(0)
+        return Definitions(**parts, sources=sources)
+
+
+class MemoryAgentRegistry:
+    """`services.ports.AgentRegistry`: heartbeats expire by the bucket's ttl."""
+
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+        self._conn = conn
+        self._bucket = bucket
+
+    async def heartbeat(self, info: AgentInfo) -> None:
+        self._conn.check_open()
+        self._bucket.put(info.id, _json.encode(info))
+        await asyncio.sleep(0)
+
+    async def remove(self, agent_id: str) -> None:
+        self._conn.check_open()
+        self._bucket.delete(agent_id)
+        await asyncio.sleep(0)
+
+    async def list(self) -> list[AgentInfo]:
+        self._conn.check_open()
+        agents = []
+        for key, entry in self._bucket.items().items():
+            try:
+                agents.append(_agent_decoder.decode(entry.value))
+            except msgspec.DecodeError as exc:
+                log.warning("fake.undecodable_agent", key=key, error=str(exc))
+        await asyncio.sleep(0)
+        return sorted(agents, key=lambda a: a.id)
+
+
+class MemoryLeases:
+    """`services.ports.Leases`: entries of a bucket with a ttl (free ttl after the last write)."""
+
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+        self._conn = conn
+        self._bucket = bucket
+
+    async def acquire(self, name: str, holder: str) -> int | None:
+        self._conn.check_open()
+        revision = self._bucket.create(name, holder.encode())
+        await asyncio.sleep(0)
+        return revision
+
+    async def renew(self, name: str, holder: str, revision: int) -> int | None:
+        self._conn.check_open()
+        new = self._bucket.update(name, holder.encode(), revision)
+        await asyncio.sleep(0)
+        return new
+
+    async def holder(self, name: str) -> str | None:
+        self._conn.check_open()
+        entry = self._bucket.get(name)
+        await asyncio.sleep(0)
+        return (entry.value.decode() or None) if entry is not None else None
+
+    async def release(self, name: str, revision: int) -> None:
+        # Best effort, as on NATS: a stale revision releases nothing.
+        self._conn.check_open()
+        self._bucket.delete(name, last=revision)
+        await asyncio.sleep(0)
+
+
+class MemoryCheckpoints:
+    """`services.ports.Checkpoints`."""
+
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+        self._conn = conn
+        self._bucket = bucket
+
+    async def get(self, name: str) -> int | None:
+        self._conn.check_open()
+        entry = self._bucket.get(name)
+        await asyncio.sleep(0)
+        if entry is None:
+            return None
+        try:
+            return int(entry.value)
+        except ValueError:
+            return None
+
+    async def put(self, name: str, value: int) -> None:
+        self._conn.check_open()
+        self._bucket.put(name, str(value).encode())
+        await asyncio.sleep(0)
