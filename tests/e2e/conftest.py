@@ -64,6 +64,26 @@ def tasks(*defs: TaskDef) -> Definitions:
     return Definitions(tasks={t.id: t for t in defs})
 
 
+SETTINGS_PREFIX = "CYCLONETIX_"
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a test starts: this one's without any `CYCLONETIX_*`
+    variable (settings such as a CYCLONETIX_NATS_URL in the caller's shell must not steer a
+    test), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
+    return env | extra
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither this process nor the role processes it starts (which inherit its environment)
+    read a CYCLONETIX_* setting from the caller's shell."""
+    for name in list(os.environ):
+        if name.startswith(SETTINGS_PREFIX):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def system(tmp_path: Path) -> System:
     @contextlib.asynccontextmanager
