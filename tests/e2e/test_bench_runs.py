@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from services import bench
+from tests.e2e.conftest import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -30,6 +31,7 @@ def test_bench_cli_prints_one_json_object() -> None:
         capture_output=True,
         text=True,
         timeout=120,
+        env=child_env(),
     )
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.conftest import child_env
 
 pytestmark = pytest.mark.e2e
 
@@ -26,14 +27,14 @@ def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProce
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(EXAMPLES.parents[1])},
+        env=child_env(PYTHONPATH=str(EXAMPLES.parents[1])),
     )
 
 
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Path]:
     """`cyclonetix dev` started the way the README's first line does, in an empty folder."""
-    env = {**os.environ, "PYTHONPATH": str(EXAMPLES.parents[1])}
+    env = child_env(PYTHONPATH=str(EXAMPLES.parents[1]))
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen(
         [*CLI, "dev"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
@@ -137,16 +138,17 @@ def test_malformed_param_is_one_clear_line(tmp_path: Path) -> None:
 
 
 def test_unreachable_nats_is_one_clear_line(tmp_path: Path) -> None:
-    started = time.monotonic()
-    done = cli("schedule", "task", "extract", "--nats-url", "nats://127.0.0.1:1", cwd=tmp_path)
+    # The command gives up by itself (a few quick connection attempts): it must not retry
+    # forever; the timeout only stops waiting for one that would.
+    done = cli(
+        "schedule", "task", "extract", "--nats-url", "nats://127.0.0.1:1", cwd=tmp_path, timeout=30
+    )
     assert "cannot reach NATS at nats://127.0.0.1:1" in one_line_error(done)
-    assert time.monotonic() - started < 20
 
 
 def test_no_server_known_is_one_clear_line(tmp_path: Path) -> None:
-    env_free = {k: v for k, v in os.environ.items() if k != "CYCLONETIX_NATS_URL"}
     done = subprocess.run(
-        [*CLI, "runs", "show", "x"], cwd=tmp_path, capture_output=True, text=True, env=env_free
+        [*CLI, "runs", "show", "x"], cwd=tmp_path, capture_output=True, text=True, env=child_env()
     )
     assert "no NATS server" in one_line_error(done)
 
