@@ -87,12 +87,16 @@ class WorkQueueContract(Contract):
 
     async def test_nak_redelivers_at_once_with_the_next_delivery_count(self, bp: Backplane) -> None:
         await bp.work.dispatch(dispatch("t1"))
+        await bp.work.dispatch(dispatch("t2"))
         consumer = await bp.work.consumer("default", ack_wait=30)
         [item] = await fetch_n(consumer, 1)
         await item.nak()
-        [again] = await fetch_n(consumer, 1, timeout=5)  # well before ack_wait
-        assert (again.dispatch, again.delivery) == (dispatch("t1"), 2)
-        await again.ack()
+        # Well before ack_wait. (Not necessarily ahead of t2: a nak is not a round trip, so
+        # the server may see the next pull first.)
+        items = await fetch_n(consumer, 2, timeout=5)
+        assert sorted((i.dispatch.task_id, i.delivery) for i in items) == [("t1", 2), ("t2", 1)]
+        for i in items:
+            await i.ack()
 
     async def test_an_unacked_item_is_redelivered_after_ack_wait(
         self, bp: Backplane, harness: Harness
@@ -170,6 +174,41 @@ class WorkQueueContract(Contract):
             await aclose(lost)
         assert pulled == []
         assert await work.depths() == {"default": 0}
+
+    async def test_a_single_allowed_delivery_runs_out_at_ack_wait(
+        self, bp: Backplane, harness: Harness
+    ) -> None:
+        await bp.work.dispatch(dispatch("t1"))
+        consumer = await bp.work.consumer("default", ack_wait=harness.ack_wait, max_deliver=1)
+        await fetch_n(consumer, 1)  # ...and nobody settles it, nor pulls the queue again
+        lost = bp.work.lost()
+        try:
+            got = await asyncio.wait_for(anext(lost), 10)
+        finally:
+            await aclose(lost)
+        assert got == LostWork(dispatch=dispatch("t1"), deliveries=1)
+
+    async def test_deliveries_that_ran_out_are_noticed_when_the_queue_is_pulled(
+        self, bp: Backplane, harness: Harness
+    ) -> None:
+        # With max_deliver > 1, JetStream notices exhausted deliveries only when it next tries
+        # to deliver: while no agent of the queue pulls, the lost work is not reported.
+        await bp.work.dispatch(dispatch("t1"))
+        consumer = await bp.work.consumer("default", ack_wait=harness.ack_wait, max_deliver=2)
+        await fetch_n(consumer, 1)
+        [second] = await fetch_n(consumer, 1)
+        assert second.delivery == 2
+        lost = bp.work.lost()
+        waiting: asyncio.Future[LostWork] = asyncio.ensure_future(anext(lost))
+        try:
+            done, _ = await asyncio.wait({waiting}, timeout=harness.ack_wait + harness.quiet)
+            assert not done, "lost work was reported before anyone pulled the queue"
+            await _nothing_within(consumer, harness.quiet)  # this pull notices it
+            got = await asyncio.wait_for(waiting, 10)
+        finally:
+            waiting.cancel()
+            await aclose(lost)
+        assert got == LostWork(dispatch=dispatch("t1"), deliveries=2)
 
     async def test_consumers_of_a_queue_share_its_work(
         self, bp: Backplane, harness: Harness

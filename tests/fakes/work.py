@@ -8,8 +8,9 @@ What the roles rely on, and what this keeps:
   - an item not settled within `ack_wait` (on the real event-loop clock) comes back with its
     delivery count increased; `in_progress` restarts that clock; `nak` hands it back now;
   - when an item would be delivered again after `max_deliver` deliveries, it is not: it goes to
-    the lost-work feed instead (noticed, as by JetStream, when someone pulls the queue), and
-    stays stored until a `lost()` reader has handled it;
+    the lost-work feed instead, and stays stored until a `lost()` reader has handled it. As on
+    nats-server, this is noticed when someone next pulls the queue — or already when the ack
+    timer fires if max_deliver is 1 (see `SharedConsumer._expired`);
   - `ack` and `term` remove the message (work-queue retention); an undecodable message is
     terminated by the consumer and never handed out.
 """
@@ -114,9 +115,17 @@ class SharedConsumer:
         return out if out is not None and out.token == token else None
 
     def _expired(self, seq: int, token: int) -> None:
-        if self._current(seq, token) is not None:
-            del self.outstanding[seq]
-            self._hand_back(seq)
+        if self._current(seq, token) is None:
+            return
+        del self.outstanding[seq]
+        # nats-server checks max_deliver when the ack timer fires, but there it counts one
+        # delivery short once a message was redelivered (`consumer.deliveryCount` reads the
+        # redelivery count): so at expiry it notices only max_deliver == 1; otherwise the next
+        # pull of the queue does (`getNextMsg`, see `take`). Observed on nats-server 2.15.1.
+        if max(self.deliveries[seq] - 1, 1) >= self.max_deliver:
+            self.store.lose(seq, self.deliveries.pop(seq))
+            return
+        self._hand_back(seq)
 
     def _hand_back(self, seq: int) -> None:
         self.redeliver.append(seq)
