@@ -199,6 +199,15 @@ def extend_graph(
     depends on `after`; prerequisites missing from the run come along (without that extra
     dependency). `parameters[task]` (task id or node id) is layered on top of everything,
     including the run's schedule-time `overrides`. Returns only new nodes, in topological order.
+
+    Which definitions: new nodes are resolved from `defs`, the definitions current when the
+    decision is applied (the orchestrator passes its latest ones), not from the run's snapshot.
+    The snapshot holds only the tasks of the graph that was scheduled, and an evaluation point
+    may ask for any task, so recording every definition in each RunScheduled would be the only
+    alternative. Tasks already in the run keep their snapshot: they are never rebuilt, a
+    requested task already in the run is not added again, and prerequisites already in the run
+    are used as they are (DESIGN invariant 5 holds for every node the run has). The nodes added
+    are recorded in GraphExtended, so replaying the run never reads definitions again.
     """
     if after not in existing:
         raise GraphError(f"evaluation point {after!r} is not a task of this run")
@@ -364,7 +373,10 @@ def _node(
             parameters.update(overrides.per_task.get(node_id, {}))
     deps = task.dependencies
     if len(deps) > 1 and len(set(deps)) != len(deps):
-        # A repeated dependency would be counted twice by the orchestrator and never satisfied.
+        # Only task files are checked for repeats: a DAG entry (or definitions built in memory)
+        # may list a dependency twice. The run's counters would cope (`RunState._add_nodes`
+        # counts each listing and the dependency's success releases each), so this is not about
+        # correctness: the snapshot, `graph` and GraphExtended record each edge once.
         deps = tuple(dict.fromkeys(deps))
     name = task.display_name if set_id is None else f"{task.display_name} [{set_id}]"
     return TaskNode(

@@ -8,6 +8,18 @@ state and returns the events the orchestrator should append; it never mutates.
 Readiness is counter based: every task keeps the number of dependencies that have not yet
 succeeded, and a success decrements only its dependents' counters (O(out-degree) per event).
 Everything `decide` acts on is kept in small work sets, so deciding never rescans a whole run.
+
+Fencing: a result (started, succeeded, failed, lost, cancelled) for an attempt that is not the
+task's current one changes nothing.
+
+Retries: a failed or lost attempt is followed by another while the task has retries left
+(`RetrySpec`: `delay_seconds * backoff ** (retry - 1)`, capped), with two exceptions:
+- after a cancel request no retry follows: a failure ends the task (`failed`), and a retry
+  decided before the request is cancelled before it is queued;
+- `invalid_evaluation` is never retried: the evaluation point's command succeeded, but its
+  decision was malformed or asked for something the definitions cannot give. Running the same
+  command again would ask the same question of the same definitions, so the task fails at once
+  whatever its retries (fix the command or the definitions, then run again).
 """
 
 from __future__ import annotations

@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from core.definitions import DefinitionErrors
 from core.errors import Invalid
 from core.events import (
+    AnyEvent,
     EvaluationResult,
     GraphExtended,
     RunCancelled,
@@ -20,6 +23,8 @@ from core.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSkipped,
+    TaskStarted,
+    TaskSucceeded,
     msg_id,
 )
 from core.graph import GraphError, TaskNode
@@ -27,13 +32,13 @@ from core.run import (
     EVALUATING,
     FAILED,
     PENDING,
-    QUEUED,
     RUN_RUNNING,
     RUNNING,
     SKIPPED,
     SUCCEEDED,
     TASK_DONE,
     UP_FOR_RETRY,
+    RunState,
     RunStatus,
     RunSummary,
     TaskStatus,
@@ -44,6 +49,7 @@ from core.run import (
     run_summary,
     summary,
 )
+from core.snapshots import RetrySpec
 from tests.unit.core.runkit import (
     DIAMOND,
     T0,
@@ -153,15 +159,51 @@ def test_retry_is_scheduled_with_backoff_then_queued_after_not_before() -> None:
     assert state.tasks["a"].status == FAILED and state.tasks["a"].attempt == 3
 
 
-def test_result_of_a_stale_attempt_is_ignored() -> None:
-    state, _ = start(node("a", retries=1))
+def stale_result(kind: str, attempt: int) -> AnyEvent:
+    """A result of `kind` for attempt `attempt` of task `a`, as a late agent would send it."""
+    r, a = "run-1", "a"
+    if kind == "TaskStarted":
+        return TaskStarted(run_id=r, ts=T0, task_id=a, attempt=attempt, agent_id="x", delivery=7)
+    if kind == "TaskSucceeded":
+        return TaskSucceeded(run_id=r, ts=T0, task_id=a, attempt=attempt, agent_id="late")
+    if kind == "TaskFailed":
+        return TaskFailed(run_id=r, ts=T0, task_id=a, attempt=attempt, exit_code=1)
+    if kind == "TaskLost":
+        return TaskLost(run_id=r, ts=T0, task_id=a, attempt=attempt, message="late")
+    assert kind == "TaskCancelled"
+    return TaskCancelled(run_id=r, ts=T0, task_id=a, attempt=attempt, agent_id="late")
+
+
+def at_attempt_2(where: str) -> RunState:
+    """Task `a` (3 attempts allowed) whose attempt 1 failed; attempt 2 is `where`."""
+    state, _ = start(node("a", "x", retries=2), node("x"), node("b", "a"))
+    fold(state, succeeded("run-1", "x"))
+    advance(state, T0)
     fold(state, failed("run-1", "a", 1))
     advance(state, T0)  # retry scheduled
     advance(state, T0 + dt.timedelta(hours=1))  # attempt 2 queued
-    assert state.tasks["a"].attempt == 2 and state.tasks["a"].status == QUEUED
+    if where in ("running", "failed"):
+        q = TaskQueued(run_id="run-1", ts=T0, task_id="a", attempt=2, queue="default")
+        fold(state, started(q))
+    if where == "failed":  # and attempt 3 is waiting for its backoff
+        fold(state, failed("run-1", "a", 2))
+        advance(state, T0 + dt.timedelta(hours=1))
+        assert state.tasks["a"].status == UP_FOR_RETRY and state.tasks["a"].attempt == 3
+    return state
+
+
+STALE_KINDS = ["TaskStarted", "TaskSucceeded", "TaskFailed", "TaskLost", "TaskCancelled"]
+
+
+@pytest.mark.parametrize("kind", STALE_KINDS)
+@pytest.mark.parametrize("where", ["queued", "running", "failed"])
+def test_a_stale_result_of_any_kind_changes_nothing(kind: str, where: str) -> None:
+    state = at_attempt_2(where)
     before = state.snapshot()
-    fold(state, succeeded("run-1", "a", 1))  # late result of attempt 1
-    assert state.snapshot() == before
+    for attempt in range(1, state.tasks["a"].attempt):
+        fold(state, stale_result(kind, attempt))
+        assert state.snapshot() == before, (kind, attempt)
+    assert advance(state, T0) == []
 
 
 def test_duplicate_events_change_nothing() -> None:
@@ -336,3 +378,120 @@ def test_run_summary_is_typed_and_summary_prints_the_same_json_as_before() -> No
 
 def test_graph_and_definition_errors_are_invalid_input() -> None:
     assert issubclass(GraphError, Invalid) and issubclass(DefinitionErrors, Invalid)
+
+
+# --- backoff -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "delays"),
+    [
+        # factor 3: 1, 3, 9, 27 then the cap (linear growth would give 1, 2, 3 or 3, 6, 9)
+        (RetrySpec(delay_seconds=1, backoff=3, max_delay_seconds=50), [0, 1, 3, 9, 27, 50, 50]),
+        # factor 1.5: fractional growth, capped at 10
+        (RetrySpec(delay_seconds=2, backoff=1.5, max_delay_seconds=10), [0, 2, 3, 4.5, 6.75, 10]),
+        # factor 1: a constant delay
+        (RetrySpec(delay_seconds=4, backoff=1, max_delay_seconds=300), [0, 4, 4, 4, 4]),
+    ],
+)
+def test_each_retry_waits_the_previous_delay_times_the_factor_up_to_the_cap(
+    spec: RetrySpec, delays: list[float]
+) -> None:
+    assert [spec.delay_before(attempt) for attempt in range(1, len(delays) + 1)] == delays
+
+
+def test_the_state_machine_waits_the_whole_backoff_sequence() -> None:
+    retries = RetrySpec(count=5, delay_seconds=1, backoff=3, max_delay_seconds=20)
+    state, _ = start(TaskNode(id="a", task_id="a", command="x", retries=retries))
+    now, waits = T0, []
+    for attempt in range(1, 6):
+        fold(state, failed("run-1", "a", attempt, ts=now))
+        (retry,) = advance(state, now)
+        assert isinstance(retry, TaskRetryScheduled) and retry.attempt == attempt + 1
+        waits.append((retry.not_before - now).total_seconds())
+        assert advance(state, retry.not_before - dt.timedelta(milliseconds=1)) == []
+        now = retry.not_before
+        (queued,) = advance(state, now)
+        assert isinstance(queued, TaskQueued) and queued.attempt == attempt + 1
+    assert waits == [1, 3, 9, 20, 20]
+
+
+# --- cancel and retries --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["failed", "lost"])
+def test_a_failure_after_a_cancel_request_is_never_retried(how: str) -> None:
+    state, (qa,) = start(node("a", retries=3), node("b", "a"))
+    assert isinstance(qa, TaskQueued)
+    fold(state, started(qa))
+    fold(state, RunCancelRequested(run_id="run-1", ts=T0))
+    assert advance(state, T0) == []  # a runs: the agent is killing it
+    result = (
+        failed("run-1", "a", 1)
+        if how == "failed"
+        else TaskLost(run_id="run-1", ts=T0, task_id="a", attempt=1)
+    )
+    fold(state, result)
+    assert state.tasks["a"].status == FAILED
+    decisions = advance(state, T0 + dt.timedelta(hours=1))
+    assert [type(e) for e in decisions] == [TaskSkipped, RunCancelled]
+    assert state.tasks["a"].attempt == 1
+
+
+def test_a_retry_decided_around_a_cancel_request_is_cancelled_before_it_is_queued() -> None:
+    state, _ = start(node("a", retries=3))
+    fold(state, failed("run-1", "a", 1))  # attempt 1 failed before the cancel
+    fold(state, RunCancelRequested(run_id="run-1", ts=T0))
+    decisions = advance(state, T0 + dt.timedelta(hours=1))
+    assert not any(isinstance(e, TaskQueued) for e in decisions)
+    assert isinstance(decisions[-1], RunCancelled)
+    assert state.tasks["a"].status == "cancelled"
+
+
+# --- invalid evaluations -------------------------------------------------------------------------
+
+
+def refuse(
+    existing: dict[str, TaskNode], after: str, result: EvaluationResult
+) -> tuple[TaskNode, ...]:
+    raise ValueError("unknown task 'ghost'")
+
+
+def test_an_invalid_evaluation_is_not_retried_even_with_retries_left() -> None:
+    """Policy: the same command would ask the same question; see core.run's docstring."""
+    state, _ = start(node("check", retries=3, evaluation_point=True), node("report", "check"))
+    evaluation = EvaluationResult(next_tasks=("ghost",))
+    fold(state, succeeded("run-1", "check", evaluation=evaluation))
+    decisions = advance(state, T0 + dt.timedelta(hours=1), refuse)
+    verdict = decisions[0]
+    assert isinstance(verdict, TaskFailed) and verdict.reason == "invalid_evaluation"
+    assert not any(isinstance(e, TaskRetryScheduled | TaskQueued) for e in decisions)
+    assert state.tasks["check"].status == FAILED and state.tasks["check"].attempt == 1
+    assert isinstance(decisions[-1], RunFailed)
+
+
+def test_a_bad_decision_file_reported_by_the_agent_is_not_retried_either() -> None:
+    state, (q,) = start(node("check", retries=3, evaluation_point=True))
+    assert isinstance(q, TaskQueued)
+    fold(state, started(q))
+    fold(
+        state,
+        TaskFailed(
+            run_id="run-1",
+            ts=T0,
+            task_id="check",
+            attempt=1,
+            reason="invalid_evaluation",
+            message="invalid evaluation result: unknown key 'next_task'",
+        ),
+    )
+    assert state.tasks["check"].status == FAILED
+    assert isinstance(advance(state, T0 + dt.timedelta(hours=1))[-1], RunFailed)
+
+
+def test_a_repeated_dependency_is_counted_and_released_once_per_listing() -> None:
+    state, _ = start(node("a"), node("b", "a", "a"))
+    assert state.tasks["b"].remaining == 2
+    fold(state, succeeded("run-1", "a"))
+    assert state.tasks["b"].remaining == 0
+    assert queued_ids(advance(state, T0)) == ["b"]
