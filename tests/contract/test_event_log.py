@@ -124,13 +124,17 @@ class EventLogContract(Contract):
             await bp.events.append(event)
         assert [e for _, e in await bp.events.history("r1")] == events
 
-    async def test_append_after_close_is_unavailable(self, bp: Backplane) -> None:
+    async def test_close_stores_what_was_pipelined_then_refuses(self, bp: Backplane) -> None:
         await bp.events.append(started("r1", "t1"))
+        pipelined = bp.events.append_nowait(started("r1", "t2"))
         was_open = not bp.closed
         await bp.close()
         assert was_open and bp.closed
+        assert await pipelined == 2
         with pytest.raises(Unavailable):
-            await bp.events.append(started("r1", "t2"))
+            await bp.events.append(started("r1", "t3"))
+        with pytest.raises(Unavailable):  # (raised at once, or by the future)
+            await bp.events.append_nowait(started("r1", "t3"))
         await bp.close()  # closing twice is fine
 
     async def test_every_connection_sees_one_log(self, bp: Backplane, harness: Harness) -> None:
