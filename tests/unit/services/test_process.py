@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ import msgspec
 import pytest
 
 from core.events import EvaluationResult
+from services import process
 from services.process import (
     EVALUATION_MAX_BYTES,
     FLUSH_BYTES,
@@ -268,8 +270,7 @@ async def test_timeout_kills_a_sigterm_ignoring_command_and_its_grandchild(
     elsewhere: bool, tmp_path: Path
 ) -> None:
     sink = Sink(wait_for=b"\n")
-    started = time.monotonic()
-    result = await run_command(
+    command = run_command(
         "trap '' TERM; sleep 100 & echo $!; wait",
         env=BASE_ENV,
         cwd=where(elsewhere, tmp_path),
@@ -277,21 +278,22 @@ async def test_timeout_kills_a_sigterm_ignoring_command_and_its_grandchild(
         kill_grace=0.3,
         on_output=sink,
     )
-    elapsed = time.monotonic() - started
+    # Without the kill it would run 100 s: the deadline only stops waiting for that.
+    result = await asyncio.wait_for(command, 30)
     grandchild = int(sink.data.split()[0])
     assert result.reason == "timeout"
     assert not result.ok
-    assert result.exit_code == 128 + 9
+    assert (result.exit_code, result.signal) == (128 + 9, signal.SIGKILL)  # SIGTERM was ignored
     assert "timed out after 0.5 s" in result.message
     assert not process_running(grandchild)
-    assert elapsed < 10
 
 
 async def test_timeout_with_a_command_that_stops_on_sigterm() -> None:
-    result, _ = await run("sleep 100", timeout=0.2, kill_grace=30)
+    # SIGTERM was enough: the command ended by it, and nothing waits out the hour-long grace
+    # before SIGKILL (the deadline only stops waiting for a run_command that would).
+    result, _ = await asyncio.wait_for(run("sleep 100", timeout=0.2, kill_grace=3600), 30)
     assert result.reason == "timeout"
-    assert result.exit_code == 128 + 15
-    assert result.duration_ms < 10_000  # SIGTERM was enough: no wait for the 30 s grace
+    assert (result.exit_code, result.signal) == (128 + 15, signal.SIGTERM)
 
 
 async def test_cancel_kills_the_group() -> None:
@@ -323,10 +325,42 @@ async def test_cancel_already_set_before_start() -> None:
     assert result.reason == "killed"
 
 
-async def test_cancel_after_exit_changes_nothing() -> None:
+async def test_a_cancel_after_the_command_exited_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A cancel that arrives once the command has exited, while run_command is still putting the
+    result together, must not turn a success into "killed". run_command is held in its output
+    drain by a process outside the command's group that keeps the pipe open."""
+    monkeypatch.setattr(process, "_EOF_GRACE_SECONDS", 60.0)
     cancel = asyncio.Event()
-    result, _ = await run("exit 0", cancel=cancel)
-    cancel.set()
+    sink = Sink(wait_for=b"outsider")
+    ready = tmp_path / "ready"  # the outsider has left the group: the shell may exit
+    task = asyncio.create_task(
+        run_command(
+            f"echo shell $$; setsid sh -c 'echo outsider $$; touch {ready}; exec sleep 60' & "
+            f"while [ ! -e {ready} ]; do sleep 0.01; done",
+            env=BASE_ENV,
+            cwd=None,
+            timeout=60,
+            on_output=sink,
+            cancel=cancel,
+        )
+    )
+    await asyncio.wait_for(sink.seen.wait(), 10)
+    while not sink.data.endswith(b"\n"):
+        await asyncio.sleep(0.01)
+    pids = {name: int(pid) for name, pid in (line.split() for line in sink.data.splitlines())}
+    try:
+        while Path(f"/proc/{pids[b'shell']}").exists():  # until exited and reaped by run_command
+            await asyncio.sleep(0.001)
+        assert not task.done()  # still draining the pipe the outsider holds
+        cancel.set()
+        await asyncio.sleep(0.1)  # whatever listens to the cancel has heard it
+        assert not task.done()
+    finally:
+        os.kill(pids[b"outsider"], signal.SIGKILL)
+    result = await asyncio.wait_for(task, 10)
+    assert (result.reason, result.exit_code, result.signal, result.message) == ("exit", 0, None, "")
     assert result.ok
 
 
