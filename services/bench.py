@@ -25,12 +25,13 @@ from services.cluster import LocalCluster
 
 
 def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+    """The `q` quantile (whole percents: 0.5, 0.9, 0.99), interpolated between closest ranks."""
+    percent = round(q * 100)
+    if not 0 < percent < 100 or abs(q * 100 - percent) > 1e-9:
+        raise ValueError(f"a percentile is a whole percent between 0 and 1, got {q}")
+    if len(values) < 2:
+        return float(values[0]) if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
 
 
 def chain_definitions(n: int) -> Definitions:
