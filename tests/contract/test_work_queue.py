@@ -224,7 +224,7 @@ class WorkQueueContract(Contract):
 
         async def pull(name: str, consumer: WorkConsumer) -> None:
             while len(items) < 10:
-                batch = await consumer.fetch(3, timeout=0.2)
+                batch = await consumer.fetch(3, timeout=harness.ack_wait)
                 got[name] += [i.dispatch.task_id for i in batch]
                 items.extend(batch)
 

@@ -152,10 +152,6 @@ class SharedConsumer:
             out.timer.cancel()
             out.timer = self._timer(seq, token)
 
-    def close(self) -> None:
-        for out in self.outstanding.values():
-            out.timer.cancel()
-
 
 class WorkStore:
     """The server side: what CX_WORK holds, its consumers and the lost-work feed."""
@@ -206,10 +202,6 @@ class WorkStore:
             out[queue] = shared.num_pending()
         return dict(out)
 
-    def close(self) -> None:
-        for shared in self.consumers.values():
-            shared.close()
-
 
 class MemoryWorkItem:
     """`services.ports.WorkItem`: one delivery of one dispatch."""
@@ -245,11 +237,6 @@ class MemoryWorkItem:
     @property
     def pending(self) -> int:
         return self._pending
-
-    @property
-    def seq(self) -> int:
-        """The work stream sequence (not part of the port; for tests of the fake)."""
-        return self._seq
 
     async def ack(self) -> None:
         self._conn.check_open()
