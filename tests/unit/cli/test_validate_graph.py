@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -251,7 +250,7 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
 # --- the examples run as `cyclonetix dev` would run them ---------------------------------------
 
 
-def test_every_example_command_runs_quickly_with_plain_sh(tmp_path: Path) -> None:
+def test_every_example_command_runs_with_plain_sh(tmp_path: Path) -> None:
     defs = load_definitions_folder(EXAMPLES)
     context = resolve_context(
         defs, "production", run_id="example-run", now=dt.datetime.now(dt.UTC), entropy=b"x"
@@ -268,7 +267,9 @@ def test_every_example_command_runs_quickly_with_plain_sh(tmp_path: Path) -> Non
             # The last allowed attempt: flaky_fetch fails on purpose before that.
             **task_environment(context, node, run_id="example-run", attempt=node.retries.count + 1),
         }
-        started = time.monotonic()
+        # Examples stay instant for demos: nothing waits on purpose (the timeout only stops
+        # waiting for one that hangs; how fast a command runs is not this test's business).
+        assert "sleep" not in node.command, node.id
         done = subprocess.run(
             ["/bin/sh", "-c", node.command],
             env=env,
@@ -279,7 +280,6 @@ def test_every_example_command_runs_quickly_with_plain_sh(tmp_path: Path) -> Non
             check=False,
         )
         assert done.returncode == 0, (node.id, done.stderr)
-        assert time.monotonic() - started < 1.0, node.id
         assert done.stdout.strip(), f"{node.id} prints nothing"
         assert "$" not in done.stdout, f"{node.id}: a variable did not reach the command"
         if node.evaluation_point:
