@@ -12,7 +12,6 @@ import abc
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -175,8 +174,6 @@ class OnNats:
 
     @pytest.fixture
     async def harness(self, nats_server: EmbeddedNats) -> AsyncIterator[Harness]:
-        if importlib.util.find_spec("services.nats") is None:
-            pytest.skip("services.nats is not written yet")
         harness = NatsHarness(nats_server)
         try:
             yield harness
