@@ -35,10 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-import nats.errors
 import structlog
 
+from core.agents import AgentInfo
+from core.errors import CyclonetixError, Unavailable
 from core.events import (
     Dispatch,
     FailureReason,
@@ -46,15 +46,13 @@ from core.events import (
     TaskFailed,
     TaskStarted,
     TaskSucceeded,
-    decode_dispatch,
 )
-from services.bus import AgentInfo, Bus, BusError, BusUnavailable
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
-    from nats.aio.msg import Msg
+    from services.ports import Backplane, WorkConsumer, WorkItem
 
 log = structlog.get_logger("cyclonetix.agent")
 
@@ -93,12 +91,14 @@ def agent_version() -> str:
 
 
 class Agent:
-    def __init__(self, bus: Bus, config: AgentConfig, *, agent_id: str | None = None) -> None:
+    def __init__(
+        self, backplane: Backplane, config: AgentConfig, *, agent_id: str | None = None
+    ) -> None:
         if config.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if not config.queues:
             raise ValueError("an agent needs at least one queue")
-        self.bus = bus
+        self.backplane = backplane
         self.config = config
         self.id = agent_id or new_agent_id()
         self.host = socket.gethostname()
@@ -116,7 +116,7 @@ class Agent:
         """Kill the commands this agent runs for `run_id` (SIGTERM, SIGKILL after kill_grace);
         each is reported as TaskCancelled. Returns how many were running.
 
-        Called when the orchestrator announces a cancellation (Bus.cancellations).
+        Called when the orchestrator announces a cancellation (CancelSignals.listen).
         """
         hits = [r for r in self._running.values() if r.run_id == run_id and not r.kill.is_set()]
         for running in hits:
@@ -135,16 +135,16 @@ class Agent:
         """Serve until `stop` is set, then shut down (see the module doc); `kill` cuts it short."""
         kill = kill or asyncio.Event()
         self._eval_dir = Path(tempfile.mkdtemp(prefix="cyclonetix-agent-"))
-        subs: dict[str, Any] = {}
+        consumers: dict[str, WorkConsumer] = {}
         fetchers: list[asyncio.Task[None]] = []
         background: list[asyncio.Task[None]] = []
         try:
             await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
             for queue in self.config.queues:
-                subs[queue] = await self.bus.work_subscription(
+                consumers[queue] = await self.backplane.work.consumer(
                     queue, ack_wait=self.config.ack_wait, max_deliver=self.config.max_deliver
                 )
-            fetchers = [asyncio.create_task(self._fetch_loop(q, s)) for q, s in subs.items()]
+            fetchers = [asyncio.create_task(self._fetch_loop(q, c)) for q, c in consumers.items()]
             background = [
                 asyncio.create_task(self._heartbeat_loop()),
                 asyncio.create_task(self._progress_loop()),
@@ -174,10 +174,10 @@ class Agent:
                 task.cancel()
             # Awaited, so no heartbeat put can land after the delete below.
             await asyncio.gather(*fetchers, *background, return_exceptions=True)
-            for sub in subs.values():
-                await self.bus.unsubscribe(sub)
-            with contextlib.suppress(BusError):
-                await self.bus.delete_agent(self.id)
+            for consumer in consumers.values():
+                await consumer.close()
+            with contextlib.suppress(CyclonetixError):
+                await self.backplane.agents.remove(self.id)
             shutil.rmtree(self._eval_dir, ignore_errors=True)
             log.info("agent.stopped", agent_id=self.id)
 
@@ -204,43 +204,42 @@ class Agent:
 
     # -- taking work --------------------------------------------------------------------------
 
-    async def _fetch_loop(self, queue: str, sub: Any) -> None:
+    async def _fetch_loop(self, queue: str, consumer: WorkConsumer) -> None:
         """Keep a pull request outstanding on `queue` while a slot is free.
 
-        Idle, the pull asks for one message and waits up to FETCH_TIMEOUT: nats-py's batch
+        Idle, the pull asks for one dispatch and waits up to FETCH_TIMEOUT: nats-py's batch
         fetch can sit on a message it already received until its timeout when the batch is not
-        filled, which would delay pickup. With a backlog (the last message said more are
+        filled, which would delay pickup. With a backlog (the last item said more are
         pending), it asks for as many as there are free slots, with a short timeout.
         """
         backlog = 0
         while wanted := await self._slots.reserve(backlog):
             timeout = FETCH_TIMEOUT if wanted == 1 else BACKLOG_FETCH_TIMEOUT
             try:
-                msgs = await sub.fetch(wanted, timeout=timeout)
-            except TimeoutError:  # nats.errors.TimeoutError too: nothing came
+                items = await consumer.fetch(wanted, timeout=timeout)
+            except Unavailable as exc:
                 self._slots.release(wanted)
                 backlog = 0
-                continue
-            except nats.errors.Error as exc:
-                self._slots.release(wanted)
-                backlog = 0
-                log.warning("agent.fetch_failed", queue=queue, error=str(exc) or repr(exc))
+                log.warning("agent.fetch_failed", queue=queue, error=str(exc))
                 await _wait_any(asyncio.sleep(ERROR_BACKOFF), self._stopping)
                 continue
             except BaseException:
                 self._slots.release(wanted)
                 raise
-            self._slots.release(wanted - len(msgs))
-            backlog = _pending_after(msgs[-1]) if msgs else 0
-            for msg in msgs:
+            self._slots.release(wanted - len(items))
+            backlog = items[-1].pending if items else 0
+            for item in items:
                 if self._stopping.is_set():
-                    await self._hand_back(msg, None, reason="agent stopping")
+                    await self._hand_back(item, reason="agent stopping")
                     self._slots.release()
                 else:
-                    self._start(queue, msg)
+                    self._start(queue, item)
 
-    def _start(self, queue: str, msg: Msg) -> None:
-        running = _Running(msg=msg, queue=queue)
+    def _start(self, queue: str, item: WorkItem) -> None:
+        d = item.dispatch
+        running = _Running(
+            item=item, queue=queue, key=f"{d.run_id}/{d.task_id}/{d.attempt}", run_id=d.run_id
+        )
         task = asyncio.create_task(self._execute(running))
         self._running[task] = running
         task.add_done_callback(self._finished)
@@ -254,20 +253,11 @@ class Agent:
     # -- running one dispatch -----------------------------------------------------------------
 
     async def _execute(self, running: _Running) -> None:
-        msg = running.msg
-        try:
-            d = decode_dispatch(msg.data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            # A message no agent can read would be redelivered forever: drop it for good.
-            log.error("agent.poison_message", queue=running.queue, error=str(exc))
-            with contextlib.suppress(nats.errors.Error):
-                await msg.term()
-            return
-        running.key = f"{d.run_id}/{d.task_id}/{d.attempt}"
-        running.run_id = d.run_id
-        delivery = _delivery_count(msg)
+        item = running.item
+        d = item.dispatch
+        delivery = item.delivery
         # TaskStarted is pipelined: the command starts without waiting for its ack.
-        self.bus.append_nowait(
+        self.backplane.events.append_nowait(
             TaskStarted(
                 run_id=d.run_id,
                 ts=dt.datetime.now(dt.UTC),
@@ -298,13 +288,13 @@ class Agent:
                     cancel=running.kill,
                 )
                 if result.reason == "killed" and not running.cancelled:  # shutdown
-                    await self._hand_back(msg, d, reason="agent stopped")
+                    await self._hand_back(item, reason="agent stopped")
                     return
-                await self._report(d, result, msg, cancelled=running.cancelled)
+                await self._report(running, result)
             except asyncio.CancelledError:
                 # Killed (second signal) before the result was stored: another agent runs it.
-                if not msg.is_acked:
-                    await self._hand_back(msg, d, reason="agent killed")
+                if not running.settled:
+                    await self._hand_back(item, reason="agent killed")
                 raise
             finally:
                 if eval_path is not None:
@@ -329,22 +319,21 @@ class Agent:
         return self._eval_dir / f"{secrets.token_hex(8)}.json"
 
     def _log_writer(self, d: Dispatch) -> Callable[[bytes], None]:
-        bus = self.bus
+        logs = self.backplane.logs
 
         def write(chunk: bytes) -> None:
-            # Publish errors are logged by the bus; a lost chunk must not fail the task.
-            bus.publish_log_nowait(
+            # Publish errors are logged by the adapter; a lost chunk must not fail the task.
+            logs.write_nowait(
                 d.run_id, d.task_id, d.attempt, chunk, stream=LOG_STREAM
             ).add_done_callback(_retrieve)
 
         return write
 
-    async def _report(
-        self, d: Dispatch, result: CommandResult, msg: Msg, *, cancelled: bool = False
-    ) -> None:
+    async def _report(self, running: _Running, result: CommandResult) -> None:
         """Append the result, wait until it is stored, then ack the dispatch."""
+        d = running.item.dispatch
         event: TaskSucceeded | TaskFailed | TaskCancelled
-        if cancelled and result.reason == "killed":
+        if running.cancelled and result.reason == "killed":
             event = TaskCancelled(
                 run_id=d.run_id,
                 ts=dt.datetime.now(dt.UTC),
@@ -355,23 +344,25 @@ class Agent:
         else:
             event = self._result_event(d, result)
         # Pipelined behind this task's log chunks, so the log is complete once the result shows.
+        events = self.backplane.events
         while True:
             try:
-                await self.bus.append_nowait(event)
+                await events.append_nowait(event)
                 break
-            except BusUnavailable as exc:
-                if self.bus.closed:
+            except Unavailable as exc:
+                if self.backplane.closed:
                     raise
-                # Keep the message (in progress) and keep trying: acking without a stored
+                # Keep the dispatch (in progress) and keep trying: acking without a stored
                 # result would lose it, giving up would run the command again elsewhere.
                 log.warning("task.result_not_stored", error=str(exc))
                 await asyncio.sleep(ERROR_BACKOFF)
         try:
-            # Plain ack (no round trip): it follows the result on this connection; if it is
-            # lost, JetStream redelivers and the orchestrator fences the duplicate attempt.
-            await msg.ack()
-        except nats.errors.Error as exc:
-            log.warning("task.ack_failed", error=str(exc) or repr(exc))
+            # It follows the result on this connection; if it is lost, JetStream redelivers
+            # and the orchestrator fences the duplicate attempt.
+            running.settled = True
+            await running.item.ack()
+        except Unavailable as exc:
+            log.warning("task.ack_failed", error=str(exc))
         if isinstance(event, TaskSucceeded):
             outcome = "succeeded"
         elif isinstance(event, TaskCancelled):
@@ -423,16 +414,16 @@ class Agent:
             message=message,
         )
 
-    async def _hand_back(self, msg: Msg, d: Dispatch | None, *, reason: str) -> None:
+    async def _hand_back(self, item: WorkItem, *, reason: str) -> None:
         """Return a dispatch to its queue at once (nak) for another agent."""
-        if d is not None:
-            note = f"\n[cyclonetix: {reason} ({self.id}); task handed back for another agent]\n"
-            self.bus.publish_log_nowait(
-                d.run_id, d.task_id, d.attempt, note.encode(), stream=LOG_STREAM
-            ).add_done_callback(_retrieve)
-            log.warning("task.handed_back", reason=reason)
-        with contextlib.suppress(nats.errors.Error):
-            await msg.nak()
+        d = item.dispatch
+        note = f"\n[cyclonetix: {reason} ({self.id}); task handed back for another agent]\n"
+        self.backplane.logs.write_nowait(
+            d.run_id, d.task_id, d.attempt, note.encode(), stream=LOG_STREAM
+        ).add_done_callback(_retrieve)
+        log.warning("task.handed_back", reason=reason)
+        with contextlib.suppress(Unavailable):
+            await item.nak()
 
     # -- staying alive ------------------------------------------------------------------------
 
@@ -442,13 +433,13 @@ class Agent:
         while True:
             await asyncio.sleep(interval)
             for running in list(self._running.values()):
-                with contextlib.suppress(nats.errors.Error):
-                    await running.msg.in_progress()
+                with contextlib.suppress(Unavailable):
+                    await running.item.in_progress()
 
     async def _cancel_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                async for run_id in self.bus.cancellations():
+                async for run_id in self.backplane.cancels.listen():
                     if killed := self.cancel_run(run_id):
                         log.info("agent.cancelled", run_id=run_id, tasks=killed)
             except Exception as exc:  # noqa: BLE001 - keep listening (NATS away and back)
@@ -460,11 +451,11 @@ class Agent:
             await asyncio.sleep(self.config.heartbeat_interval)
             try:
                 await self._heartbeat()
-            except BusError as exc:
+            except CyclonetixError as exc:
                 log.warning("agent.heartbeat_failed", error=str(exc))
 
     async def _heartbeat(self) -> None:
-        await self.bus.put_heartbeat(
+        await self.backplane.agents.heartbeat(
             AgentInfo(
                 id=self.id,
                 host=self.host,
@@ -480,12 +471,13 @@ class Agent:
 
 @dataclass(eq=False)
 class _Running:
-    msg: Msg
+    item: WorkItem
     queue: str
-    key: str = "?"
-    run_id: str = ""
+    key: str  # "run_id/task_id/attempt"
+    run_id: str
     kill: asyncio.Event = field(default_factory=asyncio.Event)  # SIGTERM, SIGKILL after grace
     cancelled: bool = False  # killed because its run was cancelled (else: handed back)
+    settled: bool = False  # acked: the result is stored, nothing to hand back
 
 
 class _Slots:
@@ -525,23 +517,8 @@ class _Slots:
         self._changed.set()
 
 
-def _pending_after(msg: Msg) -> int:
-    """How many messages the consumer still had for others after this one."""
-    try:
-        return int(msg.metadata.num_pending)
-    except (ValueError, IndexError, AttributeError, TypeError, nats.errors.Error):
-        return 0
-
-
-def _delivery_count(msg: Msg) -> int:
-    try:
-        return int(msg.metadata.num_delivered)
-    except (ValueError, IndexError, AttributeError, nats.errors.Error):
-        return 1
-
-
 def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as seen (the bus already logged it)."""
+    """Mark a future's exception as seen (the adapter already logged it)."""
     if not future.cancelled():
         future.exception()
 

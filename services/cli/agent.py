@@ -127,11 +127,11 @@ def main(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         try:
-            bus = await connect(args, f"cyclonetix-agent-{agent_id}")
+            backplane = await connect(args, f"cyclonetix-agent-{agent_id}")
             try:
-                await Agent(bus, config, agent_id=agent_id).run(stop, kill)
+                await Agent(backplane, config, agent_id=agent_id).run(stop, kill)
             finally:
-                await bus.close()
+                await backplane.close()
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -9,6 +9,7 @@ from typing import Any
 from services import bench
 from services.cli.common import run
 from services.cli.main import CliError
+from services.settings import load_settings
 
 
 def register(sub: Any) -> None:
@@ -44,9 +45,15 @@ def register(sub: Any) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.tasks < 1 or args.agents < 1:
         raise CliError("--tasks and --agents must be at least 1")
+    # A server of our own has one node; a given one may be a cluster set up for 3 copies.
+    replicas = load_settings().nats.stream_replicas if args.nats_url else 1
     try:
         if args.which == "latency":
-            figures = run(bench.latency(args.tasks, agents=args.agents, nats_url=args.nats_url))
+            figures = run(
+                bench.latency(
+                    args.tasks, agents=args.agents, nats_url=args.nats_url, replicas=replicas
+                )
+            )
         else:
             figures = run(
                 bench.throughput(
@@ -54,6 +61,7 @@ def main(args: argparse.Namespace) -> int:
                     agents=args.agents,
                     concurrency=args.concurrency,
                     nats_url=args.nats_url,
+                    replicas=replicas,
                 )
             )
     except (ValueError, RuntimeError) as exc:

@@ -7,17 +7,22 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from core.definitions import Definitions
+from core.errors import Unavailable
 from core.events import AnyEvent
 from core.run import RunState, fold
-from services.bus import Bus, BusUnavailable
 from services.cli.main import CliError
 from services.cli.validate import load_or_report
 from services.logging import configure_logging
+from services.nats import connect as connect_nats
 from services.runtime_info import resolve_nats_url
 from services.settings import load_settings
+
+if TYPE_CHECKING:
+    from services.nats import NatsBackplane
+    from services.ports import EventLog
 
 T = TypeVar("T")
 
@@ -43,10 +48,10 @@ def add_log_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def follow_state(bus: Bus, run_id: str) -> AsyncIterator[tuple[AnyEvent, RunState]]:
+async def follow_state(events: EventLog, run_id: str) -> AsyncIterator[tuple[AnyEvent, RunState]]:
     """Each new event of a run with the run's state after it, until its terminal event."""
     state: RunState | None = None
-    async for _seq, event in bus.follow_run(run_id):
+    async for _seq, event in events.follow_run(run_id):
         state = fold(state, event)
         if state is not None:
             yield event, state
@@ -66,11 +71,11 @@ def nats_url(args: argparse.Namespace, data_dir: Path | None = None) -> str:
     return resolve_nats_url(getattr(args, "nats_url", None), data_dir)
 
 
-async def connect(args: argparse.Namespace, name: str) -> Bus:
+async def connect(args: argparse.Namespace, name: str) -> NatsBackplane:
     try:
         replicas = load_settings().nats.stream_replicas
-        return await Bus.connect(nats_url(args), name=name, replicas=replicas)
-    except BusUnavailable as exc:
+        return await connect_nats(nats_url(args), name=name, replicas=replicas)
+    except Unavailable as exc:
         raise CliError(str(exc)) from None
 
 

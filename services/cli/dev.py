@@ -95,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
             agents=args.agents,
             concurrency=args.concurrency,
             nats_url=args.nats_url,
+            replicas=settings.nats.stream_replicas,
             printer=printer,
         )
         try:

@@ -49,9 +49,9 @@ def line(seq: int, event: AnyEvent, as_json: bool) -> str:
 
 
 async def print_events(args: argparse.Namespace) -> int:
-    bus = await connect(args, "cyclonetix-cli")
+    backplane = await connect(args, "cyclonetix-cli")
     try:
-        history = await bus.history(args.run_id)
+        history = await backplane.events.history(args.run_id)
         if not history:
             raise CliError(f"no run {args.run_id!r}")
         for seq, event in history:
@@ -59,12 +59,13 @@ async def print_events(args: argparse.Namespace) -> int:
         ended = any(isinstance(e, TERMINAL) for _, e in history)
         if args.follow and not ended:
             sys.stdout.flush()
-            async for seq, event in bus.follow_run(args.run_id, from_seq=history[-1][0] + 1):
+            follow = backplane.events.follow_run(args.run_id, from_seq=history[-1][0] + 1)
+            async for seq, event in follow:
                 print(line(seq, event, args.json), flush=True)
                 if isinstance(event, TERMINAL):
                     break
     finally:
-        await bus.close()
+        await backplane.close()
     return 0
 
 

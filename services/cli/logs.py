@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.run import TASK_DONE
-from services.bus import Bus
 from services.cli.common import add_nats_option, connect, follow_state, run
 from services.cli.main import CliError
+
+if TYPE_CHECKING:
+    from services.ports import EventLog, LogStore
 
 
 def register(sub: Any) -> None:
@@ -31,18 +33,20 @@ def register(sub: Any) -> None:
 
 
 async def print_logs(args: argparse.Namespace) -> int:
-    bus = await connect(args, "cyclonetix-cli")
+    backplane = await connect(args, "cyclonetix-cli")
     out = sys.stdout.buffer
     try:
-        history = await bus.history(args.run_id)
+        history = await backplane.events.history(args.run_id)
         if not history:
             raise CliError(f"no run {args.run_id!r}")
         if not args.follow:
-            async for _attempt, chunk in bus.read_logs(args.run_id, args.task_id, args.attempt):
+            async for _attempt, chunk in backplane.logs.read(
+                args.run_id, args.task_id, args.attempt
+            ):
                 out.write(chunk)
             return 0
-        reader = asyncio.ensure_future(_copy(bus, args, out))
-        await _task_ended(bus, args.run_id, args.task_id)
+        reader = asyncio.ensure_future(_copy(backplane.logs, args, out))
+        await _task_ended(backplane.events, args.run_id, args.task_id)
         # Output is published before the result, so a short quiet period after it ends
         # is enough to print the last chunks.
         await asyncio.sleep(0.5)
@@ -51,21 +55,19 @@ async def print_logs(args: argparse.Namespace) -> int:
             await reader
     finally:
         out.flush()
-        await bus.close()
+        await backplane.close()
     return 0
 
 
-async def _copy(bus: Bus, args: argparse.Namespace, out: Any) -> None:
-    async for _attempt, chunk in bus.read_logs(
-        args.run_id, args.task_id, args.attempt, follow=True
-    ):
+async def _copy(logs: LogStore, args: argparse.Namespace, out: Any) -> None:
+    async for _attempt, chunk in logs.read(args.run_id, args.task_id, args.attempt, follow=True):
         out.write(chunk)
         out.flush()
 
 
-async def _task_ended(bus: Bus, run_id: str, task_id: str) -> None:
+async def _task_ended(events: EventLog, run_id: str, task_id: str) -> None:
     """Returns once the task is done for good (a failed attempt may still be retried)."""
-    async for _event, state in follow_state(bus, run_id):
+    async for _event, state in follow_state(events, run_id):
         task = state.tasks.get(task_id)
         if state.finished or (task is not None and task.status in TASK_DONE):
             return

@@ -50,17 +50,17 @@ def main(args: argparse.Namespace) -> int:
         definitions = load_definitions_or_fail(args.definitions)
 
     async def serve(stop: asyncio.Event) -> None:
-        bus = await connect(args, "cyclonetix-orchestrator")
+        backplane = await connect(args, "cyclonetix-orchestrator")
         try:
             if definitions is not None:
-                changed = await bus.put_definitions(definitions)
+                changed = await backplane.definitions.put(definitions)
                 log.info("definitions.published", folder=str(args.definitions), changed=changed)
             try:
-                await Orchestrator(bus).run(stop)  # returns once `stop` is set
+                await Orchestrator(backplane).run(stop)  # returns once `stop` is set
             except LeaseLost as exc:
                 raise CliError(str(exc), 3) from None
         finally:
-            await bus.close()
+            await backplane.close()
             log.info("orchestrator.stopped")
 
     run(until_stopped(serve))

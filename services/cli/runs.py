@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.events import RunCancelRequested
 from core.run import RunState, fold, summary
-from services.bus import Bus
 from services.cli.common import add_nats_option, connect, human_duration, run
 from services.cli.main import CliError
+
+if TYPE_CHECKING:
+    from services.ports import EventLog
 
 
 def register(sub: Any) -> None:
@@ -44,9 +46,9 @@ def register(sub: Any) -> None:
     cancel.set_defaults(func=lambda args: run(cancel_run(args)))
 
 
-async def load_run(bus: Bus, run_id: str) -> RunState:
+async def load_run(events: EventLog, run_id: str) -> RunState:
     state: RunState | None = None
-    for _seq, event in await bus.history(run_id):
+    for _seq, event in await events.history(run_id):
         state = fold(state, event)
     if state is None:
         raise CliError(f"no run {run_id!r}")
@@ -54,11 +56,11 @@ async def load_run(bus: Bus, run_id: str) -> RunState:
 
 
 async def show_run(args: argparse.Namespace) -> int:
-    bus = await connect(args, "cyclonetix-cli")
+    backplane = await connect(args, "cyclonetix-cli")
     try:
-        state = await load_run(bus, args.run_id)
+        state = await load_run(backplane.events, args.run_id)
     finally:
-        await bus.close()
+        await backplane.close()
     if args.json:
         print(json.dumps(summary(state)))
         return 0
@@ -84,17 +86,17 @@ async def show_run(args: argparse.Namespace) -> int:
 
 
 async def cancel_run(args: argparse.Namespace) -> int:
-    bus = await connect(args, "cyclonetix-cli")
+    backplane = await connect(args, "cyclonetix-cli")
     try:
-        state = await load_run(bus, args.run_id)
+        state = await load_run(backplane.events, args.run_id)
         if state.finished:
             raise CliError(f"run {args.run_id!r} already ended {state.status}", 1)
-        await bus.append(
+        await backplane.events.append(
             RunCancelRequested(
                 run_id=args.run_id, ts=dt.datetime.now(dt.UTC), reason=args.reason, by="cli"
             )
         )
     finally:
-        await bus.close()
+        await backplane.close()
     print(f"cancel requested for {args.run_id}")
     return 0

@@ -26,7 +26,6 @@ from core.events import (
 from core.graph import GraphError
 from core.run import RunState, summary
 from core.scheduling import plan_run
-from services.bus import Bus, RunExists
 from services.cli.common import (
     add_nats_option,
     connect,
@@ -36,6 +35,7 @@ from services.cli.common import (
     run,
 )
 from services.cli.main import CliError
+from services.ports import EventLog, RunExists
 
 
 def register(sub: Any) -> None:
@@ -84,12 +84,12 @@ async def schedule(args: argparse.Namespace) -> int:
     # With local definitions, bad input is reported before any connection is attempted.
     local = load_definitions_or_fail(args.definitions) if args.definitions else None
     event = plan(local, args) if local else None
-    bus = await connect(args, "cyclonetix-cli")
+    backplane = await connect(args, "cyclonetix-cli")
     try:
         if event is None:
-            event = plan(await bus.load_definitions(), args)
+            event = plan(await backplane.definitions.load(), args)
         try:
-            await bus.schedule_run(event)
+            await backplane.events.schedule_run(event)
         except RunExists:
             raise CliError(f"run id {event.run_id!r} is already taken; choose another") from None
         if not args.wait:
@@ -100,9 +100,10 @@ async def schedule(args: argparse.Namespace) -> int:
             return 0
         if not args.json:
             print(f"scheduled {event.run_id} ({len(event.graph)} tasks)", file=sys.stderr)
-        state = await follow(bus, event.run_id, progress=not args.json or sys.stderr.isatty())
+        progress = not args.json or sys.stderr.isatty()
+        state = await follow(backplane.events, event.run_id, progress=progress)
     finally:
-        await bus.close()
+        await backplane.close()
     result = summary(state)
     if args.json:
         print(json.dumps(result))
@@ -111,9 +112,9 @@ async def schedule(args: argparse.Namespace) -> int:
     return 0 if result["status"] == "succeeded" else 1
 
 
-async def follow(bus: Bus, run_id: str, *, progress: bool) -> RunState:
+async def follow(events: EventLog, run_id: str, *, progress: bool) -> RunState:
     """Fold a run's events as they arrive until its terminal event; print transitions."""
-    async for event, state in follow_state(bus, run_id):
+    async for event, state in follow_state(events, run_id):
         if progress and (line := progress_line(state, event)):
             print(line, file=sys.stderr, flush=True)
         if state.finished:

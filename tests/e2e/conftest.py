@@ -16,18 +16,18 @@ import pytest
 from core.definitions import Definitions, TaskDef
 from core.events import TERMINAL, AnyEvent, RunScheduled
 from core.scheduling import plan_run
-from services.bus import Bus
 from services.cluster import LocalCluster
+from services.nats import NatsBackplane, connect
 
 System = Callable[..., AbstractAsyncContextManager["Running"]]
 
 
 class Running:
-    """A started cluster and a bus connected to it."""
+    """A started cluster and a backplane connected to it."""
 
-    def __init__(self, cluster: LocalCluster, bus: Bus, defs: Definitions) -> None:
+    def __init__(self, cluster: LocalCluster, backplane: NatsBackplane, defs: Definitions) -> None:
         self.cluster = cluster
-        self.bus = bus
+        self.backplane = backplane
         self.defs = defs
         self.lines: list[str] = []
 
@@ -40,21 +40,21 @@ class Running:
             entropy=os.urandom(16),
             **options,
         )
-        await self.bus.schedule_run(event)
+        await self.backplane.events.schedule_run(event)
         return event.run_id
 
     async def until_end(self, run_id: str, timeout: float = 30) -> list[AnyEvent]:
         async with asyncio.timeout(timeout):
-            async for _seq, event in self.bus.follow_run(run_id):
+            async for _seq, event in self.backplane.events.follow_run(run_id):
                 if isinstance(event, TERMINAL):
                     break
-        return [e for _, e in await self.bus.history(run_id)]
+        return [e for _, e in await self.backplane.events.history(run_id)]
 
     async def wait_for(
         self, run_id: str, predicate: Callable[[AnyEvent], bool], timeout: float = 30
     ) -> AnyEvent:
         async with asyncio.timeout(timeout):
-            async for _seq, event in self.bus.follow_run(run_id):
+            async for _seq, event in self.backplane.events.follow_run(run_id):
                 if predicate(event):
                     return event
         raise AssertionError(f"run {run_id} ended before the awaited event")
@@ -110,8 +110,8 @@ def system(tmp_path: Path) -> System:
         await cluster.start()
         try:
             assert cluster.nats_url is not None
-            async with await Bus.connect(cluster.nats_url, name="pytest-e2e") as bus:
-                running = Running(cluster, bus, defs)
+            async with await connect(cluster.nats_url, name="pytest-e2e") as backplane:
+                running = Running(cluster, backplane, defs)
                 running.lines = lines
                 yield running
         finally:

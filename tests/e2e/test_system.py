@@ -73,10 +73,10 @@ async def test_a_gpu_task_waits_for_a_gpu_agent_and_never_runs_on_default(
     async with system(defs, queues=["default"]) as sys_:
         run_id = await sys_.schedule("both")
         await sys_.wait_for(run_id, lambda e: isinstance(e, TaskSucceeded) and e.task_id == "cpu")
-        history = [e for _, e in await sys_.bus.history(run_id)]
+        history = [e for _, e in await sys_.backplane.events.history(run_id)]
         assert any(isinstance(e, TaskQueued) and e.task_id == "gpu_job" for e in history)
         assert not any(isinstance(e, TaskStarted) and e.task_id == "gpu_job" for e in history)
-        assert (await sys_.bus.queue_depths()).get("gpu") == 1
+        assert (await sys_.backplane.work.depths()).get("gpu") == 1
         assert sys_.cluster.nats_url is not None
         gpu_agent = subprocess.Popen(
             [
@@ -204,8 +204,8 @@ async def test_large_and_binary_output_is_captured_and_bounded(system: System) -
         bin_run = await sys_.schedule("binary")
         big_events = await sys_.until_end(big_run)
         await sys_.until_end(bin_run)
-        big = b"".join([c async for _, c in sys_.bus.read_logs(big_run, "big")])
-        binary = b"".join([c async for _, c in sys_.bus.read_logs(bin_run, "binary")])
+        big = b"".join([c async for _, c in sys_.backplane.logs.read(big_run, "big")])
+        binary = b"".join([c async for _, c in sys_.backplane.logs.read(bin_run, "binary")])
     assert isinstance(big_events[-1], RunSucceeded)
     assert 10 * 1024 * 1024 <= len(big) < 10 * 1024 * 1024 + 4096
     assert b"truncated" in big[-400:]
@@ -239,7 +239,7 @@ async def test_cancel_kills_running_commands_and_ends_the_run_cancelled(system: 
     async with system(defs) as sys_:
         run_id = await sys_.schedule("after")
         await sys_.wait_for(run_id, lambda e: isinstance(e, TaskStarted))
-        await sys_.bus.append(
+        await sys_.backplane.events.append(
             RunCancelRequested(run_id=run_id, ts=dt.datetime.now(dt.UTC), reason="test")
         )
         events = await sys_.until_end(run_id, timeout=20)

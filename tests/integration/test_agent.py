@@ -25,7 +25,8 @@ from core.events import (
     TaskSucceeded,
 )
 from services.agent import Agent, AgentConfig
-from services.bus import WORK_STREAM, Bus, work_subject
+from services.nats import NatsBackplane, connect
+from services.nats.names import WORK_STREAM, work_subject
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -57,13 +58,13 @@ def dispatch(
 
 
 async def events_of(
-    bus: Bus, run_id: str, kind: type[E], n: int = 1, timeout: float = 20.0
+    backplane: NatsBackplane, run_id: str, kind: type[E], n: int = 1, timeout: float = 20.0
 ) -> list[E]:
     """Wait until the run has at least `n` events of `kind`; returns them in log order."""
 
     async def probe() -> list[E] | None:
         found: list[E] = []
-        for _, event in await bus.history(run_id):
+        for _, event in await backplane.events.history(run_id):
             if isinstance(event, kind):
                 found.append(event)
         return found if len(found) >= n else None
@@ -71,9 +72,11 @@ async def events_of(
     return await eventually(probe, timeout=timeout, what=f"{n} {kind.__name__} in {run_id}")
 
 
-async def result_of(bus: Bus, run_id: str, timeout: float = 20.0) -> TaskSucceeded | TaskFailed:
+async def result_of(
+    backplane: NatsBackplane, run_id: str, timeout: float = 20.0
+) -> TaskSucceeded | TaskFailed:
     async def probe() -> TaskSucceeded | TaskFailed | None:
-        for _, e in await bus.history(run_id):
+        for _, e in await backplane.events.history(run_id):
             if isinstance(e, TaskSucceeded | TaskFailed):
                 return e
         return None
@@ -81,24 +84,24 @@ async def result_of(bus: Bus, run_id: str, timeout: float = 20.0) -> TaskSucceed
     return await eventually(probe, timeout=timeout, what=f"result of {run_id}")
 
 
-async def logs_of(bus: Bus, run_id: str, task_id: str = "t") -> bytes:
-    return b"".join([chunk async for _, chunk in bus.read_logs(run_id, task_id, 1)])
+async def logs_of(backplane: NatsBackplane, run_id: str, task_id: str = "t") -> bytes:
+    return b"".join([chunk async for _, chunk in backplane.logs.read(run_id, task_id, 1)])
 
 
-async def work_messages(bus: Bus) -> int:
+async def work_messages(backplane: NatsBackplane) -> int:
     """Dispatches still in the work stream (delivered but un-acked ones included)."""
-    info = await bus.js.stream_info(WORK_STREAM)
+    info = await backplane.connection.js.stream_info(WORK_STREAM)
     return int(info.state.messages)
 
 
-async def no_work_left(bus: Bus) -> bool | None:
-    return True if await work_messages(bus) == 0 else None
+async def no_work_left(backplane: NatsBackplane) -> bool | None:
+    return True if await work_messages(backplane) == 0 else None
 
 
 @contextlib.asynccontextmanager
 async def running_agent(nats_url: str, **config: Any) -> AsyncIterator[Agent]:
     """An in-process agent on its own connection, stopped (gracefully) on exit."""
-    conn = await Bus.connect(nats_url, name="test-agent")
+    conn = await connect(nats_url, name="test-agent")
     agent = Agent(conn, AgentConfig(**config))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
@@ -111,8 +114,8 @@ async def running_agent(nats_url: str, **config: Any) -> AsyncIterator[Agent]:
         await conn.close()
 
 
-async def _registered(bus: Bus, agent_id: str) -> bool | None:
-    return True if any(a.id == agent_id for a in await bus.list_agents()) else None
+async def _registered(backplane: NatsBackplane, agent_id: str) -> bool | None:
+    return True if any(a.id == agent_id for a in await backplane.agents.list()) else None
 
 
 class AgentProcess:
@@ -138,11 +141,11 @@ class AgentProcess:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
 
-    async def wait_registered(self, bus: Bus, timeout: float = 20.0) -> str:
+    async def wait_registered(self, backplane: NatsBackplane, timeout: float = 20.0) -> str:
         async def probe() -> str | None:
             if self.proc.poll() is not None:
                 raise AssertionError(f"agent exited with {self.proc.returncode}:\n{self.log}")
-            for info in await bus.list_agents():
+            for info in await backplane.agents.list():
                 if info.pid == self.proc.pid:
                     return info.id
             return None
@@ -187,15 +190,18 @@ def kill_pid_from(path: Path) -> None:
 
 
 async def test_agent_process_runs_a_dispatch(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     agent = agent_processes(nats_url, "--queue", "default", "--workdir", str(tmp_path))
-    agent_id = await agent.wait_registered(bus)
+    agent_id = await agent.wait_registered(backplane)
 
-    await bus.dispatch(dispatch("r-e2e", "echo hello; echo oops >&2; pwd"))
+    await backplane.work.dispatch(dispatch("r-e2e", "echo hello; echo oops >&2; pwd"))
 
-    done = await result_of(bus, "r-e2e")
-    history = [e for _, e in await bus.history("r-e2e")]
+    done = await result_of(backplane, "r-e2e")
+    history = [e for _, e in await backplane.events.history("r-e2e")]
     assert [type(e) for e in history] == [TaskStarted, TaskSucceeded]
     started = history[0]
     assert isinstance(started, TaskStarted)
@@ -206,43 +212,49 @@ async def test_agent_process_runs_a_dispatch(
     assert done.output_tail == f"hello\noops\n{tmp_path.resolve()}\n"
     assert done.spawned_at is not None and done.spawned_at >= started.ts
     assert done.duration_ms > 0
-    assert await logs_of(bus, "r-e2e") == f"hello\noops\n{tmp_path.resolve()}\n".encode()
-    await eventually(lambda: no_work_left(bus), what="dispatch acked")
+    assert await logs_of(backplane, "r-e2e") == f"hello\noops\n{tmp_path.resolve()}\n".encode()
+    await eventually(lambda: no_work_left(backplane), what="dispatch acked")
 
 
 async def test_queue_routing(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     default_agent = agent_processes(nats_url, "--queue", "default", "--workdir", str(tmp_path))
-    await default_agent.wait_registered(bus)
+    await default_agent.wait_registered(backplane)
 
-    await bus.dispatch(dispatch("r-gpu", "echo on gpu", queue="gpu"))
-    await bus.dispatch(dispatch("r-default", "echo on default"))
+    await backplane.work.dispatch(dispatch("r-gpu", "echo on gpu", queue="gpu"))
+    await backplane.work.dispatch(dispatch("r-default", "echo on default"))
     # Once the later default dispatch is done, the default agent has had every chance to
     # take the gpu one; it did not, and the gpu dispatch is still waiting.
-    await result_of(bus, "r-default")
-    assert await bus.history("r-gpu") == []
-    assert (await bus.queue_depths()).get("gpu") == 1
+    await result_of(backplane, "r-default")
+    assert await backplane.events.history("r-gpu") == []
+    assert (await backplane.work.depths()).get("gpu") == 1
 
     gpu_agent = agent_processes(nats_url, "--queue", "gpu", "--workdir", str(tmp_path))
-    gpu_id = await gpu_agent.wait_registered(bus)
-    done = await result_of(bus, "r-gpu")
+    gpu_id = await gpu_agent.wait_registered(backplane)
+    done = await result_of(backplane, "r-gpu")
     assert isinstance(done, TaskSucceeded)
     assert done.agent_id == gpu_id
     assert done.output_tail == "on gpu\n"
 
 
 async def test_sigkilled_agent_task_is_redelivered_to_another_agent(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     # The first delivery records its shell pid and blocks; the redelivery finds the file.
     marker = tmp_path / "first"
     command = "if [ -e first ]; then echo second run; else echo $$ > first; sleep 300; fi"
     opts = ("--queue", "default", "--workdir", str(tmp_path), "--ack-wait", "2")
     first = agent_processes(nats_url, *opts)
-    first_id = await first.wait_registered(bus)
+    first_id = await first.wait_registered(backplane)
     try:
-        await bus.dispatch(dispatch("r-crash", command))
+        await backplane.work.dispatch(dispatch("r-crash", command))
         await wait_for_file(marker)
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait()
@@ -250,84 +262,100 @@ async def test_sigkilled_agent_task_is_redelivered_to_another_agent(
         kill_pid_from(marker)  # the orphaned command of the killed agent
 
     second = agent_processes(nats_url, *opts)
-    second_id = await second.wait_registered(bus)
-    done = await result_of(bus, "r-crash", timeout=30)
+    second_id = await second.wait_registered(backplane)
+    done = await result_of(backplane, "r-crash", timeout=30)
 
     assert isinstance(done, TaskSucceeded)
     assert done.agent_id == second_id
     assert done.output_tail == "second run\n"
-    starts = [e for _, e in await bus.history("r-crash") if isinstance(e, TaskStarted)]
+    starts = [e for _, e in await backplane.events.history("r-crash") if isinstance(e, TaskStarted)]
     assert [(s.agent_id, s.delivery) for s in starts] == [(first_id, 1), (second_id, 2)]
 
 
 async def test_sigterm_exits_cleanly_and_removes_the_heartbeat(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     agent = agent_processes(nats_url, "--workdir", str(tmp_path))
-    agent_id = await agent.wait_registered(bus)
+    agent_id = await agent.wait_registered(backplane)
 
     agent.proc.send_signal(signal.SIGTERM)
 
     assert await agent.wait_exit(timeout=15) == 0
-    assert agent_id not in {a.id for a in await bus.list_agents()}
+    assert agent_id not in {a.id for a in await backplane.agents.list()}
     assert "Traceback" not in agent.log
 
 
 async def test_sigterm_lets_a_running_task_finish(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     agent = agent_processes(nats_url, "--workdir", str(tmp_path), "--shutdown-grace", "60")
-    await agent.wait_registered(bus)
-    await bus.dispatch(
+    await agent.wait_registered(backplane)
+    await backplane.work.dispatch(
         dispatch("r-finish", "touch running; while [ ! -e go ]; do sleep 0.01; done; echo done")
     )
     await wait_for_file(tmp_path / "running")
 
     agent.proc.send_signal(signal.SIGTERM)
-    await bus.dispatch(dispatch("r-late", "echo too late"))  # a stopping agent takes no new work
+    await backplane.work.dispatch(
+        dispatch("r-late", "echo too late")
+    )  # a stopping agent takes no new work
     (tmp_path / "go").touch()
 
     assert await agent.wait_exit() == 0
-    done = await result_of(bus, "r-finish")
+    done = await result_of(backplane, "r-finish")
     assert isinstance(done, TaskSucceeded)
     assert done.output_tail == "done\n"
-    assert await bus.history("r-late") == []
-    assert await work_messages(bus) == 1  # still there for another agent
+    assert await backplane.events.history("r-late") == []
+    assert await work_messages(backplane) == 1  # still there for another agent
 
 
 async def test_tasks_still_running_after_the_grace_are_handed_back(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     command = "if [ -e first ]; then echo second run; else touch first; sleep 300; fi"
     first = agent_processes(
         nats_url, "--workdir", str(tmp_path), "--shutdown-grace", "0.2", "--kill-grace", "1"
     )
-    first_id = await first.wait_registered(bus)
-    await bus.dispatch(dispatch("r-handback", command))
+    first_id = await first.wait_registered(backplane)
+    await backplane.work.dispatch(dispatch("r-handback", command))
     await wait_for_file(tmp_path / "first")
 
     first.proc.send_signal(signal.SIGTERM)
     assert await first.wait_exit() == 0
-    assert await work_messages(bus) == 1  # nak'ed, not acked: there for another agent
+    assert await work_messages(backplane) == 1  # nak'ed, not acked: there for another agent
 
     second = agent_processes(nats_url, "--workdir", str(tmp_path))
-    second_id = await second.wait_registered(bus)
-    done = await result_of(bus, "r-handback")
+    second_id = await second.wait_registered(backplane)
+    done = await result_of(backplane, "r-handback")
     assert isinstance(done, TaskSucceeded)
     assert done.output_tail == "second run\n"
-    starts = [e for _, e in await bus.history("r-handback") if isinstance(e, TaskStarted)]
+    starts = [
+        e for _, e in await backplane.events.history("r-handback") if isinstance(e, TaskStarted)
+    ]
     assert [(s.agent_id, s.delivery) for s in starts] == [(first_id, 1), (second_id, 2)]
-    assert b"handed back" in await logs_of(bus, "r-handback")
+    assert b"handed back" in await logs_of(backplane, "r-handback")
 
 
 async def test_second_signal_kills_at_once(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     agent = agent_processes(
         nats_url, "--workdir", str(tmp_path), "--shutdown-grace", "300", "--kill-grace", "300"
     )
-    await agent.wait_registered(bus)
-    await bus.dispatch(dispatch("r-kill", "trap '' TERM; echo $$ > pid; sleep 300"))
+    await agent.wait_registered(backplane)
+    await backplane.work.dispatch(dispatch("r-kill", "trap '' TERM; echo $$ > pid; sleep 300"))
     await wait_for_file(tmp_path / "pid")
     shell = int((tmp_path / "pid").read_text())
 
@@ -340,11 +368,14 @@ async def test_second_signal_kills_at_once(
 
     assert await agent.wait_exit(timeout=15) == 0
     assert not Path(f"/proc/{shell}").exists() or _is_zombie(shell)
-    assert await work_messages(bus) == 1  # handed back
+    assert await work_messages(backplane) == 1  # handed back
 
 
 async def test_agent_env_reaches_the_command_under_the_dispatch_env(
-    bus: Bus, nats_url: str, tmp_path: Path, agent_processes: Callable[..., AgentProcess]
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
 ) -> None:
     agent = agent_processes(
         nats_url,
@@ -352,8 +383,8 @@ async def test_agent_env_reaches_the_command_under_the_dispatch_env(
         str(tmp_path),
         env={"AGENT_ONLY": "from-agent", "SHARED": "agent", "CYCLONETIX_TASK_ID": "agent"},
     )
-    await agent.wait_registered(bus)
-    await bus.dispatch(
+    await agent.wait_registered(backplane)
+    await backplane.work.dispatch(
         dispatch(
             "r-env",
             'echo "$AGENT_ONLY|$SHARED|$DISPATCH_ONLY|$CYCLONETIX_RUN_ID|$CYCLONETIX_TASK_ID'
@@ -362,27 +393,29 @@ async def test_agent_env_reaches_the_command_under_the_dispatch_env(
             env={"SHARED": "dispatch", "DISPATCH_ONLY": "d", "CYCLONETIX_RUN_ID": "spoofed"},
         )
     )
-    done = await result_of(bus, "r-env")
+    done = await result_of(backplane, "r-env")
     assert done.output_tail == "from-agent|dispatch|d|r-env|env_task|1|none\n"
 
 
 # -- details, with an in-process agent --------------------------------------------------------
 
 
-async def test_failing_command(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_failing_command(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
     async with running_agent(nats_url, workdir=tmp_path):
-        await bus.dispatch(dispatch("r-fail", "echo bad >&2; exit 3"))
-        done = await result_of(bus, "r-fail")
+        await backplane.work.dispatch(dispatch("r-fail", "echo bad >&2; exit 3"))
+        done = await result_of(backplane, "r-fail")
     assert isinstance(done, TaskFailed)
     assert (done.reason, done.exit_code, done.output_tail) == ("exit", 3, "bad\n")
     assert done.message == "exit code 3"
-    await eventually(lambda: no_work_left(bus), what="failed dispatch acked too")
+    await eventually(lambda: no_work_left(backplane), what="failed dispatch acked too")
 
 
-async def test_timeout(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_timeout(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
     async with running_agent(nats_url, workdir=tmp_path, kill_grace=1):
-        await bus.dispatch(dispatch("r-timeout", "echo waiting; sleep 60", timeout_seconds=0.3))
-        done = await result_of(bus, "r-timeout")
+        await backplane.work.dispatch(
+            dispatch("r-timeout", "echo waiting; sleep 60", timeout_seconds=0.3)
+        )
+        done = await result_of(backplane, "r-timeout")
     assert isinstance(done, TaskFailed)
     assert done.reason == "timeout"
     assert done.exit_code == 128 + signal.SIGTERM
@@ -390,35 +423,35 @@ async def test_timeout(bus: Bus, nats_url: str, tmp_path: Path) -> None:
     assert "timed out" in done.message
 
 
-async def test_spawn_error(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_spawn_error(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
     workdir = tmp_path / "work"
     workdir.mkdir()
     async with running_agent(nats_url, workdir=workdir):
         workdir.rmdir()
-        await bus.dispatch(dispatch("r-spawn", "true"))
-        done = await result_of(bus, "r-spawn")
+        await backplane.work.dispatch(dispatch("r-spawn", "true"))
+        done = await result_of(backplane, "r-spawn")
     assert isinstance(done, TaskFailed)
     assert (done.reason, done.exit_code, done.spawned_at) == ("spawn_error", None, None)
     assert "does not exist" in done.message
 
 
-async def test_evaluation_point(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_evaluation_point(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
     decision = '{"next_tasks": ["train"], "context_updates": {"MODEL": "m1"}}'
     async with running_agent(nats_url, workdir=tmp_path):
-        await bus.dispatch(
+        await backplane.work.dispatch(
             dispatch(
                 "r-eval",
                 f"echo '{decision}' > \"$CYCLONETIX_EVAL_RESULT\"",
                 evaluation_point=True,
             )
         )
-        await bus.dispatch(
+        await backplane.work.dispatch(
             dispatch(
                 "r-eval-bad", "echo '{oops' > \"$CYCLONETIX_EVAL_RESULT\"", evaluation_point=True
             )
         )
-        good = await result_of(bus, "r-eval")
-        bad = await result_of(bus, "r-eval-bad")
+        good = await result_of(backplane, "r-eval")
+        bad = await result_of(backplane, "r-eval-bad")
     assert isinstance(good, TaskSucceeded)
     assert good.evaluation == EvaluationResult(
         next_tasks=("train",), context_updates={"MODEL": "m1"}
@@ -429,133 +462,139 @@ async def test_evaluation_point(bus: Bus, nats_url: str, tmp_path: Path) -> None
 
 
 async def test_concurrency_runs_in_parallel_and_never_more(
-    bus: Bus, nats_url: str, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
 ) -> None:
     # Each command announces itself and waits for "go": finishing needs all of them running.
     command = "touch started-$CYCLONETIX_RUN_ID; while [ ! -e go ]; do sleep 0.01; done"
     async with running_agent(nats_url, workdir=tmp_path, concurrency=3) as agent:
         for i in range(4):
-            await bus.dispatch(dispatch(f"r-par{i}", command))
+            await backplane.work.dispatch(dispatch(f"r-par{i}", command))
 
         async def three_running() -> bool | None:
             return True if len(list(tmp_path.glob("started-*"))) == 3 else None
 
         await eventually(three_running, what="three commands running at once")
-        info = await bus.js.consumer_info(WORK_STREAM, "work_default")
+        info = await backplane.connection.js.consumer_info(WORK_STREAM, "work_default")
         assert info.num_ack_pending == 3  # the fourth is not even delivered
         assert info.num_pending == 1
         assert len(agent.running) == 3
-        heartbeat = next(a for a in await bus.list_agents() if a.id == agent.id)
+        heartbeat = next(a for a in await backplane.agents.list() if a.id == agent.id)
         assert heartbeat.queues == ["default"]
 
         (tmp_path / "go").touch()
-        results = [await result_of(bus, f"r-par{i}") for i in range(4)]
+        results = [await result_of(backplane, f"r-par{i}") for i in range(4)]
     assert all(isinstance(r, TaskSucceeded) for r in results)
 
 
-async def test_two_queues_share_the_concurrency(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_two_queues_share_the_concurrency(
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
+) -> None:
     async with running_agent(
         nats_url, workdir=tmp_path, queues=("default", "gpu"), concurrency=2
     ) as agent:
-        await bus.dispatch(dispatch("r-q1", "echo one", queue="gpu"))
-        await bus.dispatch(dispatch("r-q2", "echo two"))
-        one, two = await result_of(bus, "r-q1"), await result_of(bus, "r-q2")
+        await backplane.work.dispatch(dispatch("r-q1", "echo one", queue="gpu"))
+        await backplane.work.dispatch(dispatch("r-q2", "echo two"))
+        one, two = await result_of(backplane, "r-q1"), await result_of(backplane, "r-q2")
     assert (one.agent_id, two.agent_id) == (agent.id, agent.id)
     assert (one.output_tail, two.output_tail) == ("one\n", "two\n")
 
 
 async def test_large_output_is_bounded_and_readable(
-    bus: Bus, nats_url: str, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
 ) -> None:
     limit = 1_000_000
     async with running_agent(nats_url, workdir=tmp_path, max_output_bytes=limit):
-        await bus.dispatch(
+        await backplane.work.dispatch(
             dispatch("r-big", "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo tail-line")
         )
-        done = await result_of(bus, "r-big")
+        done = await result_of(backplane, "r-big")
     assert isinstance(done, TaskSucceeded)
     assert done.output_tail.endswith("a\ntail-line\n")
-    logs = await logs_of(bus, "r-big")
+    logs = await logs_of(backplane, "r-big")
     note = f"\n[cyclonetix: output truncated after {limit} bytes; 2000011 more bytes discarded]\n"
     assert logs == b"a" * limit + note.encode()
 
 
-async def test_binary_output_round_trips(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_binary_output_round_trips(
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
+) -> None:
     payload = os.urandom(200_000)
     (tmp_path / "blob").write_bytes(payload)
     async with running_agent(nats_url, workdir=tmp_path):
-        await bus.dispatch(dispatch("r-bin", "cat blob"))
-        done = await result_of(bus, "r-bin")
+        await backplane.work.dispatch(dispatch("r-bin", "cat blob"))
+        done = await result_of(backplane, "r-bin")
     assert isinstance(done, TaskSucceeded)
-    assert await logs_of(bus, "r-bin") == payload
+    assert await logs_of(backplane, "r-bin") == payload
 
 
 async def test_poison_message_is_dropped_and_work_goes_on(
-    bus: Bus, nats_url: str, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
 ) -> None:
     async with running_agent(nats_url, workdir=tmp_path):
-        await bus.js.publish(work_subject("default"), b"{not a dispatch")
-        await bus.dispatch(dispatch("r-after-poison", "echo fine"))
-        done = await result_of(bus, "r-after-poison")
+        await backplane.connection.js.publish(work_subject("default"), b"{not a dispatch")
+        await backplane.work.dispatch(dispatch("r-after-poison", "echo fine"))
+        done = await result_of(backplane, "r-after-poison")
         assert isinstance(done, TaskSucceeded)
-        await eventually(lambda: no_work_left(bus), what="poison message removed")
+        await eventually(lambda: no_work_left(backplane), what="poison message removed")
 
 
 async def test_in_progress_keeps_a_long_task_from_redelivery(
-    bus: Bus, nats_url: str, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
 ) -> None:
     # ack_wait 1 s, the command runs ~2.5 s: without in_progress() a second agent would get it.
     async with (
         running_agent(nats_url, workdir=tmp_path, ack_wait=1.0),
         running_agent(nats_url, workdir=tmp_path, ack_wait=1.0),
     ):
-        await bus.dispatch(dispatch("r-long", "sleep 2.5; echo ok"))
-        done = await result_of(bus, "r-long")
+        await backplane.work.dispatch(dispatch("r-long", "sleep 2.5; echo ok"))
+        done = await result_of(backplane, "r-long")
     assert isinstance(done, TaskSucceeded)
-    starts = [e for _, e in await bus.history("r-long") if isinstance(e, TaskStarted)]
+    starts = [e for _, e in await backplane.events.history("r-long") if isinstance(e, TaskStarted)]
     assert [s.delivery for s in starts] == [1]
 
 
 async def test_cancel_run_kills_its_commands_and_reports_task_cancelled(
-    bus: Bus, nats_url: str, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
 ) -> None:
     async with running_agent(nats_url, workdir=tmp_path, kill_grace=1) as agent:
-        await bus.dispatch(dispatch("r-cancel", "touch running; sleep 300"))
-        await bus.dispatch(
+        await backplane.work.dispatch(dispatch("r-cancel", "touch running; sleep 300"))
+        await backplane.work.dispatch(
             dispatch("r-other", "touch other; while [ ! -e go ]; do sleep 0.01; done")
         )
         await wait_for_file(tmp_path / "running")
         await wait_for_file(tmp_path / "other")
 
         assert agent.cancel_run("r-cancel") == 1
-        (cancelled,) = await events_of(bus, "r-cancel", TaskCancelled)
+        (cancelled,) = await events_of(backplane, "r-cancel", TaskCancelled)
         assert (cancelled.agent_id, cancelled.attempt) == (agent.id, 1)
         assert agent.running == ["r-other/t/1"]  # other runs are untouched
         (tmp_path / "go").touch()
-        assert isinstance(await result_of(bus, "r-other"), TaskSucceeded)
-        await eventually(lambda: no_work_left(bus), what="cancelled dispatch acked")
+        assert isinstance(await result_of(backplane, "r-other"), TaskSucceeded)
+        await eventually(lambda: no_work_left(backplane), what="cancelled dispatch acked")
 
 
 async def test_agent_survives_a_nats_restart(
-    bus: Bus, nats_url: str, nats_server: EmbeddedNats, tmp_path: Path
+    backplane: NatsBackplane, nats_url: str, nats_server: EmbeddedNats, tmp_path: Path
 ) -> None:
     async with running_agent(nats_url, workdir=tmp_path):
-        await bus.dispatch(
+        await backplane.work.dispatch(
             dispatch("r-across", "touch running; while [ ! -e go ]; do sleep 0.01; done; echo ok")
         )
         await wait_for_file(tmp_path / "running")
         nats_server.stop()
         nats_server.start()  # same port, same store
         (tmp_path / "go").touch()  # the result is appended once the agent has reconnected
-        across = await result_of(bus, "r-across", timeout=30)
-        await bus.dispatch(dispatch("r-after", "echo after"))
-        after = await result_of(bus, "r-after", timeout=30)
+        across = await result_of(backplane, "r-across", timeout=30)
+        await backplane.work.dispatch(dispatch("r-after", "echo after"))
+        after = await result_of(backplane, "r-after", timeout=30)
     assert isinstance(across, TaskSucceeded)
     assert across.output_tail == "ok\n"
     assert isinstance(after, TaskSucceeded)
 
 
-async def test_pickup_is_fast_when_idle(bus: Bus, nats_url: str, tmp_path: Path) -> None:
+async def test_pickup_is_fast_when_idle(
+    backplane: NatsBackplane, nats_url: str, tmp_path: Path
+) -> None:
     """An idle agent keeps a pull outstanding: the dispatch reaches it within milliseconds,
     also after the agent has sat idle past its fetch timeout."""
     async with running_agent(nats_url, workdir=tmp_path):
@@ -563,8 +602,8 @@ async def test_pickup_is_fast_when_idle(bus: Bus, nats_url: str, tmp_path: Path)
         for i in range(5):
             await asyncio.sleep(0.23 * i)  # land at different points of the fetch cycle
             sent = dt.datetime.now(dt.UTC)
-            await bus.dispatch(dispatch(f"r-fast{i}", "true"))
-            (started,) = await events_of(bus, f"r-fast{i}", TaskStarted)
+            await backplane.work.dispatch(dispatch(f"r-fast{i}", "true"))
+            (started,) = await events_of(backplane, f"r-fast{i}", TaskStarted)
             gaps.append((started.ts - sent).total_seconds())
     assert sorted(gaps)[2] < 0.1, gaps  # generous: CI machines are slow, not 1 s slow
 

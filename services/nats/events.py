@@ -1,0 +1,144 @@
+"""The event log (`services.ports.EventLog`) on the CX_EVENTS stream: one subject per run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Final
+
+import msgspec
+import nats.js.errors
+import structlog
+
+from core.errors import Conflict
+from core.events import TERMINAL, AnyEvent, RunScheduled, decode, encode, msg_id
+from services.nats.connection import unavailable
+from services.nats.names import (
+    ALL_EVENTS,
+    EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    MSG_ID,
+    event_subject,
+)
+from services.nats.reader import follow, replay
+from services.ports import RunExists
+
+if TYPE_CHECKING:
+    from nats.aio.msg import Msg
+
+    from services.nats.connection import Connection
+    from services.nats.publisher import Publisher
+
+__all__ = ["NatsEventLog"]
+
+log = structlog.get_logger("cyclonetix.nats")
+
+ERR_WRONG_LAST_SEQUENCE: Final = 10071  # nats-server `server/errors.json`
+
+
+def _decode(seq: int, msg: Msg) -> AnyEvent | None:
+    try:
+        return decode(msg.data)
+    except msgspec.DecodeError as exc:
+        log.warning("nats.undecodable_event", subject=msg.subject, seq=seq, error=str(exc))
+        return None
+
+
+class NatsEventLog:
+    def __init__(self, conn: Connection, publisher: Publisher) -> None:
+        self._conn = conn
+        self._publisher = publisher
+
+    async def append(self, event: AnyEvent) -> int:
+        ack = await self._publisher.publish(
+            event_subject(event.run_id), encode(event), {MSG_ID: msg_id(event)}
+        )
+        return int(ack.seq)
+
+    def append_nowait(self, event: AnyEvent) -> asyncio.Future[int]:
+        """Pipelined `append`: returns at once; the future gives the sequence.
+
+        `flush()` before acknowledging the input that caused these events.
+        """
+        return self._publisher.publish_nowait(
+            event_subject(event.run_id), encode(event), {MSG_ID: msg_id(event)}
+        )
+
+    async def flush(self) -> None:
+        await self._publisher.flush()
+
+    async def schedule_run(self, event: RunScheduled) -> int:
+        """Append the first event of a run: a run id can be used once.
+
+        A retry of our own earlier append (same msg id and bytes) returns its sequence; any
+        other event already on the run's subject raises RunExists.
+        """
+        try:
+            return await self.append_expected(event, 0)
+        except Conflict:
+            raise RunExists(event.run_id) from None
+
+    async def append_expected(self, event: AnyEvent, expected: int) -> int:
+        subject = event_subject(event.run_id)
+        mid = msg_id(event)
+        payload = encode(event)
+        headers = {MSG_ID: mid, EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+        try:
+            ack = await self._publisher.publish(subject, payload, headers)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
+                raise
+            # The expected-sequence check runs before dedup, so our own stored-but-unacked
+            # append lands here too: it is ours if the first event after `expected` is this
+            # very event (same msg id *and* bytes: a second RunScheduled for the same run id
+            # has the same msg id but is a different request).
+            with unavailable("a read of the run's events"):
+                try:
+                    after = await self._conn.js.get_msg(
+                        EVENTS_STREAM, seq=expected + 1, subject=subject, next=True, direct=True
+                    )
+                except nats.js.errors.NotFoundError:
+                    after = None
+            if (
+                after is not None
+                and after.seq
+                and after.data == payload
+                and (after.headers or {}).get(MSG_ID) == mid
+            ):
+                return int(after.seq)
+            raise Conflict(f"run {event.run_id!r} has events after sequence {expected}") from None
+        return int(ack.seq)
+
+    async def last_seq(self) -> int:
+        with unavailable("a stream info request"):
+            info = await self._conn.js.stream_info(EVENTS_STREAM)
+        return int(info.state.last_seq)
+
+    async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
+        out: list[tuple[int, AnyEvent]] = []
+        async for seq, _, msg in replay(self._conn, EVENTS_STREAM, event_subject(run_id)):
+            event = _decode(seq, msg)
+            if event is not None:
+                out.append((seq, event))
+        return out
+
+    async def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> AsyncIterator[tuple[int, AnyEvent, int]]:
+        subject = ALL_EVENTS if run_id is None else event_subject(run_id)
+        async for seq, pending, msg in follow(self._conn, EVENTS_STREAM, subject, from_seq, stop):
+            event = _decode(seq, msg)
+            if event is not None:
+                yield seq, event, pending
+
+    async def follow_run(
+        self, run_id: str, from_seq: int = 1, *, stop: asyncio.Event | None = None
+    ) -> AsyncIterator[tuple[int, AnyEvent]]:
+        async for seq, event, _ in self.tail(from_seq=from_seq, run_id=run_id, stop=stop):
+            yield seq, event
+            if isinstance(event, TERMINAL):
+                return

@@ -1,0 +1,142 @@
+"""Where everything lives on NATS: stream, bucket and consumer names, subjects, headers, and the
+escaping that turns any id into a legal subject token or KV key.
+
+  CX_EVENTS      cx.ev.<shard>.<run_id>             every fact about a run (limits, no deletes)
+  CX_WORK        cx.work.<queue>                    dispatch messages (work queue, one durable
+                                                    pull consumer `work_<queue>` per queue)
+  CX_ADVISORIES  $JS.EVENT.ADVISORY...MAX_DELIVERIES dispatches whose deliveries ran out
+  CX_LOGS        cx.log.<run_id>.<task>.<attempt>   command output (limits, 7 days)
+  KV             cx_defs, cx_agents, cx_leases, cx_checkpoints
+  core NATS      cx.cancel.<run_id>                 cancellation wake-ups (not stored)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+from core.ids import shard_of
+
+__all__ = [
+    "ADVISORIES_STREAM",
+    "AGENTS_BUCKET",
+    "ALL_EVENTS",
+    "CANCEL_PREFIX",
+    "CHECKPOINTS_BUCKET",
+    "DEFS_BUCKET",
+    "EVENTS_STREAM",
+    "LEASES_BUCKET",
+    "LOGS_STREAM",
+    "LOST_CONSUMER",
+    "MAX_DELIVERIES_SUBJECT",
+    "WORK_STREAM",
+    "decode_token",
+    "event_subject",
+    "kv_subject",
+    "kv_token",
+    "log_subject",
+    "log_subjects",
+    "subject_token",
+    "work_consumer",
+    "work_subject",
+]
+
+EVENTS_STREAM: Final = "CX_EVENTS"
+WORK_STREAM: Final = "CX_WORK"
+LOGS_STREAM: Final = "CX_LOGS"
+ADVISORIES_STREAM: Final = "CX_ADVISORIES"
+DEFS_BUCKET: Final = "cx_defs"
+AGENTS_BUCKET: Final = "cx_agents"
+LEASES_BUCKET: Final = "cx_leases"
+CHECKPOINTS_BUCKET: Final = "cx_checkpoints"
+
+# JetStream announces a work message whose deliveries ran out (max_deliver) on this core
+# subject; capturing it in a stream keeps the news while no orchestrator is running.
+MAX_DELIVERIES_SUBJECT: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{WORK_STREAM}.*"
+LOST_CONSUMER: Final = "lost_dispatches"
+
+ALL_EVENTS: Final = "cx.ev.>"
+CANCEL_PREFIX: Final = "cx.cancel"
+
+# Headers (nats.js.api.Header spells the standard ones; plain strings keep this module free of
+# nats imports and usable by tests that check names only).
+MSG_ID: Final = "Nats-Msg-Id"
+EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+KV_OPERATION: Final = "KV-Operation"
+MARKER_REASON: Final = "Nats-Marker-Reason"
+CX_STREAM_HEADER: Final = "Cx-Stream"  # on log chunks: stdout or stderr
+SOURCE_HEADER: Final = "Cx-Source"  # on definitions: the file they came from
+
+# -- subject and key tokens ---------------------------------------------------------------------
+# A subject token may not contain '.', '*', '>' or whitespace; KV keys allow only
+# [-/_=.a-zA-Z0-9]. Anything outside the safe set is written as '=XX' per UTF-8 byte ('=' itself
+# included), which is reversible and leaves ordinary ids untouched.
+
+_SUBJECT_SAFE = re.compile(r"[-_:A-Za-z0-9]+")
+_KV_SAFE = re.compile(r"[-_A-Za-z0-9]+")
+_ESCAPE = re.compile(r"=([0-9A-F]{2})")
+
+
+def _escape(value: str, safe: re.Pattern[str]) -> str:
+    if safe.fullmatch(value):
+        return value
+    if not value:
+        raise ValueError("an empty string cannot be a subject token or key")
+    out = []
+    for char in value:
+        if safe.fullmatch(char):
+            out.append(char)
+        else:
+            out.extend(f"={b:02X}" for b in char.encode())
+    return "".join(out)
+
+
+def subject_token(value: str) -> str:
+    """`value` as one NATS subject token (task ids may contain ':', which is legal)."""
+    return _escape(value, _SUBJECT_SAFE)
+
+
+def kv_token(value: str) -> str:
+    """`value` as one KV key token."""
+    return _escape(value, _KV_SAFE)
+
+
+def decode_token(token: str) -> str:
+    """Inverse of `subject_token` and `kv_token`."""
+    if "=" not in token:
+        return token
+    out = bytearray()
+    for i, part in enumerate(_ESCAPE.split(token)):
+        # split() with one group alternates: text, hex, text, hex, ...
+        out.extend(bytes([int(part, 16)]) if i % 2 else part.encode())
+    return out.decode(errors="replace")
+
+
+# -- subjects -----------------------------------------------------------------------------------
+
+
+def event_subject(run_id: str) -> str:
+    return f"cx.ev.{shard_of(run_id)}.{subject_token(run_id)}"
+
+
+def work_subject(queue: str) -> str:
+    return f"cx.work.{subject_token(queue)}"
+
+
+def work_consumer(queue: str) -> str:
+    """The durable pull consumer shared by every agent of `queue`."""
+    return f"work_{kv_token(queue)}"
+
+
+def log_subject(run_id: str, task_id: str, attempt: int) -> str:
+    return f"cx.log.{subject_token(run_id)}.{subject_token(task_id)}.{attempt}"
+
+
+def log_subjects(run_id: str, task_id: str, attempt: int | None) -> str:
+    """The log subject of one attempt, or a wildcard over every attempt."""
+    token = "*" if attempt is None else str(attempt)
+    return f"cx.log.{subject_token(run_id)}.{subject_token(task_id)}.{token}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
