@@ -6,7 +6,7 @@ import datetime as dt
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from core.cron import CronSpec, next_fire, parse_cron
@@ -181,7 +181,6 @@ def _matches(spec: CronSpec, moment: dt.datetime) -> bool:
     )
 
 
-@settings(max_examples=150, deadline=None)
 @given(
     minutes=st.sets(st.integers(0, 59), min_size=1, max_size=4),
     hours=st.sets(st.integers(0, 23), min_size=1, max_size=3),
