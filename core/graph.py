@@ -31,58 +31,13 @@ from core.snapshots import NO_RETRY, RetrySpec
 from core.snapshots import TaskNode as TaskNode  # the public name services use
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Iterable, Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from core.definitions import ParameterSetDef
 
 
 class GraphError(Invalid):
     """A graph could not be assembled; the message is one line naming what and where."""
-
-
-def topological_order(
-    nodes: tuple[TaskNode, ...] | list[TaskNode], *, external: Collection[str] = ()
-) -> list[TaskNode]:
-    """Nodes ordered so that every node comes after its dependencies (stable for ties).
-
-    Dependencies named in `external` (nodes already in the run) count as satisfied. Raises
-    GraphError naming the cycle as `a -> b -> a` (`a` depends on `b`) when there is one.
-    """
-    by_id = {n.id: n for n in nodes}
-    order: list[TaskNode] = []
-    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
-    for root in by_id:
-        if state.get(root) == 2:
-            continue
-        # Iterative DFS: graphs of thousands of nodes must not hit the recursion limit.
-        stack: list[tuple[str, int]] = [(root, 0)]
-        path: list[str] = []
-        while stack:
-            node_id, i = stack.pop()
-            if i == 0:
-                if state.get(node_id) == 2:
-                    continue
-                state[node_id] = 1
-                path.append(node_id)
-            deps = by_id[node_id].dependencies
-            if i < len(deps):
-                stack.append((node_id, i + 1))
-                dep = deps[i]
-                if dep not in by_id:
-                    if dep in external:
-                        continue
-                    raise GraphError(f"task {node_id!r} depends on unknown task {dep!r}")
-                mark = state.get(dep)
-                if mark == 1:
-                    cycle = [*path[path.index(dep) :], dep]
-                    raise GraphError("dependency cycle: " + " -> ".join(cycle))
-                if mark is None:
-                    stack.append((dep, 0))
-            else:
-                state[node_id] = 2
-                path.pop()
-                order.append(by_id[node_id])
-    return order
 
 
 # --- Schedule-time parameter overrides ----------------------------------------------------------

@@ -119,6 +119,21 @@ def test_nodes_record_the_retry_spec_with_every_value_written_out() -> None:
     assert encoded["queue"] == "default" and encoded["timeout_seconds"] is None
 
 
+def test_a_dependency_listed_twice_in_a_dag_entry_is_one_edge() -> None:
+    defs = load_definitions(
+        {
+            "tasks/a.yaml": "id: a\ncommand: x\n",
+            "dags/d.yaml": y("""
+                id: d
+                tasks:
+                  - id: a
+                  - {id: b, command: y, dependencies: [a, a]}
+                """),
+        }
+    )
+    assert by_id(dag_graph(defs, "d"))["b"].dependencies == ("a",)
+
+
 def test_unknown_target_suggests_a_close_match() -> None:
     with pytest.raises(GraphError, match=r"^unknown task 'dd' \(did you mean 'd'\?\)$"):
         outcome_graph(DIAMOND, "dd")
@@ -624,7 +639,7 @@ def test_outcome_is_exactly_the_ancestor_closure(
 
 @settings(max_examples=GRAPH_EXAMPLES)
 @given(graph=graphs, pick=st.randoms(use_true_random=False))
-def test_topological_order_puts_dependencies_first(
+def test_outcome_graph_lists_dependencies_first(
     graph: tuple[int, int], pick: random.Random
 ) -> None:
     deps = random_dependencies(*graph)
