@@ -1,26 +1,23 @@
-"""`cyclonetix runs show|cancel`: look at one run, or stop it."""
+"""`cyclonetix runs show|cancel|rerun`: look at one run, stop it, or run it again."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from core.events import RunCancelRequested
-from core.run import RunState, fold, summary
+from core.run import summary
+from services import commands
 from services.cli.common import add_nats_option, connect, human_duration, run
-from services.cli.main import CliError
-
-if TYPE_CHECKING:
-    from services.ports import EventLog
 
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "runs", help="show or cancel runs", description="Show or cancel runs."
+        "runs",
+        help="show, cancel or rerun runs",
+        description="Show, cancel or rerun runs.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="show|cancel", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="show|cancel|rerun", required=True)
     show = actions.add_parser(
         "show",
         help="status of a run and its tasks",
@@ -44,21 +41,25 @@ def register(sub: Any) -> None:
     cancel.add_argument("--reason", default="cancelled from the CLI", help="recorded in the log")
     add_nats_option(cancel)
     cancel.set_defaults(func=lambda args: run(cancel_run(args)))
-
-
-async def load_run(events: EventLog, run_id: str) -> RunState:
-    state: RunState | None = None
-    for _seq, event in await events.history(run_id):
-        state = fold(state, event)
-    if state is None:
-        raise CliError(f"no run {run_id!r}")
-    return state
+    rerun = actions.add_parser(
+        "rerun",
+        help="run a run again, or one task and everything downstream of it",
+        description="Start a new run from an earlier run's own graph snapshot (what ran then, "
+        "not today's definitions). With --from TASK only that task and the tasks downstream "
+        "of it run; their other dependencies count as done. Prints the new run id.",
+    )
+    rerun.add_argument("run_id", metavar="RUN_ID")
+    rerun.add_argument("--from", dest="from_task", metavar="TASK", help="rerun from this task")
+    rerun.add_argument("--run-id", dest="new_run_id", metavar="ID", help="id of the new run")
+    rerun.add_argument("--json", action="store_true", help='print {"run_id", "status"}')
+    add_nats_option(rerun)
+    rerun.set_defaults(func=lambda args: run(rerun_run(args)))
 
 
 async def show_run(args: argparse.Namespace) -> int:
     backplane = await connect(args, "cyclonetix-cli")
     try:
-        state = await load_run(backplane.events, args.run_id)
+        state = await commands.load_run(backplane.events, args.run_id)
     finally:
         await backplane.close()
     if args.json:
@@ -88,15 +89,23 @@ async def show_run(args: argparse.Namespace) -> int:
 async def cancel_run(args: argparse.Namespace) -> int:
     backplane = await connect(args, "cyclonetix-cli")
     try:
-        state = await load_run(backplane.events, args.run_id)
-        if state.finished:
-            raise CliError(f"run {args.run_id!r} already ended {state.status}", 1)
-        await backplane.events.append(
-            RunCancelRequested(
-                run_id=args.run_id, ts=dt.datetime.now(dt.UTC), reason=args.reason, by="cli"
-            )
-        )
+        await commands.cancel(backplane.events, args.run_id, reason=args.reason, by="cli")
     finally:
         await backplane.close()
     print(f"cancel requested for {args.run_id}")
+    return 0
+
+
+async def rerun_run(args: argparse.Namespace) -> int:
+    backplane = await connect(args, "cyclonetix-cli")
+    try:
+        scheduled = await commands.rerun(
+            backplane.events, args.run_id, from_task=args.from_task, run_as=args.new_run_id
+        )
+    finally:
+        await backplane.close()
+    if args.json:
+        print(json.dumps({"run_id": scheduled.run_id, "status": "scheduled"}))
+    else:
+        print(scheduled.run_id)
     return 0

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from core.definitions import Definitions
 from core.events import (
     AnyEvent,
     GraphExtended,
@@ -23,9 +20,8 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from core.graph import GraphError
-from core.run import RunState, summary
-from core.scheduling import plan_run
+from core.run import RunState, RunStatus, run_summary, summary
+from services import commands
 from services.cli.common import (
     add_nats_option,
     connect,
@@ -35,7 +31,8 @@ from services.cli.common import (
     run,
 )
 from services.cli.main import CliError
-from services.ports import EventLog, RunExists
+from services.commands import ScheduleRequest
+from services.ports import EventLog
 
 
 def register(sub: Any) -> None:
@@ -81,35 +78,41 @@ def main(args: argparse.Namespace) -> int:
 
 
 async def schedule(args: argparse.Namespace) -> int:
+    request = ScheduleRequest(
+        kind="outcome" if args.kind == "task" else "dag",
+        target=args.id,
+        context=args.context,
+        params=tuple(args.param),
+        run_id=args.run_id,
+    )
     # With local definitions, bad input is reported before any connection is attempted.
     local = load_definitions_or_fail(args.definitions) if args.definitions else None
-    event = plan(local, args) if local else None
+    if local is not None:
+        commands.plan(local, request)
     backplane = await connect(args, "cyclonetix-cli")
     try:
-        if event is None:
-            event = plan(await backplane.definitions.load(), args)
-        try:
-            await backplane.events.schedule_run(event)
-        except RunExists:
-            raise CliError(f"run id {event.run_id!r} is already taken; choose another") from None
+        scheduled = await commands.schedule(
+            backplane.events, local or backplane.definitions, request
+        )
+        run_id = scheduled.run_id
         if not args.wait:
             if args.json:
-                print(json.dumps({"run_id": event.run_id, "status": "scheduled"}))
+                print(json.dumps({"run_id": run_id, "status": "scheduled"}))
             else:
-                print(event.run_id)
+                print(run_id)
             return 0
         if not args.json:
-            print(f"scheduled {event.run_id} ({len(event.graph)} tasks)", file=sys.stderr)
+            print(f"scheduled {run_id} ({scheduled.tasks} tasks)", file=sys.stderr)
         progress = not args.json or sys.stderr.isatty()
-        state = await follow(backplane.events, event.run_id, progress=progress)
+        state = await follow(backplane.events, run_id, progress=progress)
     finally:
         await backplane.close()
-    result = summary(state)
+    result = run_summary(state)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(summary(state)))
     else:
         print(describe_end(state))
-    return 0 if result["status"] == "succeeded" else 1
+    return 0 if result.status == RunStatus.SUCCEEDED else 1
 
 
 async def follow(events: EventLog, run_id: str, *, progress: bool) -> RunState:
@@ -120,27 +123,6 @@ async def follow(events: EventLog, run_id: str, *, progress: bool) -> RunState:
         if state.finished:
             return state
     raise CliError(f"lost the event stream of run {run_id!r}")
-
-
-def plan(defs: Definitions, args: argparse.Namespace) -> RunScheduled:
-    if not (defs.tasks or defs.dags):
-        raise CliError(
-            "no definitions published: start the orchestrator with --definitions DIR, "
-            "or pass --definitions DIR here"
-        )
-    try:
-        return plan_run(
-            defs,
-            kind="outcome" if args.kind == "task" else "dag",
-            target=args.id,
-            now=dt.datetime.now(dt.UTC),
-            entropy=os.urandom(16),
-            context_id=args.context,
-            params=args.param,
-            run_id=args.run_id,
-        )
-    except (GraphError, ValueError) as exc:
-        raise CliError(str(exc)) from None
 
 
 def progress_line(state: RunState, event: AnyEvent) -> str | None:

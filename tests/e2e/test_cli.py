@@ -82,6 +82,32 @@ def test_dev_then_schedule_wait_json_succeeds(dev: Path) -> None:
     assert "training" in logs.stdout
 
 
+def test_rerun_a_finished_run_and_from_one_task(dev: Path) -> None:
+    first = json.loads(cli("schedule", "task", "transform", "--wait", "--json", cwd=dev).stdout)
+    assert first["status"] == "succeeded"
+    again = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", "--wait", cwd=dev)
+    assert again.returncode == 2 and "unrecognized arguments: --wait" in again.stderr
+    again = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", "--json", cwd=dev)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout) == {"run_id": "again-1", "status": "scheduled"}
+    part = cli("runs", "rerun", first["run_id"], "--from", "transform", cwd=dev)
+    assert part.returncode == 0, part.stderr
+    part_id = part.stdout.strip()
+    for run_id, tasks in (("again-1", set(first["tasks"])), (part_id, {"transform"})):
+        shown: dict[str, object] = {}
+        deadline = time.monotonic() + 60
+        while shown.get("status") != "succeeded" and time.monotonic() < deadline:
+            shown = json.loads(cli("runs", "show", run_id, "--json", cwd=dev).stdout)
+        assert shown["status"] == "succeeded", shown
+        assert set(shown["tasks"]) == tasks  # type: ignore[arg-type]
+    taken = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", cwd=dev)
+    assert taken.returncode == 1
+    assert one_line_error(taken).endswith("run id 'again-1' is already taken; choose another")
+    missing = cli("runs", "rerun", "no-such-run", cwd=dev)
+    assert missing.returncode == 2
+    assert one_line_error(missing).endswith("no run 'no-such-run'")
+
+
 def test_schedule_without_wait_and_a_dag_with_params(dev: Path) -> None:
     started = cli("schedule", "dag", "nightly_etl", "--json", cwd=dev)
     assert started.returncode == 0, started.stderr
