@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import msgspec
 
+# gc=False: these hold only strings, numbers and containers of them (no cycles can go through
+# them), so the garbage collector need not track the thousands a large log holds.
 
-class RetrySpec(msgspec.Struct, frozen=True, kw_only=True):
+
+class RetrySpec(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """How a task's failed attempts are retried, as recorded in the run's snapshot."""
 
     count: int = 0  # retries after the first attempt
@@ -47,7 +50,7 @@ class RetrySpec(msgspec.Struct, frozen=True, kw_only=True):
 NO_RETRY = RetrySpec()
 
 
-class TaskNode(msgspec.Struct, frozen=True, kw_only=True):
+class TaskNode(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One task of a run, fully resolved: the snapshot a run uses instead of definitions.
 
     `id` is the node key inside the run: the task id, or `task_id:parameter_set` when the same
