@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,12 +95,12 @@ def test_rerun_a_finished_run_and_from_one_task(dev: Path) -> None:
     assert part.returncode == 0, part.stderr
     part_id = part.stdout.strip()
     for run_id, tasks in (("again-1", set(first["tasks"])), (part_id, {"transform"})):
-        shown: dict[str, object] = {}
+        shown: dict[str, Any] = {}
         deadline = time.monotonic() + 60
         while shown.get("status") != "succeeded" and time.monotonic() < deadline:
             shown = json.loads(cli("runs", "show", run_id, "--json", cwd=dev).stdout)
         assert shown["status"] == "succeeded", shown
-        assert set(shown["tasks"]) == tasks  # type: ignore[arg-type]
+        assert set(shown["tasks"]) == tasks
     taken = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", cwd=dev)
     assert taken.returncode == 1
     assert one_line_error(taken).endswith("run id 'again-1' is already taken; choose another")
