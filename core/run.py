@@ -51,7 +51,7 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from core.graph import TaskNode, task_environment
+from core.graph import Overrides, TaskNode, overrides_from, task_environment
 
 
 class TaskStatus(enum.StrEnum):
@@ -100,9 +100,10 @@ RUN_CANCELLED = RunStatus.CANCELLED
 # (the agent enforces the timeout; this catches an agent that vanished with the task).
 TIMEOUT_GRACE = dt.timedelta(seconds=60)
 
-# Extends a run's graph for an evaluation point: (existing nodes, node id, result) -> new nodes.
-# Raises an exception with a one-line message when the result asks for something impossible.
-Extender = Callable[[dict[str, TaskNode], str, EvaluationResult], tuple[TaskNode, ...]]
+# Extends a run's graph for an evaluation point: (existing nodes, node id, result, the run's
+# schedule-time parameter overrides) -> new nodes. Raises an exception with a one-line message
+# when the result asks for something impossible.
+Extender = Callable[[dict[str, TaskNode], str, EvaluationResult, Overrides], tuple[TaskNode, ...]]
 
 
 class TaskRun:
@@ -162,6 +163,7 @@ class RunState:
         "kind",
         "name",
         "open_tasks",
+        "params",
         "queued",
         "ready",
         "retry_wait",
@@ -180,6 +182,7 @@ class RunState:
         self.name = event.name
         self.trigger = event.trigger
         self.context = dict(event.context)
+        self.params = event.params  # schedule-time overrides: tasks added later get them too
         self.scheduled_at = event.ts
         self.ended_at: dt.datetime | None = None
         self.status: RunStatus = RUN_RUNNING
@@ -462,7 +465,8 @@ def decide(
         task = tasks[task_id]
         assert task.evaluation is not None
         try:
-            nodes = extend(_nodes(state), task_id, task.evaluation) if extend else ()
+            overrides = overrides_from(f"{k}={v}" for k, v in state.params.items())
+            nodes = extend(_nodes(state), task_id, task.evaluation, overrides) if extend else ()
             if not extend and task.evaluation.next_tasks:
                 raise ValueError("no definitions available to extend the graph")
         except Exception as exc:  # noqa: BLE001 - any resolution error fails the evaluation point

@@ -43,7 +43,7 @@ from core.events import (
     TaskLost,
     TaskQueued,
 )
-from core.graph import TaskNode, extend_graph
+from core.graph import Overrides, TaskNode, extend_graph
 from core.run import (
     RunState,
     advance,
@@ -305,8 +305,14 @@ class Orchestrator:
         await self.decide_dirty()
 
     def extend(
-        self, existing: dict[str, TaskNode], after: str, result: EvaluationResult
+        self,
+        existing: dict[str, TaskNode],
+        after: str,
+        result: EvaluationResult,
+        overrides: Overrides,
     ) -> tuple[TaskNode, ...]:
+        """New tasks come from the current definitions (core.graph.extend_graph), with the
+        run's schedule-time overrides on top, as for the tasks it started with."""
         if self.definitions is None:
             raise ValueError("no definitions published (start the orchestrator with --definitions)")
         return extend_graph(
@@ -315,6 +321,7 @@ class Orchestrator:
             after=after,
             next_tasks=result.next_tasks,
             parameters=result.parameters,
+            overrides=overrides,
         )
 
     # ------------------------------------------------------------------ publishing

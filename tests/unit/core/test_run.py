@@ -27,7 +27,7 @@ from core.events import (
     TaskSucceeded,
     msg_id,
 )
-from core.graph import GraphError, TaskNode
+from core.graph import NO_OVERRIDES, GraphError, Overrides, TaskNode
 from core.run import (
     EVALUATING,
     FAILED,
@@ -289,7 +289,10 @@ def test_evaluation_point_extends_the_graph_before_it_counts_as_done() -> None:
     assert state.tasks["check"].status == EVALUATING
 
     def extend(
-        existing: dict[str, TaskNode], after: str, result: EvaluationResult
+        existing: dict[str, TaskNode],
+        after: str,
+        result: EvaluationResult,
+        overrides: Overrides = NO_OVERRIDES,
     ) -> tuple[TaskNode, ...]:
         assert "check" in existing and after == "check"
         return tuple(node(t, after) for t in result.next_tasks)
@@ -306,7 +309,10 @@ def test_evaluation_asking_for_unknown_tasks_fails_the_evaluation_point() -> Non
     fold(state, succeeded("run-1", "check", evaluation=EvaluationResult(next_tasks=("x",))))
 
     def extend(
-        existing: dict[str, TaskNode], after: str, result: EvaluationResult
+        existing: dict[str, TaskNode],
+        after: str,
+        result: EvaluationResult,
+        overrides: Overrides = NO_OVERRIDES,
     ) -> tuple[TaskNode, ...]:
         raise ValueError("unknown task 'x'")
 
@@ -452,7 +458,10 @@ def test_a_retry_decided_around_a_cancel_request_is_cancelled_before_it_is_queue
 
 
 def refuse(
-    existing: dict[str, TaskNode], after: str, result: EvaluationResult
+    existing: dict[str, TaskNode],
+    after: str,
+    result: EvaluationResult,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> tuple[TaskNode, ...]:
     raise ValueError("unknown task 'ghost'")
 

@@ -10,7 +10,7 @@ import textwrap
 
 from core.definitions import Definitions, load_definitions
 from core.events import EvaluationResult, GraphExtended, RunScheduled, TaskQueued
-from core.graph import TaskNode, extend_graph, outcome_graph
+from core.graph import NO_OVERRIDES, Overrides, TaskNode, extend_graph, outcome_graph
 from core.run import EVALUATING, PENDING, SUCCEEDED, Extender, RunState, advance, dispatch_for, fold
 from tests.unit.core.runkit import T0, queued_ids, succeeded
 
@@ -41,16 +41,24 @@ def extender(defs: Definitions) -> Extender:
     """What the orchestrator passes to `advance`: extend with the definitions it has now."""
 
     def extend(
-        existing: dict[str, TaskNode], after: str, result: EvaluationResult
+        existing: dict[str, TaskNode],
+        after: str,
+        result: EvaluationResult,
+        overrides: Overrides = NO_OVERRIDES,
     ) -> tuple[TaskNode, ...]:
         return extend_graph(
-            existing, defs, after=after, next_tasks=result.next_tasks, parameters=result.parameters
+            existing,
+            defs,
+            after=after,
+            next_tasks=result.next_tasks,
+            parameters=result.parameters,
+            overrides=overrides,
         )
 
     return extend
 
 
-def scheduled_check(defs: Definitions) -> RunState:
+def scheduled_check(defs: Definitions, params: dict[str, str] | None = None) -> RunState:
     event = RunScheduled(
         run_id="run-1",
         ts=T0,
@@ -58,6 +66,7 @@ def scheduled_check(defs: Definitions) -> RunState:
         target="check",
         name="check",
         graph=outcome_graph(defs, "check"),
+        params=params or {},
     )
     state = fold(None, event)
     assert state is not None
@@ -109,3 +118,14 @@ def test_extensions_use_the_current_definitions_and_the_run_keeps_its_snapshot()
     assert state.tasks["check"].status == SUCCEEDED
     (queued,) = [e for e in decisions if isinstance(e, TaskQueued)]
     assert dispatch_for(state, queued.task_id).command == "echo deploy v2"
+
+
+def test_tasks_added_by_an_evaluation_point_get_the_runs_schedule_time_parameters() -> None:
+    """`--param` is the top of the precedence for every task of the run, also the ones an
+    evaluation point adds later; the decision's own parameters are above it."""
+    defs = definitions("v1")
+    state = scheduled_check(defs, {"REGION": "eu", "deploy.TIER": "gold", "build.TIER": "x"})
+    decision = EvaluationResult(next_tasks=("deploy",), parameters={"deploy": {"REGION": "us"}})
+    fold(state, succeeded("run-1", "check", evaluation=decision))
+    advance(state, T0, extender(defs))
+    assert state.tasks["deploy"].node.parameters == {"REGION": "us", "TIER": "gold"}

@@ -37,6 +37,7 @@ from core.events import (
     encode,
     msg_id,
 )
+from core.graph import NO_OVERRIDES, Overrides
 from core.run import QUEUED, SUCCEEDED, RunState, advance, fold, replay
 from tests.unit.core.runkit import T0, node
 
@@ -87,7 +88,10 @@ def random_graph(rnd: random.Random, size: int) -> tuple[TaskNode, ...]:
 
 
 def extend(
-    existing: dict[str, TaskNode], after: str, result: EvaluationResult
+    existing: dict[str, TaskNode],
+    after: str,
+    result: EvaluationResult,
+    overrides: Overrides = NO_OVERRIDES,
 ) -> tuple[TaskNode, ...]:
     return tuple(node(t, after) for t in result.next_tasks if t not in existing)
 
