@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import os
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
+from services import agent as agent_module
 from services.agent import Agent, AgentConfig
 from services.nats import NatsBackplane, connect
 from services.nats.names import WORK_STREAM, work_subject
@@ -592,20 +592,36 @@ async def test_agent_survives_a_nats_restart(
     assert isinstance(after, TaskSucceeded)
 
 
-async def test_pickup_is_fast_when_idle(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
+@pytest.mark.parametrize("fetch_timeout", [3600.0, 0.2])
+async def test_an_idle_agent_takes_a_dispatch_from_its_waiting_pull(
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fetch_timeout: float,
 ) -> None:
-    """An idle agent keeps a pull outstanding: the dispatch reaches it within milliseconds,
-    also after the agent has sat idle past its fetch timeout."""
-    async with running_agent(nats_url, workdir=tmp_path):
-        gaps = []
-        for i in range(5):
-            await asyncio.sleep(0.23 * i)  # land at different points of the fetch cycle
-            sent = dt.datetime.now(dt.UTC)
-            await backplane.work.dispatch(dispatch(f"r-fast{i}", "true"))
-            (started,) = await events_of(backplane, f"r-fast{i}", TaskStarted)
-            gaps.append((started.ts - sent).total_seconds())
-    assert sorted(gaps)[2] < 0.1, gaps  # generous: CI machines are slow, not 1 s slow
+    """An idle agent keeps a pull outstanding that hands it a dispatch as it arrives. With an
+    hour-long fetch timeout nothing may wait for the pull to expire (a batch pull sitting on an
+    unfilled batch, polling between pulls); with a short one, the pull is renewed, also after
+    the agent sat idle through several. How fast pickup is, is `cyclonetix bench latency`'s job;
+    the deadlines here only stop waiting."""
+    monkeypatch.setattr(agent_module, "FETCH_TIMEOUT", fetch_timeout)
+    conn = await connect(nats_url, name="test-agent")
+    agent = Agent(conn, AgentConfig(workdir=tmp_path))
+    stop, kill = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(agent.run(stop, kill))
+    try:
+        await eventually(lambda: _registered(conn, agent.id), what="agent heartbeat", timeout=10)
+        for i in range(3):
+            await asyncio.sleep(0.5 * i)  # idle through 0, 2 and 5 short fetch timeouts
+            await backplane.work.dispatch(dispatch(f"r-idle{i}", "true"))
+            (done,) = await events_of(backplane, f"r-idle{i}", TaskSucceeded, timeout=30)
+            assert done.agent_id == agent.id
+    finally:
+        stop.set()
+        kill.set()  # no waiting for the outstanding pull to expire
+        await asyncio.wait_for(task, 30)
+        await conn.close()
 
 
 async def _async_value(value: T | None) -> T | None:

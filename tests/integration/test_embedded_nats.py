@@ -69,10 +69,9 @@ def test_restart_reuses_the_port(tmp_path: Path) -> None:
 
 def test_a_server_that_cannot_start_raises_with_its_log(tmp_path: Path) -> None:
     server = EmbeddedNats(tmp_path, sync_interval="not-a-duration")
-    started = time.monotonic()
+    # It noticed the exit (not a startup timeout): the message says so and carries the log.
     with pytest.raises(EmbeddedNatsError, match="exited with code 1 during startup") as info:
         server.start()
-    assert time.monotonic() - started < 5
     assert "sync_interval" in str(info.value)
     assert "\n" not in str(info.value)
     assert not server.running

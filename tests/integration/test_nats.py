@@ -9,10 +9,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import socket
-import time
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+import structlog.testing
 
 from core.agents import AgentInfo
 from core.definitions import (
@@ -108,12 +108,11 @@ def test_subjects_and_keys_are_valid_tokens() -> None:
 # -- connecting and provisioning ----------------------------------------------------------------
 
 
-async def test_unreachable_url_raises_quickly_with_one_clear_line() -> None:
+async def test_unreachable_url_gives_up_with_one_clear_line() -> None:
     url = f"nats://127.0.0.1:{free_port()}"
-    started_at = time.monotonic()
     with pytest.raises(Unavailable) as info:
-        await connect(url, name="test", connect_timeout=1.0)
-    assert time.monotonic() - started_at < 3.0
+        async with asyncio.timeout(30):  # only stops waiting for a connect that never gives up
+            await connect(url, name="test", connect_timeout=1.0)
     message = str(info.value)
     assert message.startswith(f"cannot reach NATS at {url}: ")
     assert "\n" not in message
@@ -246,11 +245,9 @@ async def test_history_of_a_large_run(backplane: NatsBackplane) -> None:
     for i in range(3000):
         events.append_nowait(started("big", f"t{i}"))
     await events.flush()
-    started_at = time.perf_counter()
     history = await events.history("big")
-    elapsed = time.perf_counter() - started_at
-    assert len(history) == 3000
-    assert elapsed < 3.0, f"history of 3000 events took {elapsed:.2f}s"
+    ids = [e.task_id for _, e in history if isinstance(e, TaskStarted)]
+    assert ids == [f"t{i}" for i in range(3000)]  # all of them, in order
 
 
 async def test_tail_delivers_stored_then_live_events_until_stopped(
@@ -462,15 +459,12 @@ async def test_definitions_round_trip_with_changes_and_deletions(backplane: Nats
     assert await store.load() == Definitions()
 
 
-async def test_many_definitions_load_quickly(backplane: NatsBackplane) -> None:
+async def test_many_definitions_round_trip(backplane: NatsBackplane) -> None:
     store = backplane.definitions
     defs = Definitions(tasks={f"t{i}": TaskDef(id=f"t{i}", command="true") for i in range(10_000)})
     assert await store.put(defs) == 10_000
-    started_at = time.perf_counter()
     loaded = await store.load()
-    elapsed = time.perf_counter() - started_at
     assert loaded.tasks == defs.tasks
-    assert elapsed < 5.0, f"loading 10,000 definitions took {elapsed:.2f}s"
 
 
 async def test_heartbeats(backplane: NatsBackplane) -> None:
@@ -500,7 +494,7 @@ async def test_heartbeats(backplane: NatsBackplane) -> None:
 # -- shutdown -----------------------------------------------------------------------------------
 
 
-async def test_close_is_quick_with_open_subscriptions(nats_url: str) -> None:
+async def test_close_drains_cleanly_with_open_subscriptions(nats_url: str) -> None:
     backplane = await connect(nats_url, name="closing")
     consumer = await backplane.work.consumer("default")
     # An empty fetch leaves a 408 status in the pull subscription's queue.
@@ -512,21 +506,23 @@ async def test_close_is_quick_with_open_subscriptions(nats_url: str) -> None:
 
     reader = asyncio.create_task(follow())
     await backplane.events.append(started("r1", "t1"))
-    started_at = time.monotonic()
-    await backplane.close()
-    assert time.monotonic() - started_at < 3.0
+    with structlog.testing.capture_logs() as logs:
+        # With an hour of grace, a drain held up by messages nobody reads would run into
+        # nats-py's own drain timeout, which is reported; the deadline only stops waiting.
+        await asyncio.wait_for(backplane.close(grace=3600), 30)
+    assert [e for e in logs if e["event"] in ("nats.error", "nats.drain_failed")] == []
     assert backplane.closed and backplane.connection.nc.is_closed
     assert len(await asyncio.wait_for(reader, 5)) <= 1  # the tail ended with the connection
 
 
-async def test_close_is_quick_while_nats_is_down(nats_server: EmbeddedNats) -> None:
+async def test_close_does_not_wait_for_nats_while_it_is_down(nats_server: EmbeddedNats) -> None:
     backplane = await connect(nats_server.url, name="closing", publish_deadline=30)
     await backplane.events.append(started("r1", "t0"))
     nats_server.stop()
     pending = backplane.events.append_nowait(started("r1", "t1"))  # buffered for a reconnect
-    started_at = time.monotonic()
-    await backplane.close()
-    assert time.monotonic() - started_at < 3.0
+    # An hour of grace for acknowledgements that cannot come: close must see that NATS is gone
+    # rather than wait it out (the deadline only stops waiting).
+    await asyncio.wait_for(backplane.close(grace=3600), 30)
     assert backplane.connection.nc.is_closed
     with pytest.raises(Unavailable, match="closed before NATS acknowledged"):
         await pending
