@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from core.definitions import Definitions
-from core.errors import Unavailable
 from core.events import AnyEvent
 from core.run import RunState, fold
 from services.cli.main import CliError
@@ -72,11 +71,9 @@ def nats_url(args: argparse.Namespace, data_dir: Path | None = None) -> str:
 
 
 async def connect(args: argparse.Namespace, name: str) -> NatsBackplane:
-    try:
-        replicas = load_settings().nats.stream_replicas
-        return await connect_nats(nats_url(args), name=name, replicas=replicas)
-    except Unavailable as exc:
-        raise CliError(str(exc)) from None
+    """Connect to the NATS the settings name; Unavailable (exit code 3) when it cannot be."""
+    replicas = load_settings().nats.stream_replicas
+    return await connect_nats(nats_url(args), name=name, replicas=replicas)
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -157,6 +157,7 @@ def test_unknown_task_is_one_clear_line(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "unknown task 'nope'" in one_line_error(done)
+    assert done.returncode == 2  # Invalid
 
 
 def test_malformed_param_is_one_clear_line(tmp_path: Path) -> None:
@@ -171,6 +172,7 @@ def test_unreachable_nats_is_one_clear_line(tmp_path: Path) -> None:
         "schedule", "task", "extract", "--nats-url", "nats://127.0.0.1:1", cwd=tmp_path, timeout=30
     )
     assert "cannot reach NATS at nats://127.0.0.1:1" in one_line_error(done)
+    assert done.returncode == 3  # Unavailable: worth trying again later
 
 
 def test_no_server_known_is_one_clear_line(tmp_path: Path) -> None:
