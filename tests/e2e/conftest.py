@@ -18,6 +18,7 @@ from core.events import TERMINAL, AnyEvent, RunScheduled
 from core.scheduling import plan_run
 from services.cluster import LocalCluster
 from services.nats import NatsBackplane, connect
+from tests.conftest import REQUIRE_SERVICES_ENV
 
 System = Callable[..., AbstractAsyncContextManager["Running"]]
 
@@ -64,15 +65,17 @@ def tasks(*defs: TaskDef) -> Definitions:
     return Definitions(tasks={t.id: t for t in defs})
 
 
-SETTINGS_PREFIX = "CYCLONETIX_"
+def from_the_caller(name: str) -> bool:
+    """A CYCLONETIX_* variable of the caller's shell that must not reach a test: every one but
+    the test harness's own switch (CYCLONETIX_REQUIRE_SERVICES, which CI sets)."""
+    return name.startswith("CYCLONETIX_") and name != REQUIRE_SERVICES_ENV
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    """The environment of a process a test starts: this one's without any `CYCLONETIX_*`
-    variable (settings such as a CYCLONETIX_NATS_URL in the caller's shell must not steer a
-    test), plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
-    return env | extra
+    """The environment of a process a test starts: this one's without the caller's
+    CYCLONETIX_* variables (a CYCLONETIX_NATS_URL in their shell must not steer a test), plus
+    `extra`."""
+    return {k: v for k, v in os.environ.items() if not from_the_caller(k)} | extra
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +83,7 @@ def _no_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither this process nor the role processes it starts (which inherit its environment)
     read a CYCLONETIX_* setting from the caller's shell."""
     for name in list(os.environ):
-        if name.startswith(SETTINGS_PREFIX):
+        if from_the_caller(name):
             monkeypatch.delenv(name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import child_env
+from tests.e2e.conftest import child_env, from_the_caller
 
 pytestmark = pytest.mark.e2e
 
@@ -180,6 +181,19 @@ def test_no_server_known_is_one_clear_line(tmp_path: Path) -> None:
         [*CLI, "runs", "show", "x"], cwd=tmp_path, capture_output=True, text=True, env=child_env()
     )
     assert "no NATS server" in one_line_error(done)
+
+
+def test_children_get_no_settings_from_the_caller_but_the_ci_switch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert not any(from_the_caller(name) for name in os.environ)  # scrubbed before each test
+    monkeypatch.setenv("CYCLONETIX_NATS_URL", "nats://127.0.0.1:1")
+    monkeypatch.setenv("CYCLONETIX_STREAM_REPLICAS", "x")
+    monkeypatch.setenv("CYCLONETIX_REQUIRE_SERVICES", "1")
+    env = child_env(EXTRA="x")
+    assert not any(name in env for name in ("CYCLONETIX_NATS_URL", "CYCLONETIX_STREAM_REPLICAS"))
+    assert (env["CYCLONETIX_REQUIRE_SERVICES"], env["EXTRA"]) == ("1", "x")
+    assert env["PATH"] == os.environ["PATH"]
 
 
 def test_cyclic_definitions_name_the_whole_cycle(tmp_path: Path) -> None:
