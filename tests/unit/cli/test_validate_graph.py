@@ -17,16 +17,17 @@ from core.graph import extend_graph, outcome_graph, resolve_context, task_enviro
 from services.cli import graph, validate
 from services.cli.main import CliError
 from services.definitions_files import (
-    default_definitions_dir,
+    examples_dir,
     load_definitions_folder,
     read_definitions_folder,
 )
+from services.settings import CONFIG_ENV, FIELDS
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-EXAMPLES = default_definitions_dir()
+EXAMPLES = examples_dir()
 
 
 def cli(argv: Sequence[str]) -> int:
@@ -61,8 +62,9 @@ DIAMOND = {
 
 
 @pytest.fixture(autouse=True)
-def _no_definitions_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CYCLONETIX_DEFINITIONS", raising=False)
+def _no_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (CONFIG_ENV, *(field.env for field in FIELDS)):
+        monkeypatch.delenv(name, raising=False)
 
 
 # --- validate ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from services import definitions_files, runtime_info
 from services.definitions_files import default_definitions_dir, examples_dir
 from services.runtime_info import NoNatsServer, resolve_nats_url, write_runtime_info
 from services.settings import (
+    CONFIG_ENV,
     CONFIG_FILE,
     FIELDS,
     LogSettings,
@@ -43,6 +44,13 @@ FULL_ENV = {
     "CYCLONETIX_LOG_FORMAT": "console",
     "CYCLONETIX_LOG_LEVEL": "warning",
 }
+
+
+@pytest.fixture(autouse=True)
+def _no_settings_from_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests that read this process's settings start from none (each sets what it needs)."""
+    for name in (CONFIG_ENV, *(field.env for field in FIELDS)):
+        monkeypatch.delenv(name, raising=False)
 
 
 def write(folder: Path, text: str, name: str = CONFIG_FILE) -> Path:
@@ -170,8 +178,6 @@ def test_an_empty_file_means_every_default(tmp_path: Path) -> None:
 def test_the_process_environment_and_folder_by_default(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in [f.env for f in FIELDS] + ["CYCLONETIX_CONFIG"]:
-        monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)
     write(tmp_path, "log: {format: json}\n")
     monkeypatch.setenv("CYCLONETIX_STREAM_REPLICAS", "3")
@@ -294,7 +300,6 @@ def test_nats_url_reads_the_process_settings(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("CYCLONETIX_CONFIG", raising=False)
     monkeypatch.setenv("CYCLONETIX_NATS_URL", "nats://env:4222")
     assert resolve_nats_url(None) == "nats://env:4222"
     monkeypatch.delenv("CYCLONETIX_NATS_URL")
