@@ -83,9 +83,10 @@ class MemoryServer:
         """A new connection, as another process would have."""
         return MemoryBackplane(self, name=name)
 
-    def inject_event_bytes(self, run_id: str, data: bytes) -> int:
-        """Store `data` on a run's subject without a message id (readers must skip it)."""
-        return self.events.store(run_id, data, None)
+    def inject_event_bytes(self, run_id: str, data: bytes, msg_id: str | None = None) -> int:
+        """Store `data` on a run's subject, without a message id unless `msg_id` is given
+        (readers must skip what does not decode)."""
+        return self.events.store(run_id, data, msg_id)
 
     def inject_dispatch_bytes(self, queue: str, data: bytes) -> int:
         """Store `data` on a work queue without a message id (consumers must terminate it)."""

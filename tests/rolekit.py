@@ -1,0 +1,243 @@
+"""Helpers for testing the roles on any backplane: the in-memory fake (tests/unit/services) or a
+real nats-server (tests/integration). They use only the ports (`services.ports`).
+
+The stand-in agent answers dispatches with scripted results instead of running commands, so an
+orchestrator test checks what the orchestrator appends and when; the real agent has its own
+tests, and the end-to-end tests run both as processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from core.definitions import Definitions, TaskDef
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    Dispatch,
+    RunScheduled,
+    TaskCancelled,
+    TaskFailed,
+    TaskStarted,
+    TaskSucceeded,
+    encode,
+)
+from core.scheduling import plan_run
+from services.orchestrator import Orchestrator
+from services.ports import Backplane, WorkConsumer, WorkItem
+
+__all__ = [
+    "DIAMOND",
+    "Answer",
+    "Connect",
+    "as_a_newer_writer",
+    "defs",
+    "fetch_one",
+    "history",
+    "plan",
+    "running_orchestrator",
+    "schedule",
+    "stand_in_agent",
+    "succeed",
+    "until_end",
+    "wait_for_event",
+]
+
+Connect = Callable[[], Awaitable[Backplane]]  # a new connection, as another process would have
+# What the stand-in does with a dispatch: True succeed, False fail, None hold it (never settle,
+# no result: an agent that took it and vanished). The run id is cancelled while it waits:
+# then the answer is TaskCancelled.
+Answer = Callable[[Dispatch], Awaitable[bool | None]]
+
+
+def defs(*tasks: TaskDef) -> Definitions:
+    return Definitions(tasks={t.id: t for t in tasks})
+
+
+DIAMOND = defs(
+    TaskDef(id="a", command="true"),
+    TaskDef(id="b", command="true", dependencies=("a",)),
+    TaskDef(id="c", command="true", dependencies=("a",)),
+    TaskDef(id="d", command="true", dependencies=("b", "c")),
+)
+
+
+async def succeed(_: Dispatch) -> bool:
+    return True
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(connect: Connect) -> AsyncIterator[Orchestrator]:
+    """An orchestrator on its own connection, as in its own process; stopped gracefully (its
+    lease released) on exit."""
+    own = await connect()
+    stop = asyncio.Event()
+    orch = Orchestrator(own)
+    task = asyncio.ensure_future(orch.run(stop))
+    try:
+        yield orch
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 10)
+        finally:
+            await own.close()
+
+
+@contextlib.asynccontextmanager
+async def stand_in_agent(
+    backplane: Backplane,
+    answer: Answer = succeed,
+    queue: str = "default",
+    *,
+    ack_wait: float = 30.0,
+    max_deliver: int = 5,
+) -> AsyncIterator[None]:
+    """Takes the dispatches of `queue`, appends TaskStarted, then the result `answer` gives,
+    then acks. An answer still pending when its run's cancellation is announced becomes
+    TaskCancelled (as a real agent's killed command would)."""
+    consumer = await backplane.work.consumer(queue, ack_wait=ack_wait, max_deliver=max_deliver)
+    cancelled: dict[str, asyncio.Event] = {}
+    subscribed = asyncio.Event()
+
+    async def listen() -> None:
+        signals = backplane.cancels.listen()
+        first = asyncio.ensure_future(anext(signals))
+        # Its first step subscribes: done when this resumes on the fake; on NATS the SUB may
+        # still be on its way (no test on NATS relies on an announcement reaching a stand-in).
+        await asyncio.sleep(0)
+        subscribed.set()
+        run_id = await first
+        while True:
+            cancelled.setdefault(run_id, asyncio.Event()).set()
+            run_id = await anext(signals)
+
+    async def handle(item: WorkItem) -> None:
+        d = item.dispatch
+        run, task, attempt = d.run_id, d.task_id, d.attempt
+        now = dt.datetime.now(dt.UTC)
+        await backplane.events.append(
+            TaskStarted(
+                run_id=run,
+                ts=now,
+                task_id=task,
+                attempt=attempt,
+                agent_id="stand-in",
+                delivery=item.delivery,
+            )
+        )
+        cancel = cancelled.setdefault(run, asyncio.Event())
+        answering = asyncio.ensure_future(answer(d))
+        cancelling = asyncio.ensure_future(cancel.wait())
+        await asyncio.wait({answering, cancelling}, return_when=asyncio.FIRST_COMPLETED)
+        cancelling.cancel()
+        now = dt.datetime.now(dt.UTC)
+        result: AnyEvent
+        if not answering.done():
+            answering.cancel()
+            result = TaskCancelled(
+                run_id=run, ts=now, task_id=task, attempt=attempt, agent_id="stand-in"
+            )
+        else:
+            ok = answering.result()
+            if ok is None:
+                return  # held: never settled
+            result = (
+                TaskSucceeded(run_id=run, ts=now, task_id=task, attempt=attempt)
+                if ok
+                else TaskFailed(run_id=run, ts=now, task_id=task, attempt=attempt, exit_code=1)
+            )
+        await backplane.events.append(result)
+        await item.ack()
+
+    async def loop() -> None:
+        handlers: set[asyncio.Task[None]] = set()
+        while True:
+            for item in await consumer.fetch(8, timeout=0.5):
+                handler = asyncio.ensure_future(handle(item))
+                handlers.add(handler)
+                handler.add_done_callback(handlers.discard)
+
+    listener = asyncio.ensure_future(listen())
+    await subscribed.wait()
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        for t in (task, listener):
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await consumer.close()
+
+
+def plan(definitions: Definitions, target: str) -> RunScheduled:
+    """A RunScheduled for the outcome `target` (not appended)."""
+    return plan_run(
+        definitions,
+        kind="outcome",
+        target=target,
+        now=dt.datetime.now(dt.UTC),
+        entropy=os.urandom(16),
+    )
+
+
+async def schedule(backplane: Backplane, definitions: Definitions, target: str) -> str:
+    """Publish `definitions` and schedule the outcome `target`; its run id."""
+    await backplane.definitions.put(definitions)
+    event = plan(definitions, target)
+    await backplane.events.schedule_run(event)
+    return event.run_id
+
+
+async def history(backplane: Backplane, run_id: str) -> list[AnyEvent]:
+    return [e for _, e in await backplane.events.history(run_id)]
+
+
+async def until_end(backplane: Backplane, run_id: str, timeout: float = 20) -> list[AnyEvent]:
+    """The run's whole history once its terminal event is stored (fails after `timeout`)."""
+    async with asyncio.timeout(timeout):
+        async for _seq, event in backplane.events.follow_run(run_id):
+            if isinstance(event, TERMINAL):
+                break
+    return await history(backplane, run_id)
+
+
+async def wait_for_event(
+    backplane: Backplane,
+    run_id: str,
+    predicate: Callable[[AnyEvent], bool],
+    timeout: float = 10,
+) -> AnyEvent:
+    async with asyncio.timeout(timeout):
+        async for _seq, event in backplane.events.follow_run(run_id):
+            if predicate(event):
+                return event
+    raise AssertionError("run ended before the awaited event")
+
+
+async def fetch_one(consumer: WorkConsumer, timeout: float = 10.0) -> WorkItem:
+    """The next item of `consumer`, over as many fetches as it takes (fails after `timeout`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (remaining := deadline - loop.time()) > 0:
+        items = await consumer.fetch(1, timeout=min(remaining, 1.0))
+        if items:
+            return items[0]
+    raise AssertionError(f"no work item within {timeout}s")
+
+
+def as_a_newer_writer(event: RunScheduled) -> bytes:
+    """`event` as JSON the way a newer Cyclonetix could write it: fields this code does not know,
+    at the top level and inside every task's retry spec (a rolling upgrade's mixed log)."""
+    doc = json.loads(encode(event))
+    doc["priority_class"] = {"name": "batch", "weight": 3}
+    for node in doc["graph"]:
+        node["retries"]["jitter_seconds"] = 0.25
+        node["retries"]["retry_on"] = ["exit", "lost"]
+    return json.dumps(doc).encode()
