@@ -6,12 +6,13 @@ What it does:
    it: that is the queue group) and keeps one pull request outstanding per queue, so an idle
    agent receives a dispatch the moment it is stored. It never holds more than `concurrency`
    dispatches in total: a pull asks for at most as many messages as there are free slots;
-3. for each dispatch: appends `TaskStarted` (pipelined: the command starts without waiting for
-   the append's ack), runs the command (services.process) with the merged environment in the
-   work directory, streams its output to CX_LOGS, tells JetStream the message is still in
-   progress every ack_wait/3, then appends `TaskSucceeded` or `TaskFailed`, waits until that is
-   stored, and only then acks the message. A crash anywhere before means redelivery to another
-   agent (delivery + 1), never a lost result;
+3. for each dispatch: appends `TaskStarted` and spawns the command (services.process) with the
+   merged environment in the work directory at once, but holds it until TaskStarted is stored:
+   an execution is always recorded, and process start-up overlaps the append's round trip.
+   Then streams its output to CX_LOGS, tells JetStream the message is still in progress every
+   ack_wait/3, appends `TaskSucceeded` or `TaskFailed`, waits until that is stored, and only
+   then acks the message. A crash anywhere before means redelivery to another agent
+   (delivery + 1), never a lost result or an unrecorded execution;
 4. on stop (SIGTERM/SIGINT): fetches nothing more, lets running commands finish for
    `shutdown_grace` seconds, kills what still runs and hands those dispatches back (nak) for
    another agent, then leaves its queues and deletes its heartbeat. `kill` (a second signal)
@@ -256,8 +257,9 @@ class Agent:
         item = running.item
         d = item.dispatch
         delivery = item.delivery
-        # TaskStarted is pipelined: the command starts without waiting for its ack.
-        self.backplane.events.append_nowait(
+        # An execution is always recorded: the command is spawned at once but held until
+        # TaskStarted is stored (run_command's gate), so process start-up overlaps the append.
+        started = self.backplane.events.append_nowait(
             TaskStarted(
                 run_id=d.run_id,
                 ts=dt.datetime.now(dt.UTC),
@@ -276,17 +278,28 @@ class Agent:
                 log.info("task.redelivered", delivery=delivery)
             eval_path = self._eval_path(d)
             try:
-                result = await run_command(
-                    d.command,
-                    env=self._environment(d, eval_path),
-                    cwd=self.config.workdir,
-                    timeout=d.timeout_seconds,
-                    on_output=self._log_writer(d),
-                    max_output_bytes=self.config.max_output_bytes,
-                    kill_grace=self.config.kill_grace,
-                    eval_result_path=eval_path,
-                    cancel=running.kill,
-                )
+                # Two loop turns (our publisher's sender task, then nats-py's flusher) put
+                # TaskStarted on the socket before the spawn blocks the loop: the round trip
+                # then overlaps the command's start-up instead of following it.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
+                try:
+                    result = await run_command(
+                        d.command,
+                        env=self._environment(d, eval_path),
+                        cwd=self.config.workdir,
+                        timeout=d.timeout_seconds,
+                        on_output=self._log_writer(d),
+                        max_output_bytes=self.config.max_output_bytes,
+                        kill_grace=self.config.kill_grace,
+                        eval_result_path=eval_path,
+                        cancel=running.kill,
+                        gate=started,
+                    )
+                except Unavailable as exc:  # TaskStarted was not stored: nothing ran
+                    log.warning("task.start_not_stored", error=str(exc))
+                    await self._hand_back(item, reason="its start could not be recorded")
+                    return
                 if result.reason == "killed" and not running.cancelled:  # shutdown
                     await self._hand_back(item, reason="agent stopped")
                     return

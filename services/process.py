@@ -16,6 +16,11 @@ an event. What this module guarantees:
   the command exits: a finished task leaves nothing running on the agent. A process that starts
   its own session (`setsid`, daemons) is outside the group and is not tracked.
 - Nothing raises for a command that cannot start: that is a result with reason "spawn_error".
+- With a `gate` (a future, e.g. the acknowledgement of the event that records the start), the
+  process is spawned at once but runs nothing of the command until the gate is done: its shell
+  first blocks reading one line from a pipe on stdin (then stdin is /dev/null again), so fork
+  and exec overlap whatever the gate waits for, and releasing it costs one pipe write. A
+  process whose releaser dies (the pipe closes) exits without running the command.
 
 Exit codes: a command killed by signal N reports `exit_code = 128 + N` (the shell convention, so
 `timeout` results read 143 or 137) and `signal = N`.
@@ -41,7 +46,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 
@@ -101,18 +106,24 @@ async def run_command(
     kill_grace: float = 5.0,
     eval_result_path: Path | None = None,
     cancel: asyncio.Event | None = None,
+    gate: asyncio.Future[Any] | None = None,
 ) -> CommandResult:
     """Run `command` to completion (or timeout/cancel) and report what happened.
 
     `env` is the complete environment of the command; the caller merges. `eval_result_path` is
     read after a successful exit (the caller creates and removes it). Cancelling the coroutine
     itself kills the process group with SIGKILL and re-raises.
+
+    `gate`: hold the command until this future is done (see the module doc); `spawned_at`, the
+    duration and the timeout count from the release. If the gate fails, the held process is
+    ended without having run anything and the gate's exception is raised. A cancel while held
+    ends it the same way, reported as "killed".
     """
     loop = asyncio.get_running_loop()
     spawned_at = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
     try:
-        spawned = _spawn(command, env, cwd)
+        spawned = _spawn(command, env, cwd, gated=gate is not None)
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
         return CommandResult(
             reason="spawn_error",
@@ -123,7 +134,6 @@ async def run_command(
 
     output = _Output(loop, on_output, max_output_bytes)
     child = _Child(loop, spawned, output, kill_grace)
-    timer = loop.call_later(timeout, child.terminate, "timeout") if timeout is not None else None
     cancel_watch: asyncio.Task[bool] | None = None
     if cancel is not None:
         if cancel.is_set():
@@ -131,7 +141,13 @@ async def run_command(
         else:
             cancel_watch = asyncio.ensure_future(cancel.wait())
             cancel_watch.add_done_callback(lambda _: child.terminate("killed"))
+    timer: asyncio.TimerHandle | None = None
     try:
+        if gate is not None and await child.hold_until(gate):
+            assert child.released_at is not None
+            spawned_at, started = child.released_at
+        if timeout is not None:
+            timer = loop.call_later(timeout, child.terminate, "timeout")
         # Shielded: cancelling us must not cancel the future the pidfd callback resolves.
         returncode = await asyncio.shield(child.exited)
         duration_ms = (time.perf_counter() - started) * 1000
@@ -213,10 +229,20 @@ def read_evaluation(path: Path) -> tuple[EvaluationResult | None, str | None]:
 class _Spawned(NamedTuple):
     pid: int
     fd: int  # read end of the merged stdout/stderr pipe; ours to close
+    gate: int | None = None  # write end of the gate pipe (gated commands); ours to close
 
 
-def _spawn(command: str, env: Mapping[str, str], cwd: Path | None) -> _Spawned:
-    """Start `sh -c command` in a new session, stdin /dev/null, stdout+stderr into one pipe.
+# Prepended to a gated command, on its first line (line numbers in the shell's messages stay
+# the same): wait for the release line on stdin (EOF: the releaser is gone, run nothing), then
+# give the command the /dev/null stdin it would have had.
+_GATE_PREFIX = "read _cx_gate || exit 125; unset _cx_gate; exec </dev/null; "
+
+
+def _spawn(
+    command: str, env: Mapping[str, str], cwd: Path | None, *, gated: bool = False
+) -> _Spawned:
+    """Start `sh -c command` in a new session, stdin /dev/null, stdout+stderr into one pipe
+    (`gated`: stdin is the gate pipe until the release, see `_GATE_PREFIX`).
 
     posix_spawn (clone+vfork in glibc) when the command runs in our own working directory:
     about half the cost of subprocess.Popen, and this call blocks the event loop. Popen (also
@@ -224,14 +250,21 @@ def _spawn(command: str, env: Mapping[str, str], cwd: Path | None) -> _Spawned:
     before Python 3.13.
     """
     read_fd, write_fd = os.pipe()  # both close-on-exec; the child gets dup2'd copies
+    gate_read, gate_write = os.pipe() if gated else (None, None)
+    argv = [SHELL, "-c", _GATE_PREFIX + command if gated else command]
     try:
         if _USE_POSIX_SPAWN and _is_current_dir(cwd):
+            stdin: tuple[Any, ...] = (
+                (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)
+                if gate_read is None
+                else (os.POSIX_SPAWN_DUP2, gate_read, 0)
+            )
             pid = os.posix_spawn(
                 SHELL,
-                [SHELL, "-c", command],
+                argv,
                 env,
                 file_actions=[
-                    (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                    stdin,
                     (os.POSIX_SPAWN_DUP2, write_fd, 1),
                     (os.POSIX_SPAWN_DUP2, write_fd, 2),
                 ],
@@ -241,8 +274,8 @@ def _spawn(command: str, env: Mapping[str, str], cwd: Path | None) -> _Spawned:
             )
         else:
             proc = subprocess.Popen(
-                [SHELL, "-c", command],
-                stdin=subprocess.DEVNULL,
+                argv,
+                stdin=subprocess.DEVNULL if gate_read is None else gate_read,
                 stdout=write_fd,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -254,10 +287,14 @@ def _spawn(command: str, env: Mapping[str, str], cwd: Path | None) -> _Spawned:
             pid = proc.pid
     except BaseException:
         os.close(read_fd)
+        if gate_write is not None:
+            os.close(gate_write)
         raise
     finally:
         os.close(write_fd)
-    return _Spawned(pid, read_fd)
+        if gate_read is not None:
+            os.close(gate_read)
+    return _Spawned(pid, read_fd, gate_write)
 
 
 def _is_current_dir(cwd: Path | None) -> bool:
@@ -406,6 +443,8 @@ class _Child:
         self._kill_timer: asyncio.TimerHandle | None = None
         self._terminating = False
         self.kill_reason: Literal["timeout", "killed"] | None = None
+        self._gate: int | None = spawned.gate
+        self.released_at: tuple[dt.datetime, float] | None = None  # (wall clock, perf counter)
 
         self._fd: int | None = spawned.fd
         os.set_blocking(spawned.fd, False)
@@ -508,9 +547,58 @@ class _Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._pgid, sig)
 
+    # -- the gate -------------------------------------------------------------------------------
+
+    async def hold_until(self, gate: asyncio.Future[Any]) -> bool:
+        """Keep the command held until `gate` is done, then release it: True (`released_at`
+        says when). False when the held process ended first (killed by a cancel). A failed gate
+        ends the held process without running anything and raises the gate's exception."""
+        if not gate.done():
+            waiter: asyncio.Future[None] = self._loop.create_future()
+
+            def wake(_: object) -> None:
+                self._release(gate)  # at once, not a loop turn later in this coroutine
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            gate.add_done_callback(wake)
+            self.exited.add_done_callback(wake)
+            try:
+                await waiter
+            finally:
+                gate.remove_done_callback(wake)
+                self.exited.remove_done_callback(wake)
+        else:
+            self._release(gate)
+        if self.released_at is not None:
+            return True
+        self._close_gate()  # EOF: the shell exits without running the command
+        if not self.exited.done():
+            self.kill_now()
+        if gate.done() and (gate.cancelled() or gate.exception() is not None):
+            gate.result()  # raises
+        return False
+
+    def _release(self, gate: asyncio.Future[Any]) -> None:
+        """Let the held command run, if the gate succeeded and the process still waits."""
+        if self._gate is None or self.exited.done() or not gate.done():
+            return
+        if gate.cancelled() or gate.exception() is not None:
+            return
+        with contextlib.suppress(OSError):  # (the held shell was killed meanwhile: EPIPE)
+            os.write(self._gate, b"\n")
+        self.released_at = (dt.datetime.now(dt.UTC), time.perf_counter())
+        self._close_gate()
+
+    def _close_gate(self) -> None:
+        if self._gate is not None:
+            os.close(self._gate)
+            self._gate = None
+
     def close(self) -> None:
         if self._kill_timer is not None:
             self._kill_timer.cancel()
+        self._close_gate()
         self._close_pipe()
         # Cancelled before the exit was seen: the pidfd stays watched, so the zombie is reaped.
         if self._pidfd is not None and self.exited.done():
