@@ -1,5 +1,8 @@
-"""The agent against a real nats-server: in-process for the details, as a real
-`python -m services.cli agent` process for start-to-finish, signals and crashes."""
+"""The agent against a real nats-server: as a real `python -m services.cli agent` process for
+start-to-finish, signals and crashes (redelivery to another process), in-process across a NATS
+restart and for nats-py's pull requests. Everything that needs only the ports' semantics (results,
+timeouts, output, evaluation points, acks, concurrency, queues, cancellation) runs on the
+in-memory fake in tests/unit/services/test_agent.py."""
 
 from __future__ import annotations
 
@@ -17,8 +20,6 @@ import pytest
 from core.events import (
     AnyEvent,
     Dispatch,
-    EvaluationResult,
-    TaskCancelled,
     TaskFailed,
     TaskStarted,
     TaskSucceeded,
@@ -26,7 +27,7 @@ from core.events import (
 from services import agent as agent_module
 from services.agent import Agent, AgentConfig
 from services.nats import NatsBackplane, connect
-from services.nats.names import WORK_STREAM, work_subject
+from services.nats.names import WORK_STREAM
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
@@ -216,31 +217,6 @@ async def test_agent_process_runs_a_dispatch(
     await eventually(lambda: no_work_left(backplane), what="dispatch acked")
 
 
-async def test_queue_routing(
-    backplane: NatsBackplane,
-    nats_url: str,
-    tmp_path: Path,
-    agent_processes: Callable[..., AgentProcess],
-) -> None:
-    default_agent = agent_processes(nats_url, "--queue", "default", "--workdir", str(tmp_path))
-    await default_agent.wait_registered(backplane)
-
-    await backplane.work.dispatch(dispatch("r-gpu", "echo on gpu", queue="gpu"))
-    await backplane.work.dispatch(dispatch("r-default", "echo on default"))
-    # Once the later default dispatch is done, the default agent has had every chance to
-    # take the gpu one; it did not, and the gpu dispatch is still waiting.
-    await result_of(backplane, "r-default")
-    assert await backplane.events.history("r-gpu") == []
-    assert (await backplane.work.depths()).get("gpu") == 1
-
-    gpu_agent = agent_processes(nats_url, "--queue", "gpu", "--workdir", str(tmp_path))
-    gpu_id = await gpu_agent.wait_registered(backplane)
-    done = await result_of(backplane, "r-gpu")
-    assert isinstance(done, TaskSucceeded)
-    assert done.agent_id == gpu_id
-    assert done.output_tail == "on gpu\n"
-
-
 async def test_sigkilled_agent_task_is_redelivered_to_another_agent(
     backplane: NatsBackplane,
     nats_url: str,
@@ -371,206 +347,7 @@ async def test_second_signal_kills_at_once(
     assert await work_messages(backplane) == 1  # handed back
 
 
-async def test_agent_env_reaches_the_command_under_the_dispatch_env(
-    backplane: NatsBackplane,
-    nats_url: str,
-    tmp_path: Path,
-    agent_processes: Callable[..., AgentProcess],
-) -> None:
-    agent = agent_processes(
-        nats_url,
-        "--workdir",
-        str(tmp_path),
-        env={"AGENT_ONLY": "from-agent", "SHARED": "agent", "CYCLONETIX_TASK_ID": "agent"},
-    )
-    await agent.wait_registered(backplane)
-    await backplane.work.dispatch(
-        dispatch(
-            "r-env",
-            'echo "$AGENT_ONLY|$SHARED|$DISPATCH_ONLY|$CYCLONETIX_RUN_ID|$CYCLONETIX_TASK_ID'
-            '|$CYCLONETIX_ATTEMPT|${CYCLONETIX_EVAL_RESULT:-none}"',
-            task_id="env_task",
-            env={"SHARED": "dispatch", "DISPATCH_ONLY": "d", "CYCLONETIX_RUN_ID": "spoofed"},
-        )
-    )
-    done = await result_of(backplane, "r-env")
-    assert done.output_tail == "from-agent|dispatch|d|r-env|env_task|1|none\n"
-
-
-# -- details, with an in-process agent --------------------------------------------------------
-
-
-async def test_failing_command(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
-    async with running_agent(nats_url, workdir=tmp_path):
-        await backplane.work.dispatch(dispatch("r-fail", "echo bad >&2; exit 3"))
-        done = await result_of(backplane, "r-fail")
-    assert isinstance(done, TaskFailed)
-    assert (done.reason, done.exit_code, done.output_tail) == ("exit", 3, "bad\n")
-    assert done.message == "exit code 3"
-    await eventually(lambda: no_work_left(backplane), what="failed dispatch acked too")
-
-
-async def test_timeout(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
-    async with running_agent(nats_url, workdir=tmp_path, kill_grace=1):
-        await backplane.work.dispatch(
-            dispatch("r-timeout", "echo waiting; sleep 60", timeout_seconds=0.3)
-        )
-        done = await result_of(backplane, "r-timeout")
-    assert isinstance(done, TaskFailed)
-    assert done.reason == "timeout"
-    assert done.exit_code == 128 + signal.SIGTERM
-    assert done.output_tail == "waiting\n"
-    assert "timed out" in done.message
-
-
-async def test_spawn_error(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    async with running_agent(nats_url, workdir=workdir):
-        workdir.rmdir()
-        await backplane.work.dispatch(dispatch("r-spawn", "true"))
-        done = await result_of(backplane, "r-spawn")
-    assert isinstance(done, TaskFailed)
-    assert (done.reason, done.exit_code, done.spawned_at) == ("spawn_error", None, None)
-    assert "does not exist" in done.message
-
-
-async def test_evaluation_point(backplane: NatsBackplane, nats_url: str, tmp_path: Path) -> None:
-    decision = '{"next_tasks": ["train"], "context_updates": {"MODEL": "m1"}}'
-    async with running_agent(nats_url, workdir=tmp_path):
-        await backplane.work.dispatch(
-            dispatch(
-                "r-eval",
-                f"echo '{decision}' > \"$CYCLONETIX_EVAL_RESULT\"",
-                evaluation_point=True,
-            )
-        )
-        await backplane.work.dispatch(
-            dispatch(
-                "r-eval-bad", "echo '{oops' > \"$CYCLONETIX_EVAL_RESULT\"", evaluation_point=True
-            )
-        )
-        good = await result_of(backplane, "r-eval")
-        bad = await result_of(backplane, "r-eval-bad")
-    assert isinstance(good, TaskSucceeded)
-    assert good.evaluation == EvaluationResult(
-        next_tasks=("train",), context_updates={"MODEL": "m1"}
-    )
-    assert isinstance(bad, TaskFailed)
-    assert bad.reason == "invalid_evaluation"
-    assert "invalid evaluation result" in bad.message
-
-
-async def test_concurrency_runs_in_parallel_and_never_more(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    # Each command announces itself and waits for "go": finishing needs all of them running.
-    command = "touch started-$CYCLONETIX_RUN_ID; while [ ! -e go ]; do sleep 0.01; done"
-    async with running_agent(nats_url, workdir=tmp_path, concurrency=3) as agent:
-        for i in range(4):
-            await backplane.work.dispatch(dispatch(f"r-par{i}", command))
-
-        async def three_running() -> bool | None:
-            return True if len(list(tmp_path.glob("started-*"))) == 3 else None
-
-        await eventually(three_running, what="three commands running at once")
-        info = await backplane.connection.js.consumer_info(WORK_STREAM, "work_default")
-        assert info.num_ack_pending == 3  # the fourth is not even delivered
-        assert info.num_pending == 1
-        assert len(agent.running) == 3
-        heartbeat = next(a for a in await backplane.agents.list() if a.id == agent.id)
-        assert heartbeat.queues == ["default"]
-
-        (tmp_path / "go").touch()
-        results = [await result_of(backplane, f"r-par{i}") for i in range(4)]
-    assert all(isinstance(r, TaskSucceeded) for r in results)
-
-
-async def test_two_queues_share_the_concurrency(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    async with running_agent(
-        nats_url, workdir=tmp_path, queues=("default", "gpu"), concurrency=2
-    ) as agent:
-        await backplane.work.dispatch(dispatch("r-q1", "echo one", queue="gpu"))
-        await backplane.work.dispatch(dispatch("r-q2", "echo two"))
-        one, two = await result_of(backplane, "r-q1"), await result_of(backplane, "r-q2")
-    assert (one.agent_id, two.agent_id) == (agent.id, agent.id)
-    assert (one.output_tail, two.output_tail) == ("one\n", "two\n")
-
-
-async def test_large_output_is_bounded_and_readable(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    limit = 1_000_000
-    async with running_agent(nats_url, workdir=tmp_path, max_output_bytes=limit):
-        await backplane.work.dispatch(
-            dispatch("r-big", "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo tail-line")
-        )
-        done = await result_of(backplane, "r-big")
-    assert isinstance(done, TaskSucceeded)
-    assert done.output_tail.endswith("a\ntail-line\n")
-    logs = await logs_of(backplane, "r-big")
-    note = f"\n[cyclonetix: output truncated after {limit} bytes; 2000011 more bytes discarded]\n"
-    assert logs == b"a" * limit + note.encode()
-
-
-async def test_binary_output_round_trips(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    payload = os.urandom(200_000)
-    (tmp_path / "blob").write_bytes(payload)
-    async with running_agent(nats_url, workdir=tmp_path):
-        await backplane.work.dispatch(dispatch("r-bin", "cat blob"))
-        done = await result_of(backplane, "r-bin")
-    assert isinstance(done, TaskSucceeded)
-    assert await logs_of(backplane, "r-bin") == payload
-
-
-async def test_poison_message_is_dropped_and_work_goes_on(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    async with running_agent(nats_url, workdir=tmp_path):
-        await backplane.connection.js.publish(work_subject("default"), b"{not a dispatch")
-        await backplane.work.dispatch(dispatch("r-after-poison", "echo fine"))
-        done = await result_of(backplane, "r-after-poison")
-        assert isinstance(done, TaskSucceeded)
-        await eventually(lambda: no_work_left(backplane), what="poison message removed")
-
-
-async def test_in_progress_keeps_a_long_task_from_redelivery(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    # ack_wait 1 s, the command runs ~2.5 s: without in_progress() a second agent would get it.
-    async with (
-        running_agent(nats_url, workdir=tmp_path, ack_wait=1.0),
-        running_agent(nats_url, workdir=tmp_path, ack_wait=1.0),
-    ):
-        await backplane.work.dispatch(dispatch("r-long", "sleep 2.5; echo ok"))
-        done = await result_of(backplane, "r-long")
-    assert isinstance(done, TaskSucceeded)
-    starts = [e for _, e in await backplane.events.history("r-long") if isinstance(e, TaskStarted)]
-    assert [s.delivery for s in starts] == [1]
-
-
-async def test_cancel_run_kills_its_commands_and_reports_task_cancelled(
-    backplane: NatsBackplane, nats_url: str, tmp_path: Path
-) -> None:
-    async with running_agent(nats_url, workdir=tmp_path, kill_grace=1) as agent:
-        await backplane.work.dispatch(dispatch("r-cancel", "touch running; sleep 300"))
-        await backplane.work.dispatch(
-            dispatch("r-other", "touch other; while [ ! -e go ]; do sleep 0.01; done")
-        )
-        await wait_for_file(tmp_path / "running")
-        await wait_for_file(tmp_path / "other")
-
-        assert agent.cancel_run("r-cancel") == 1
-        (cancelled,) = await events_of(backplane, "r-cancel", TaskCancelled)
-        assert (cancelled.agent_id, cancelled.attempt) == (agent.id, 1)
-        assert agent.running == ["r-other/t/1"]  # other runs are untouched
-        (tmp_path / "go").touch()
-        assert isinstance(await result_of(backplane, "r-other"), TaskSucceeded)
-        await eventually(lambda: no_work_left(backplane), what="cancelled dispatch acked")
+# -- in-process: NATS restarts and nats-py's pull requests ------------------------------------
 
 
 async def test_agent_survives_a_nats_restart(
@@ -634,21 +411,3 @@ def _is_zombie(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat[stat.rfind(b")") + 2 :].split()[0] == b"Z"
-
-
-def test_no_nats_server_is_one_clear_line(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "CYCLONETIX_NATS_URL"}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli", "agent"],
-        cwd=tmp_path,  # no .cyclonetix/runtime.json here
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2
-    assert done.stderr == (
-        "cyclonetix: error: no NATS server: pass --nats-url, set CYCLONETIX_NATS_URL, "
-        "or run 'cyclonetix dev' in this folder\n"
-    )
