@@ -48,6 +48,7 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
+from services.background import alongside
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
 
 if TYPE_CHECKING:
@@ -137,33 +138,39 @@ class Agent:
         kill = kill or asyncio.Event()
         self._eval_dir = Path(tempfile.mkdtemp(prefix="cyclonetix-agent-"))
         consumers: dict[str, WorkConsumer] = {}
-        fetchers: list[asyncio.Task[None]] = []
-        background: list[asyncio.Task[None]] = []
         try:
             await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
             for queue in self.config.queues:
                 consumers[queue] = await self.backplane.work.consumer(
                     queue, ack_wait=self.config.ack_wait, max_deliver=self.config.max_deliver
                 )
-            fetchers = [asyncio.create_task(self._fetch_loop(q, c)) for q, c in consumers.items()]
-            background = [
-                asyncio.create_task(self._heartbeat_loop()),
-                asyncio.create_task(self._progress_loop()),
-                asyncio.create_task(self._cancel_loop()),
-            ]
-            log.info(
-                "agent.started",
-                agent_id=self.id,
-                queues=list(self.config.queues),
-                concurrency=self.config.concurrency,
-                workdir=str(self.config.workdir),
-            )
-            await stop.wait()
-            log.info("agent.stopping", running=len(self._running))
-            self._stopping.set()
-            self._slots.close()
-            await _wait_any(asyncio.gather(*fetchers), kill)  # at most one fetch timeout
-            await self._finish_running(kill)
+            # Heartbeats, in-progress signals and cancellations go on until the last command
+            # has ended; the fetchers only until `stop`.
+            async with alongside(
+                self._heartbeat_loop(), self._progress_loop(), self._cancel_loop()
+            ):
+                log.info(
+                    "agent.started",
+                    agent_id=self.id,
+                    queues=list(self.config.queues),
+                    concurrency=self.config.concurrency,
+                    workdir=str(self.config.workdir),
+                )
+                async with asyncio.TaskGroup() as fetching:
+                    fetchers = [
+                        fetching.create_task(self._fetch_loop(queue, consumer))
+                        for queue, consumer in consumers.items()
+                    ]
+                    await stop.wait()
+                    log.info("agent.stopping", running=len(self._running))
+                    self._stopping.set()
+                    self._slots.close()
+                    # A fetcher ends after its current fetch (at most one fetch timeout)...
+                    await _wait_any(asyncio.wait(fetchers), kill)
+                    for fetcher in fetchers:
+                        fetcher.cancel()  # ...unless `kill` came first
+                await self._finish_running(kill)
+            # (Loops awaited: no heartbeat put can land after the delete below.)
         finally:
             self._stopping.set()
             self._slots.close()
@@ -171,10 +178,6 @@ class Agent:
                 for task in self._running:
                     task.cancel()
                 await asyncio.wait(list(self._running))
-            for task in [*fetchers, *background]:
-                task.cancel()
-            # Awaited, so no heartbeat put can land after the delete below.
-            await asyncio.gather(*fetchers, *background, return_exceptions=True)
             for consumer in consumers.values():
                 await consumer.close()
             with contextlib.suppress(CyclonetixError):

@@ -23,6 +23,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
 
+from services.retrying import backoff
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -216,7 +218,7 @@ class EmbeddedNats:
         )
         ports_file = self.data_dir / f"nats-server_{self._proc.pid}.ports"
         deadline = time.monotonic() + self.startup_timeout
-        delay = 0.002
+        delays = backoff(0.002, cap=0.05)
         while True:
             url = self._read_ports_file(ports_file)
             if url is not None:
@@ -233,8 +235,7 @@ class EmbeddedNats:
                     f"nats-server did not start within {self.startup_timeout:.0f}s: "
                     f"{self._log_tail()}"
                 )
-            time.sleep(delay)  # polling the ports file, bounded by the deadline above
-            delay = min(delay * 2, 0.05)
+            time.sleep(next(delays))  # polling the ports file, bounded by the deadline above
         self._url = url
         self.port = int(url.rsplit(":", 1)[1])  # a restart reuses the same port
         return url

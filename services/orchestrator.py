@@ -53,6 +53,7 @@ from core.run import (
     is_racing,
     next_wakeup,
 )
+from services.background import alongside
 
 if TYPE_CHECKING:
     from core.definitions import Definitions
@@ -106,13 +107,10 @@ class Orchestrator:
         revision = await self.acquire_lease(stop)
         if revision is None:
             return
-        lease = self.spawn(self.keep_lease(revision, stop))
         try:
-            await self.follow_log(stop)
+            async with alongside(self.keep_lease(revision, stop)):
+                await self.follow_log(stop)
         finally:
-            lease.cancel()
-            with contextlib.suppress(asyncio.CancelledError, CyclonetixError):
-                await lease
             if not self.lost_lease:
                 with contextlib.suppress(CyclonetixError):
                     await self.backplane.leases.release(LEASE, self.lease_revision)
@@ -129,30 +127,34 @@ class Orchestrator:
         started = time.perf_counter()
         if caught_up_at < from_seq:
             await self.go_live(started)
-        background = [
-            self.spawn(self.supervised("timers", lambda: self.timer_loop(stop), stop)),
-            self.spawn(self.supervised("lost work", self.watch_lost, stop)),
-            self.spawn(self.supervised("checkpoints", lambda: self.checkpoint_loop(stop), stop)),
-        ]
         try:
-            undecided = 0
-            async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=stop):
-                self.apply(seq, event)
-                undecided += 1
-                if not self.live and seq >= caught_up_at:
-                    await self.go_live(started)
-                elif self.live and (pending == 0 or undecided >= DECIDE_AFTER_EVENTS):
-                    # Deciding once the backlog is read batches work under load; the bound
-                    # keeps a backlog that never empties from holding decisions back.
-                    await self.decide_dirty()
-                    undecided = 0
-                if self.lost_lease:
-                    return
+            async with alongside(
+                self.supervised("timers", lambda: self.timer_loop(stop), stop),
+                self.supervised("lost work", self.watch_lost, stop),
+                self.supervised("checkpoints", lambda: self.checkpoint_loop(stop), stop),
+            ):
+                await self.apply_log(from_seq, caught_up_at, started, stop)
         finally:
-            for task in background:
-                task.cancel()
             for task in list(self.tasks):
                 task.cancel()
+
+    async def apply_log(
+        self, from_seq: int, caught_up_at: int, started: float, stop: asyncio.Event
+    ) -> None:
+        """Fold every event from `from_seq` on; live (from `caught_up_at`), decide as they come."""
+        undecided = 0
+        async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=stop):
+            self.apply(seq, event)
+            undecided += 1
+            if not self.live and seq >= caught_up_at:
+                await self.go_live(started)
+            elif self.live and (pending == 0 or undecided >= DECIDE_AFTER_EVENTS):
+                # Deciding once the backlog is read batches work under load; the bound
+                # keeps a backlog that never empties from holding decisions back.
+                await self.decide_dirty()
+                undecided = 0
+            if self.lost_lease:
+                return
 
     def apply(self, seq: int, event: AnyEvent) -> None:
         self.seen_seq = max(self.seen_seq, seq)
@@ -432,7 +434,15 @@ class Orchestrator:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """One-off work beside the main loop (an announcement, a retried append), cancelled
+        when the log stops being followed; a failure is logged, never fatal (not a TaskGroup:
+        a cancel announcement that fails while NATS is away must not stop the orchestrator)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._spawned_done)
         return task
+
+    def _spawned_done(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("orchestrator.background_failed", error=repr(exc))
