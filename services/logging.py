@@ -133,7 +133,7 @@ def configure_logging(
         )
     )
     # nats-py logs every failed reconnect attempt; keep the first and a reminder every 30 s.
-    # (Our own bus callbacks throttle with `Throttle` directly.)
+    # (Our own connection callbacks in services/nats throttle with `Throttle` directly.)
     handler.addFilter(ThrottleFilter("nats", 30.0))
     root = logging.getLogger()
     root.handlers[:] = [handler]
