@@ -107,15 +107,21 @@ async def stand_in_agent(
 
     async def listen() -> None:
         signals = backplane.cancels.listen()
-        first = asyncio.ensure_future(anext(signals))
-        # Its first step subscribes: done when this resumes on the fake; on NATS the SUB may
-        # still be on its way (no test on NATS relies on an announcement reaching a stand-in).
-        await asyncio.sleep(0)
-        subscribed.set()
-        run_id = await first
-        while True:
-            cancelled.setdefault(run_id, asyncio.Event()).set()
-            run_id = await anext(signals)
+        try:
+            first = asyncio.ensure_future(anext(signals))
+            # Its first step subscribes: done when this resumes on the fake; on NATS the SUB
+            # may still be on its way (no test on NATS relies on a stand-in hearing a cancel).
+            await asyncio.sleep(0)
+            subscribed.set()
+            run_id = await first
+            while True:
+                cancelled.setdefault(run_id, asyncio.Event()).set()
+                run_id = await anext(signals)
+        finally:
+            close = getattr(signals, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
     async def handle(item: WorkItem) -> None:
         d = item.dispatch
@@ -155,8 +161,9 @@ async def stand_in_agent(
         await backplane.events.append(result)
         await item.ack()
 
+    handlers: set[asyncio.Task[None]] = set()
+
     async def loop() -> None:
-        handlers: set[asyncio.Task[None]] = set()
         while True:
             for item in await consumer.fetch(8, timeout=0.5):
                 handler = asyncio.ensure_future(handle(item))
@@ -165,14 +172,15 @@ async def stand_in_agent(
 
     listener = asyncio.ensure_future(listen())
     await subscribed.wait()
-    task = asyncio.ensure_future(loop())
+    fetcher = asyncio.ensure_future(loop())
     try:
         yield
     finally:
-        for t in (task, listener):
+        tasks = [fetcher, listener, *handlers]
+        for t in tasks:
             t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        # Their ends (cancelled, or the connection closed under them) are not the test's.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await consumer.close()
 
 
