@@ -54,6 +54,7 @@ from core.run import (
     next_wakeup,
 )
 from services.background import alongside
+from services.retrying import backoff
 
 if TYPE_CHECKING:
     from core.definitions import Definitions
@@ -68,6 +69,8 @@ LEASE_RENEW_S = 2.0  # well inside LEASE_TTL
 CHECKPOINT = "orchestrator.resume_from"
 CHECKPOINT_EVERY_S = 2.0
 DECIDE_AFTER_EVENTS = 256
+RETRY_FIRST_S = 0.1  # a write the run needs is retried after this, doubling up to RETRY_CAP_S
+RETRY_CAP_S = 5.0
 
 
 class LeaseLost(Exception):
@@ -340,9 +343,10 @@ class Orchestrator:
         run_id = event.run_id
         if run_id in self.inflight:
             self.inflight[run_id] -= 1
-        if future.cancelled() or future.exception() is not None:
+        error = "cancelled" if future.cancelled() else future.exception()
+        if error is not None:
             # The decision is folded but not stored: store it with retries (same message id).
-            log.warning("orchestrator.append_retry", run_id=run_id, error=repr(future.exception()))
+            log.warning("orchestrator.append_retry", run_id=run_id, error=repr(error))
             self.spawn(self.append_reliably(event))
             return
         seq = future.result()
@@ -352,8 +356,9 @@ class Orchestrator:
     async def append_reliably(self, event: AnyEvent) -> None:
         self.inflight[event.run_id] = self.inflight.get(event.run_id, 0) + 1
         try:
-            seq = await self.events.append(event)
-            self.own_seq[event.run_id] = max(self.own_seq.get(event.run_id, 0), seq)
+            seq = await self.until_done(event.run_id, "append", lambda: self.events.append(event))
+            if seq is not None:
+                self.own_seq[event.run_id] = max(self.own_seq.get(event.run_id, 0), seq)
         finally:
             self.inflight[event.run_id] -= 1
 
@@ -364,9 +369,29 @@ class Orchestrator:
         def sent(f: asyncio.Future[Any]) -> None:
             if f.cancelled() or f.exception() is not None:
                 log.warning("orchestrator.dispatch_retry", run_id=dispatch.run_id)
-                self.spawn(self.backplane.work.dispatch(dispatch))
+                self.spawn(
+                    self.until_done(
+                        dispatch.run_id, "dispatch", lambda: self.backplane.work.dispatch(dispatch)
+                    )
+                )
 
         future.add_done_callback(sent)
+
+    async def until_done(
+        self, run_id: str, what: str, attempt: Callable[[], Awaitable[int]]
+    ) -> int | None:
+        """Retry a write the run cannot do without (a folded decision, a dispatch) for as long
+        as the run is open: giving up would strand it. Same message id every time, so a write
+        that did land is not duplicated. None once the run has left memory."""
+        delays = backoff(RETRY_FIRST_S, cap=RETRY_CAP_S)
+        while True:
+            try:
+                return await attempt()
+            except Unavailable as exc:
+                if run_id not in self.runs:
+                    return None
+                log.warning("orchestrator.retrying", what=what, run_id=run_id, error=str(exc))
+                await asyncio.sleep(next(delays))
 
     def forget(self, run_id: str) -> None:
         """A finished run leaves memory: only open runs cost the orchestrator anything."""

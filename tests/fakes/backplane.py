@@ -38,7 +38,7 @@ __all__ = ["AGENT_TTL", "DUPLICATE_WINDOW", "LEASE_TTL", "MemoryBackplane", "Mem
 
 log = structlog.get_logger("cyclonetix.fakes")
 
-# The real adapter's settings (services/bus.py, services/nats/).
+# The real adapter's settings (services/nats/).
 LEASE_TTL = 6.0
 AGENT_TTL = 30.0
 DUPLICATE_WINDOW = 300.0

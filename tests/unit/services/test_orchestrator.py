@@ -209,22 +209,37 @@ async def test_a_restarted_orchestrator_resumes_without_queueing_twice(
     assert isinstance(events[-1], RunSucceeded)
 
 
+async def test_a_dispatch_that_fails_to_send_is_retried_until_it_is_sent(
+    server: MemoryServer, bp: MemoryBackplane, connect: Connect
+) -> None:
+    """NATS refusing writes for a while must not strand an attempt whose TaskQueued is stored:
+    the orchestrator keeps sending its dispatch (same message id) while the run is open."""
+    async with stand_in_agent(bp, succeed), running_orchestrator(connect):
+        server.faults.fail_dispatches(5)  # the pipelined send and four retries
+        run_id = await schedule(bp, defs(TaskDef(id="x", command="true")), "x")
+        events = await until_end(bp, run_id)
+    assert server.faults.failing_dispatches == 0
+    assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["x"]
+    assert isinstance(events[-1], RunSucceeded)
+
+
 async def test_a_restarted_orchestrator_sends_a_dispatch_that_was_stored_but_never_sent(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect
 ) -> None:
-    """TaskQueued is stored, its dispatch is not (the publish and its retry failed), and the
-    orchestrator dies: the next one sends it again when it goes live."""
+    """TaskQueued is stored, its dispatch is not (every send fails), and the orchestrator
+    dies: the next one sends it again when it goes live."""
     async with stand_in_agent(bp, succeed):
-        server.faults.fail_dispatches(2)  # the pipelined dispatch, then its one retry
+        server.faults.fail_dispatches(1_000_000)  # for as long as the first orchestrator runs
         async with running_orchestrator(connect):
             run_id = await schedule(bp, defs(TaskDef(id="x", command="true")), "x")
             await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskQueued))
 
             async def dispatches_failed() -> bool | None:
-                return True if server.faults.failing_dispatches == 0 else None
+                return True if server.faults.failing_dispatches <= 1_000_000 - 2 else None
 
-            await eventually(dispatches_failed, what="both dispatch publishes to fail")
+            await eventually(dispatches_failed, what="the send and a retry to fail")
         assert not server.work.messages  # nothing for any agent: the attempt is stranded
+        server.faults.failing_dispatches = 0
         async with running_orchestrator(connect):
             events = await until_end(bp, run_id)
     assert [(type(e), e.task_id) for e in events if isinstance(e, TaskQueued)] == [
