@@ -15,14 +15,18 @@ import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from core.definitions import Definitions, TaskDef
+from core.definitions import Definitions, RetryPolicy, TaskDef
 from core.events import (
     TERMINAL,
     AnyEvent,
     Dispatch,
+    RunFailed,
     RunScheduled,
+    RunSucceeded,
     TaskCancelled,
     TaskFailed,
+    TaskLost,
+    TaskQueued,
     TaskStarted,
     TaskSucceeded,
     encode,
@@ -33,12 +37,15 @@ from services.ports import Backplane, WorkConsumer, WorkItem
 
 __all__ = [
     "DIAMOND",
+    "RETRIED",
     "Answer",
     "Connect",
     "as_a_newer_writer",
     "defs",
     "fetch_one",
     "history",
+    "lost_retry_attempt_ends_the_run",
+    "newer_writers_run_ends",
     "plan",
     "running_orchestrator",
     "schedule",
@@ -249,3 +256,58 @@ def as_a_newer_writer(event: RunScheduled) -> bytes:
         node["retries"]["jitter_seconds"] = 0.25
         node["retries"]["retry_on"] = ["exit", "lost"]
     return json.dumps(doc).encode()
+
+
+# A task with one retry, at once: attempt 2 follows attempt 1's failure without a delay.
+RETRIED = defs(TaskDef(id="x", command="true", retries=RetryPolicy(count=1, delay_seconds=0)))
+
+
+async def newer_writers_run_ends(
+    backplane: Backplane,
+    connect: Connect,
+    store_raw: Callable[[RunScheduled, bytes], Awaitable[None]],
+) -> None:
+    """A RunScheduled stored as a newer writer would (`store_raw` puts the bytes in the log the
+    backend's way), with fields this code does not know at the top level and inside the task's
+    retry spec: it decodes, the orchestrator retries by that spec, and the run succeeds."""
+    event = plan(RETRIED, "x")
+    await backplane.definitions.put(RETRIED)
+    await store_raw(event, as_a_newer_writer(event))
+    assert [type(e) for e in await history(backplane, event.run_id)] == [RunScheduled]
+
+    async def fail_first(d: Dispatch) -> bool:
+        return d.attempt > 1
+
+    async with running_orchestrator(connect), stand_in_agent(backplane, fail_first):
+        events = await until_end(backplane, event.run_id)
+    assert isinstance(events[-1], RunSucceeded)
+    assert [(type(e), e.attempt) for e in events if isinstance(e, TaskQueued | TaskFailed)] == [
+        (TaskQueued, 1),
+        (TaskFailed, 1),
+        (TaskQueued, 2),
+    ]
+
+
+async def lost_retry_attempt_ends_the_run(
+    backplane: Backplane, connect: Connect, *, ack_wait: float, max_deliver: int
+) -> None:
+    """Attempt 1 fails; attempt 2's agent takes it and vanishes until its deliveries run out:
+    that is TaskLost for attempt 2 (a failed attempt, no retries left), and the run ends."""
+
+    async def fail_then_vanish(d: Dispatch) -> bool | None:
+        return False if d.attempt == 1 else None
+
+    async with (
+        running_orchestrator(connect),
+        stand_in_agent(backplane, fail_then_vanish, ack_wait=ack_wait, max_deliver=max_deliver),
+    ):
+        run_id = await schedule(backplane, RETRIED, "x")
+        lost = await wait_for_event(
+            backplane, run_id, lambda e: isinstance(e, TaskLost), timeout=30
+        )
+        assert isinstance(lost, TaskLost)
+        assert (lost.task_id, lost.attempt) == ("x", 2)
+        events = await until_end(backplane, run_id)
+    assert [e.attempt for e in events if isinstance(e, TaskLost)] == [2]
+    assert isinstance(events[-1], RunFailed)
+    assert sum(isinstance(e, TERMINAL) for e in events) == 1

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from core.definitions import RetryPolicy, TaskDef
+from core.definitions import TaskDef
 from core.events import (
     TERMINAL,
     Dispatch,
@@ -22,7 +22,6 @@ from core.events import (
     RunScheduled,
     RunSucceeded,
     TaskFailed,
-    TaskLost,
     TaskQueued,
     TaskSkipped,
     TaskStarted,
@@ -36,12 +35,12 @@ from services.ports import Backplane
 from tests.fakes import MemoryBackplane, MemoryServer
 from tests.rolekit import (
     DIAMOND,
+    RETRIED,
     Connect,
-    as_a_newer_writer,
     defs,
     fetch_one,
-    history,
-    plan,
+    lost_retry_attempt_ends_the_run,
+    newer_writers_run_ends,
     running_orchestrator,
     schedule,
     stand_in_agent,
@@ -52,9 +51,6 @@ from tests.rolekit import (
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-# A task with one retry, at once: attempt 2 follows attempt 1's failure without a delay.
-RETRIED = defs(TaskDef(id="x", command="true", retries=RetryPolicy(count=1, delay_seconds=0)))
 
 
 @pytest.fixture
@@ -113,24 +109,10 @@ async def test_failure_skips_dependents_and_fails_the_run(
 async def test_a_run_scheduled_by_a_newer_writer_runs_to_the_end(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect
 ) -> None:
-    """A RunScheduled with fields this code does not know (top level, inside a task's retry
-    spec) is still a run: the orchestrator decodes it, retries by its spec, and ends it."""
-    event = plan(RETRIED, "x")
-    await bp.definitions.put(RETRIED)
-    server.inject_event_bytes(event.run_id, as_a_newer_writer(event), msg_id(event))
-    assert [type(e) for e in await history(bp, event.run_id)] == [RunScheduled]  # it decodes
+    async def store(event: RunScheduled, data: bytes) -> None:
+        server.inject_event_bytes(event.run_id, data, msg_id(event))
 
-    async def fail_first(d: Dispatch) -> bool:
-        return d.attempt > 1
-
-    async with running_orchestrator(connect), stand_in_agent(bp, fail_first):
-        events = await until_end(bp, event.run_id)
-    assert isinstance(events[-1], RunSucceeded)
-    assert [(type(e), e.attempt) for e in events if isinstance(e, TaskQueued | TaskFailed)] == [
-        (TaskQueued, 1),
-        (TaskFailed, 1),
-        (TaskQueued, 2),
-    ]
+    await newer_writers_run_ends(bp, connect, store)
 
 
 async def test_each_attempt_has_its_own_dispatch(bp: MemoryBackplane, connect: Connect) -> None:
@@ -158,24 +140,7 @@ async def test_each_attempt_has_its_own_dispatch(bp: MemoryBackplane, connect: C
 async def test_a_lost_retry_attempt_ends_as_task_lost_for_that_attempt(
     bp: MemoryBackplane, connect: Connect
 ) -> None:
-    """Attempt 1 fails; attempt 2's agent takes it and vanishes until its deliveries run out:
-    that is TaskLost for attempt 2 (a failed attempt, no retries left), and the run ends."""
-
-    async def fail_then_vanish(d: Dispatch) -> bool | None:
-        return False if d.attempt == 1 else None
-
-    async with (
-        running_orchestrator(connect),
-        stand_in_agent(bp, fail_then_vanish, ack_wait=0.2, max_deliver=1),
-    ):
-        run_id = await schedule(bp, RETRIED, "x")
-        lost = await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskLost))
-        assert isinstance(lost, TaskLost)
-        assert (lost.task_id, lost.attempt) == ("x", 2)
-        events = await until_end(bp, run_id)
-    assert [e.attempt for e in events if isinstance(e, TaskLost)] == [2]
-    assert isinstance(events[-1], RunFailed)
-    assert sum(isinstance(e, TERMINAL) for e in events) == 1
+    await lost_retry_attempt_ends_the_run(bp, connect, ack_wait=0.2, max_deliver=1)
 
 
 # -- restarts, standbys, checkpoints ----------------------------------------------------------
