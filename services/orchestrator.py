@@ -1,7 +1,8 @@
 """The orchestrator process: folds the event log into run states and appends what happens next.
 
 What it does, in order (after taking the orchestrator lease: a second orchestrator waits as a
-hot standby and takes over when the first one stops renewing it):
+hot standby and takes over when the first one stops renewing it; a leader that cannot renew
+steps down before its lease can expire, see `run`):
 1. publishes the definitions it was given to the `cx_defs` bucket, so every process sees them;
 2. replays the event log from its checkpoint (the first event of the oldest open run) to rebuild
    the state of every open run; finished runs leave memory once their end is stored;
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import heapq
+import math
 import os
 import socket
 import time
@@ -65,7 +67,11 @@ log = structlog.get_logger("cyclonetix.orchestrator")
 DEFINITIONS_REFRESH_S = 2.0
 LEASE = "orchestrator"  # one lease for all shards until orchestrators split them
 LEASE_RETRY_S = 1.0
-LEASE_RENEW_S = 2.0  # well inside LEASE_TTL
+LEASE_RENEW_S = 2.0  # well inside LEASE_TTL_S
+LEASE_TTL_S = 6.0  # a lease not renewed is free this long after its last renewal (services/nats)
+# A leader whose last successful renewal is LEASE_TTL_S - LEASE_MARGIN_S old stops deciding:
+# before its lease can expire and a standby can take it, whatever the renewals' errors.
+LEASE_MARGIN_S = 1.5
 CHECKPOINT = "orchestrator.resume_from"
 CHECKPOINT_EVERY_S = 2.0
 DECIDE_AFTER_EVENTS = 256
@@ -73,8 +79,8 @@ RETRY_FIRST_S = 0.1  # a write the run needs is retried after this, doubling up 
 RETRY_CAP_S = 5.0
 
 
-class LeaseLost(Exception):
-    """Another orchestrator took over (this one was cut off for longer than the lease lasts)."""
+class SteppedDown(Exception):
+    """This orchestrator stopped leading: its lease could not be renewed in time, or was lost."""
 
 
 def utcnow() -> dt.datetime:
@@ -82,9 +88,21 @@ def utcnow() -> dt.datetime:
 
 
 class Orchestrator:
-    def __init__(self, backplane: Backplane) -> None:
+    def __init__(
+        self, backplane: Backplane, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.backplane = backplane
         self.events = backplane.events
+        self.clock = clock  # what the lease's age is measured with (tests: the fake's clock)
+        self.holder = f"{socket.gethostname()}-{os.getpid()}"
+        self.lease_revision = 0
+        self.leading = False
+        self.renewed_at = -math.inf  # (clock) when the last successful renewal was sent
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything derived from the log: a new leadership rebuilds it by replaying
+        (what was folded but never stored is decided again)."""
         self.runs: dict[str, RunState] = {}
         self.last_seq: dict[str, int] = {}  # per open run: last stream sequence received
         self.inflight: dict[str, int] = {}  # per open run: own appends not yet acknowledged
@@ -99,26 +117,67 @@ class Orchestrator:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.first_seq: dict[str, int] = {}  # per open run: sequence of its RunScheduled
         self.seen_seq = 0  # highest sequence received
-        self.holder = f"{socket.gethostname()}-{os.getpid()}"
-        self.lease_revision = 0
-        self.lost_lease = False
+        self.writes: set[asyncio.Future[int]] = set()  # pipelined appends and dispatches
 
     # ------------------------------------------------------------------ main loop
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Hold the orchestrator lease, then follow the log until `stop` (or the lease is lost)."""
-        revision = await self.acquire_lease(stop)
-        if revision is None:
-            return
+        """Lead while holding the orchestrator lease, until `stop`.
+
+        One leader at a time: a leader whose lease cannot be renewed (NATS away, any error of
+        the Leases port) keeps deciding only until its last successful renewal is
+        LEASE_TTL_S - LEASE_MARGIN_S old, then steps down before the lease can expire: it
+        writes nothing more (no decision, dispatch, retry of either, checkpoint or TaskLost),
+        cancels its pipelined writes still waiting, forgets its state and waits as a standby.
+        When it takes the lease again it replays the log like any new leader, so decisions it
+        had folded but not stored are decided again (deterministic message ids: those that
+        were stored are not duplicated). Writes already handed to the connection before it
+        stepped down may still land; they are the same facts a new leader decides (same ids),
+        and fold fences whatever no longer fits.
+        """
+        while not stop.is_set() and not self.backplane.closed:
+            revision = await self.acquire_lease(stop)
+            if revision is None:
+                return
+            stepped_down = False
+            try:
+                await self.lead(revision, stop)
+            except* (SteppedDown, Unavailable) as stepped:
+                # (Unavailable: NATS went away while it was reading what it needs to lead.)
+                log.warning("orchestrator.stepped_down", reason=str(stepped.exceptions[0]))
+                stepped_down = True
+            if not stepped_down:  # stopped (or the connection closed)
+                with contextlib.suppress(Exception):  # best effort: it expires anyway
+                    await self.backplane.leases.release(LEASE, self.lease_revision)
+                return
+
+    async def lead(self, revision: int, stop: asyncio.Event) -> None:
+        """Follow the log and decide, renewing the lease alongside; SteppedDown when the lease
+        cannot be kept."""
+        self.reset()
+        self.leading = True
         try:
             async with alongside(self.keep_lease(revision, stop)):
                 await self.follow_log(stop)
+        except BaseException:
+            # Stepping down (or failing): what is still waiting to be written is dropped.
+            for write in list(self.writes):
+                write.cancel()
+            raise
         finally:
-            if not self.lost_lease:
-                with contextlib.suppress(CyclonetixError):
-                    await self.backplane.leases.release(LEASE, self.lease_revision)
-        if self.lost_lease:
-            raise LeaseLost("another orchestrator holds the lease now; stopping")
+            self.leading = False
+            self.live = False
+
+    @property
+    def lease_valid_until(self) -> float:
+        """(clock) when this leader stops deciding unless it renews its lease before."""
+        return self.renewed_at + LEASE_TTL_S - LEASE_MARGIN_S
+
+    def deciding(self) -> bool:
+        """Whether this orchestrator may write decisions now: it leads, and its lease cannot
+        have expired yet (checked again before every batch of writes, so a keeper that is
+        slow to notice never lets a write through)."""
+        return self.leading and self.clock() < self.lease_valid_until
 
     async def follow_log(self, stop: asyncio.Event) -> None:
         await self.refresh_definitions(force=True)
@@ -156,8 +215,6 @@ class Orchestrator:
                 # keeps a backlog that never empties from holding decisions back.
                 await self.decide_dirty()
                 undecided = 0
-            if self.lost_lease:
-                return
 
     def apply(self, seq: int, event: AnyEvent) -> None:
         self.seen_seq = max(self.seen_seq, seq)
@@ -183,45 +240,72 @@ class Orchestrator:
     # ------------------------------------------------------------------ lease and checkpoint
 
     async def acquire_lease(self, stop: asyncio.Event) -> int | None:
-        """One orchestrator decides at a time; others wait here as hot standbys."""
-        waiting = False
-        while not stop.is_set():
-            revision = await self.backplane.leases.acquire(LEASE, self.holder)
+        """One orchestrator decides at a time; others wait here as hot standbys. A failing
+        lease call (NATS away, or any error an adapter lets through) is logged and tried
+        again: a standby never dies of it."""
+        waiting = failing = False
+        while not stop.is_set() and not self.backplane.closed:
+            sent = self.clock()
+            try:
+                revision = await self.backplane.leases.acquire(LEASE, self.holder)
+                if revision is None and not waiting:
+                    holder = await self.backplane.leases.holder(LEASE)
+                    log.info("orchestrator.standby", holder=holder)
+                    waiting = True
+            except Exception as exc:  # noqa: BLE001 - whatever it is, try again
+                if not failing:
+                    log.warning("orchestrator.lease_acquire_failed", error=repr(exc))
+                failing = True
+                revision = None
+            else:
+                failing = False
             if revision is not None:
                 log.info("orchestrator.lease_acquired", holder=self.holder)
                 self.lease_revision = revision
+                self.renewed_at = sent  # (the server wrote it after this)
                 return revision
-            if not waiting:
-                holder = await self.backplane.leases.holder(LEASE)
-                log.info("orchestrator.standby", holder=holder)
-                waiting = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), LEASE_RETRY_S)
         return None
 
     async def keep_lease(self, revision: int, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        """Renew every LEASE_RENEW_S (after a failure, every LEASE_RETRY_S); any failure of a
+        renewal is logged and tried again. Raises SteppedDown once the last successful renewal
+        is LEASE_TTL_S - LEASE_MARGIN_S old (each renewal is bounded by that moment), or when
+        the lease turns out to be lost."""
+        delay = LEASE_RENEW_S
+        while True:
+            left = self.lease_valid_until - self.clock()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), LEASE_RENEW_S)
+                await asyncio.wait_for(stop.wait(), max(0.0, min(delay, left)))
             if stop.is_set():
                 return
+            sent = self.clock()
+            if sent >= self.lease_valid_until:
+                raise SteppedDown(
+                    f"the lease could not be renewed for {sent - self.renewed_at:.1f} s"
+                )
             try:
-                renewed = await self.backplane.leases.renew(LEASE, self.holder, revision)
-            except Unavailable as exc:
-                log.warning("orchestrator.lease_renew_failed", error=str(exc))
-                continue  # NATS is away: nothing we decide can be stored meanwhile either
+                renewed = await asyncio.wait_for(
+                    self.backplane.leases.renew(LEASE, self.holder, revision),
+                    self.lease_valid_until - sent,
+                )
+            except Exception as exc:  # noqa: BLE001 - whatever it is, try again until the margin
+                log.warning("orchestrator.lease_renew_failed", error=repr(exc))
+                delay = min(LEASE_RETRY_S, LEASE_RENEW_S)
+                continue
             if renewed is None:
-                log.error("orchestrator.lease_lost")
-                self.lost_lease = True
-                return
+                raise SteppedDown("the lease was lost: another orchestrator may hold it")
             revision = self.lease_revision = renewed
+            self.renewed_at = sent
+            delay = LEASE_RENEW_S
 
     async def checkpoint_loop(self, stop: asyncio.Event) -> None:
         written = 0
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), CHECKPOINT_EVERY_S)
-            if not self.live:
+            if not self.live or not self.deciding():
                 continue
             resume = min(self.first_seq.values(), default=self.seen_seq + 1)
             if resume != written:
@@ -250,6 +334,8 @@ class Orchestrator:
     # ------------------------------------------------------------------ deciding
 
     async def decide_dirty(self) -> None:
+        if not self.deciding():
+            return  # (kept dirty: stepping down, or deciding again once renewed)
         now = utcnow()
         if any(self.runs[r].evaluating for r in self.dirty if r in self.runs):
             await self.refresh_definitions()
@@ -297,6 +383,8 @@ class Orchestrator:
             for event in decide(state, now, self.extend, racing=True):
                 if not is_racing(event):
                     continue
+                if not self.deciding():
+                    return
                 try:
                     expected = await self.events.append_expected(event, expected)
                 except Conflict:
@@ -335,6 +423,8 @@ class Orchestrator:
         run_id = event.run_id
         self.inflight[run_id] = self.inflight.get(run_id, 0) + 1
         future = self.events.append_nowait(event)
+        self.writes.add(future)
+        future.add_done_callback(self.writes.discard)
         future.add_done_callback(lambda f: self.appended(event, f))
         if isinstance(event, TaskQueued):
             self.publish_dispatch(state, event.task_id)  # (already folded)
@@ -345,6 +435,8 @@ class Orchestrator:
             self.inflight[run_id] -= 1
         error = "cancelled" if future.cancelled() else future.exception()
         if error is not None:
+            if not self.leading:
+                return  # stepped down: whoever leads next decides it again
             # The decision is folded but not stored: store it with retries (same message id).
             log.warning("orchestrator.append_retry", run_id=run_id, error=repr(error))
             self.spawn(self.append_reliably(event))
@@ -365,8 +457,12 @@ class Orchestrator:
     def publish_dispatch(self, state: RunState, task_id: str) -> None:
         dispatch = dispatch_for(state, task_id)
         future = self.backplane.work.dispatch_nowait(dispatch)
+        self.writes.add(future)
+        future.add_done_callback(self.writes.discard)
 
         def sent(f: asyncio.Future[Any]) -> None:
+            if not self.leading:
+                return  # stepped down: the next leader sends it again when it goes live
             if f.cancelled() or f.exception() is not None:
                 log.warning("orchestrator.dispatch_retry", run_id=dispatch.run_id)
                 self.spawn(
@@ -382,9 +478,12 @@ class Orchestrator:
     ) -> int | None:
         """Retry a write the run cannot do without (a folded decision, a dispatch) for as long
         as the run is open: giving up would strand it. Same message id every time, so a write
-        that did land is not duplicated. None once the run has left memory."""
+        that did land is not duplicated. None once the run has left memory, or once this
+        orchestrator may not decide any more (the next leader decides it again)."""
         delays = backoff(RETRY_FIRST_S, cap=RETRY_CAP_S)
         while True:
+            if not self.deciding():
+                return None
             try:
                 return await attempt()
             except Unavailable as exc:
@@ -423,6 +522,8 @@ class Orchestrator:
     async def watch_lost(self) -> None:
         """An attempt whose deliveries ran out (its agents kept dying) is lost, not stranded."""
         async for lost in self.backplane.work.lost():
+            if not self.deciding():
+                return  # not settled: delivered again to whoever leads
             dispatch, deliveries = lost.dispatch, lost.deliveries
             log.warning(
                 "orchestrator.task_lost",

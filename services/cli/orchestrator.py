@@ -18,8 +18,7 @@ from services.cli.common import (
     run,
     until_stopped,
 )
-from services.cli.main import CliError
-from services.orchestrator import LeaseLost, Orchestrator
+from services.orchestrator import Orchestrator
 
 log = structlog.get_logger("cyclonetix.orchestrator")
 
@@ -55,10 +54,7 @@ def main(args: argparse.Namespace) -> int:
             if definitions is not None:
                 changed = await backplane.definitions.put(definitions)
                 log.info("definitions.published", folder=str(args.definitions), changed=changed)
-            try:
-                await Orchestrator(backplane).run(stop)  # returns once `stop` is set
-            except LeaseLost as exc:
-                raise CliError(str(exc), 3) from None
+            await Orchestrator(backplane).run(stop)  # returns once `stop` is set
         finally:
             await backplane.close()
             log.info("orchestrator.stopped")

@@ -191,7 +191,9 @@ class Publisher:
                 if not item.result.done():
                     item.result.set_result(int(ack.seq))
 
-        self.conn.spawn(retry())
+        task = self.conn.spawn(retry())
+        # A caller that cancels its future wants the publish no more: stop retrying it.
+        item.result.add_done_callback(lambda result: task.cancel() if result.cancelled() else None)
 
     def _resend_unacked(self) -> None:
         # Publishes in flight across the reconnect may have died with the old socket: resend

@@ -106,7 +106,7 @@ class MemoryBackplane:
         self._logs = MemoryLogStore(self, self.server.logs)
         self._definitions = MemoryDefinitionsStore(self, self.server.definitions)
         self._agents = MemoryAgentRegistry(self, self.server.agents)
-        self._leases = MemoryLeases(self, self.server.leases)
+        self._leases = MemoryLeases(self, self.server.leases, faults)
         self._checkpoints = MemoryCheckpoints(self, self.server.checkpoints)
         self._closed = False
         self._closing = Changed()

@@ -38,6 +38,7 @@ class StoredMessage:
     run_id: str
     msg_id: str | None
     data: bytes
+    writer: str | None = None  # the connection that stored it (None: injected bytes)
 
 
 class EventStore:
@@ -67,11 +68,12 @@ class EventStore:
             return None
         return seq
 
-    def store(self, run_id: str, data: bytes, mid: str | None) -> int:
-        """Store unless `mid` was stored within the duplicate window: the (original) sequence."""
+    def store(self, run_id: str, data: bytes, mid: str | None, writer: str | None = None) -> int:
+        """Store unless `mid` was stored within the duplicate window: the (original) sequence.
+        `writer` names the connection, for tests that ask who wrote what."""
         if mid is not None and (seq := self._duplicate_of(mid)) is not None:
             return seq
-        message = StoredMessage(len(self.messages) + 1, run_id, mid, data)
+        message = StoredMessage(len(self.messages) + 1, run_id, mid, data, writer)
         self.messages.append(message)
         self.by_run.setdefault(run_id, []).append(message)
         if mid is not None:
@@ -79,7 +81,9 @@ class EventStore:
         self.changed.notify()
         return message.seq
 
-    def store_expected(self, run_id: str, data: bytes, mid: str, expected: int) -> int:
+    def store_expected(
+        self, run_id: str, data: bytes, mid: str, expected: int, writer: str | None = None
+    ) -> int:
         """`store` only if the run's last message is at `expected`.
 
         As on JetStream, the expected-sequence check comes before deduplication, so a retry of
@@ -95,7 +99,7 @@ class EventStore:
             if after is not None and after.msg_id == mid and after.data == data:
                 return after.seq
             raise Conflict(f"run {run_id!r} has events after sequence {expected}")
-        return self.store(run_id, data, mid)
+        return self.store(run_id, data, mid, writer)
 
 
 def _decoded(message: StoredMessage) -> AnyEvent | None:
@@ -119,10 +123,11 @@ class MemoryEventLog:
     def _publish(self, run_id: str, data: bytes, mid: str, expected: int | None) -> int:
         if self._faults.take("failing_appends"):
             raise self._faults.unavailable(f"append to run {run_id!r} was not acknowledged")
+        writer = self._conn.name
         if expected is None:
-            seq = self._store.store(run_id, data, mid)
+            seq = self._store.store(run_id, data, mid, writer)
         else:
-            seq = self._store.store_expected(run_id, data, mid, expected)
+            seq = self._store.store_expected(run_id, data, mid, expected, writer)
         if self._faults.take("lost_append_acks"):
             raise self._faults.unavailable(f"append to run {run_id!r} stored, its ack lost")
         return seq

@@ -6,6 +6,8 @@ from core.errors import Unavailable
 
 __all__ = ["Faults"]
 
+EVERY_CALL = 10**9  # a count that does not run out within a test
+
 
 class Faults:
     """Counters of faults still to inject; each injected fault uses up one.
@@ -18,6 +20,9 @@ class Faults:
         self.lost_append_acks = 0
         self.failing_dispatches = 0
         self.dropped_work_acks = 0
+        self.failing_lease_calls = 0
+        self._lease_fault_connection: str | None = None
+        self._lease_fault_error: type[BaseException] | None = None
 
     def fail_appends(self, n: int = 1) -> None:
         """The next `n` event appends raise Unavailable and store nothing (the server was
@@ -36,6 +41,34 @@ class Faults:
     def drop_work_acks(self, n: int = 1) -> None:
         """The next `n` work item acks vanish on the way (the item comes back after ack_wait)."""
         self.dropped_work_acks += n
+
+    def fail_lease_calls(
+        self,
+        n: int = 1,
+        *,
+        connection: str | None = None,
+        error: type[BaseException] | None = None,
+    ) -> None:
+        """The next `n` lease calls (acquire, renew, holder, release) raise and change nothing:
+        Unavailable (NATS unreachable), or an instance of `error` (a timeout escaping an
+        adapter, say). With `connection`, only calls through the connection of that name
+        fail (one process cut off from NATS). `n=EVERY_CALL` until `heal_leases()`."""
+        self.failing_lease_calls = n
+        self._lease_fault_connection = connection
+        self._lease_fault_error = error
+
+    def heal_leases(self) -> None:
+        self.failing_lease_calls = 0
+
+    def lease_fault(self, connection: str, what: str) -> BaseException | None:
+        """The exception a lease call through `connection` must raise now, if one is due."""
+        if self._lease_fault_connection not in (None, connection):
+            return None
+        if not self.take("failing_lease_calls"):
+            return None
+        if self._lease_fault_error is not None:
+            return self._lease_fault_error(f"injected fault: {what}")
+        return self.unavailable(what)
 
     def take(self, name: str) -> bool:
         """Use up one fault of counter `name`: True when one was pending."""

@@ -20,6 +20,7 @@ from core.definitions import ContextDef, DagDef, Definitions, ParameterSetDef, T
 if TYPE_CHECKING:
     from tests.fakes.backplane import MemoryBackplane
     from tests.fakes.clock import Clock
+    from tests.fakes.faults import Faults
 
 __all__ = [
     "Bucket",
@@ -174,33 +175,40 @@ class MemoryAgentRegistry:
 
 
 class MemoryLeases:
-    """`services.ports.Leases`: entries of a bucket with a ttl (free ttl after the last write)."""
+    """`services.ports.Leases`: entries of a bucket with a ttl (free ttl after the last write).
+    `Faults.fail_lease_calls` makes calls raise before they change anything."""
 
-    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket, faults: Faults) -> None:
         self._conn = conn
         self._bucket = bucket
+        self._faults = faults
+
+    def _check(self, what: str) -> None:
+        self._conn.check_open()
+        if (fault := self._faults.lease_fault(self._conn.name, what)) is not None:
+            raise fault
 
     async def acquire(self, name: str, holder: str) -> int | None:
-        self._conn.check_open()
+        self._check(f"acquire lease {name!r}")
         revision = self._bucket.create(name, holder.encode())
         await asyncio.sleep(0)
         return revision
 
     async def renew(self, name: str, holder: str, revision: int) -> int | None:
-        self._conn.check_open()
+        self._check(f"renew lease {name!r}")
         new = self._bucket.update(name, holder.encode(), revision)
         await asyncio.sleep(0)
         return new
 
     async def holder(self, name: str) -> str | None:
-        self._conn.check_open()
+        self._check(f"read lease {name!r}")
         entry = self._bucket.get(name)
         await asyncio.sleep(0)
         return (entry.value.decode() or None) if entry is not None else None
 
     async def release(self, name: str, revision: int) -> None:
         # Best effort, as on NATS: a stale revision releases nothing.
-        self._conn.check_open()
+        self._check(f"release lease {name!r}")
         self._bucket.delete(name, last=revision)
         await asyncio.sleep(0)
 
