@@ -206,7 +206,10 @@ class Orchestrator:
         """Fold every event from `from_seq` on; live (from `caught_up_at`), decide as they come."""
         undecided = 0
         async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=stop):
-            self.apply(seq, event)
+            if await self.reopens_a_run(seq, event):
+                self.seen_seq = max(self.seen_seq, seq)
+            else:
+                self.apply(seq, event)
             undecided += 1
             if not self.live and seq >= caught_up_at:
                 await self.go_live(started)
@@ -215,6 +218,33 @@ class Orchestrator:
                 # keeps a backlog that never empties from holding decisions back.
                 await self.decide_dirty()
                 undecided = 0
+
+    async def reopens_a_run(self, seq: int, event: AnyEvent) -> bool:
+        """Whether `event` is a RunScheduled that is not its run's first event: a stored one
+        published again (without the expected-sequence check), maybe long after the run ended,
+        maybe met in the middle of history by a replay from the checkpoint. A run id is used
+        once, whoever writes: it is ignored. The log is asked (one direct read) only for runs
+        not in memory; an open run's fold ignores a second RunScheduled by itself."""
+        if not isinstance(event, RunScheduled) or event.run_id in self.runs:
+            return False
+        first: int | None = None
+        delays = backoff(RETRY_FIRST_S, cap=RETRY_CAP_S)
+        while True:
+            try:
+                first = await self.events.first_seq(event.run_id)
+                break
+            except Unavailable as exc:  # (the tail is stalled too: nothing is held up)
+                log.warning("orchestrator.retrying", what="first_seq", error=str(exc))
+                await asyncio.sleep(next(delays))
+        if first is None or first >= seq:
+            return False
+        log.warning(
+            "orchestrator.run_scheduled_again_ignored",
+            run_id=event.run_id,
+            seq=seq,
+            first_seq=first,
+        )
+        return True
 
     def apply(self, seq: int, event: AnyEvent) -> None:
         self.seen_seq = max(self.seen_seq, seq)

@@ -92,6 +92,16 @@ class EventLog(Protocol):
         """Every stored event of one run, in order, as (sequence, event)."""
         ...
 
+    async def first_seq(self, run_id: str) -> int | None:
+        """The sequence of the first message stored for the run (decodable or not); None when
+        it has none. One direct read, whatever the run's length."""
+        ...
+
+    async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
+        """The run's newest stored message as (sequence, event); None when the run has none or
+        the newest does not decode. One direct read, cheap enough to make per task."""
+        ...
+
     def tail(
         self,
         *,

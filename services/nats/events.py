@@ -114,6 +114,30 @@ class NatsEventLog:
             info = await self._conn.js.stream_info(EVENTS_STREAM)
         return int(info.state.last_seq)
 
+    async def first_seq(self, run_id: str) -> int | None:
+        with unavailable("a read of the run's first event"):
+            try:
+                msg = await self._conn.js.get_msg(
+                    EVENTS_STREAM, seq=1, subject=event_subject(run_id), next=True, direct=True
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+        return int(msg.seq) if msg.seq else None
+
+    async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
+        subject = event_subject(run_id)
+        with unavailable("a read of the run's last event"):
+            try:
+                msg = await self._conn.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+            except nats.js.errors.NotFoundError:
+                return None
+        seq = int(msg.seq or 0)
+        try:
+            return seq, decode(msg.data or b"")
+        except msgspec.DecodeError as exc:
+            log.warning("nats.undecodable_event", subject=subject, seq=seq, error=str(exc))
+            return None
+
     async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
         out: list[tuple[int, AnyEvent]] = []
         async for seq, _, msg in replay(self._conn, EVENTS_STREAM, event_subject(run_id)):

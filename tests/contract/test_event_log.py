@@ -218,6 +218,33 @@ class EventLogContract(Contract):
         assert [s for s, _ in history] == [1, 3, 5, 7, 9]
         assert await log.history("never-scheduled") == []
 
+    async def test_first_seq_and_last_event_of_a_run(self, bp: Backplane) -> None:
+        log = bp.events
+        assert await log.first_seq("r1") is None
+        assert await log.last_event("r1") is None
+        await log.append(started("r2", "t0"))
+        first = await log.append(scheduled("r1"))
+        await log.append(started("r2", "t1"))
+        assert await log.first_seq("r1") == first
+        assert await log.last_event("r1") == (first, scheduled("r1"))
+        last = await log.append(succeeded("r1", "t1"))
+        await log.append(started("r2", "t2"))
+        assert await log.first_seq("r1") == first
+        assert await log.last_event("r1") == (last, succeeded("r1", "t1"))
+        assert await log.first_seq("r2") == 1
+
+    async def test_first_seq_counts_and_last_event_skips_what_does_not_decode(
+        self, bp: Backplane, harness: Harness
+    ) -> None:
+        log = bp.events
+        await log.append(started("other", "t0"))
+        await harness.inject_event_bytes("r1", b"not an event")
+        seq = await log.append(scheduled("r1"))
+        assert await log.first_seq("r1") == seq - 1  # the foreign message came first
+        assert await log.last_event("r1") == (seq, scheduled("r1"))
+        await harness.inject_event_bytes("r1", b'{"type": "NoSuchEvent", "run_id": "r1"}')
+        assert await log.last_event("r1") is None  # the newest cannot be read: unknown
+
     async def test_tail_gives_stored_then_live_events_until_stopped(self, bp: Backplane) -> None:
         log = bp.events
         for i in range(3):

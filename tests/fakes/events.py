@@ -162,6 +162,21 @@ class MemoryEventLog:
         await asyncio.sleep(0)
         return self._store.last_seq()
 
+    async def first_seq(self, run_id: str) -> int | None:
+        self._conn.check_open()
+        await asyncio.sleep(0)
+        run = self._store.run(run_id)
+        return run[0].seq if run else None
+
+    async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
+        self._conn.check_open()
+        await asyncio.sleep(0)
+        run = self._store.run(run_id)
+        if not run:
+            return None
+        event = _decoded(run[-1])
+        return None if event is None else (run[-1].seq, event)
+
     async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
         self._conn.check_open()
         await asyncio.sleep(0)
