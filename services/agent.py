@@ -1,7 +1,10 @@
 """The agent process: takes dispatches from its queues and runs their commands.
 
 What it does:
-1. registers a heartbeat in `cx_agents` (and refreshes it every few seconds);
+1. starts its guardian (services.guardian), a small process that, if the agent dies (even by
+   SIGKILL), kills what its commands left running at once and hands the dispatches it held back
+   to the queue, so they start again on another agent within a second instead of after the
+   ack_wait; registers a heartbeat in `cx_agents` (and refreshes it every few seconds);
 2. binds to the shared durable pull consumer of each queue it serves (all agents of a queue share
    it: that is the queue group) and keeps one pull request outstanding per queue, so an idle
    agent receives a dispatch the moment it is stored. It never holds more than `concurrency`
@@ -12,7 +15,9 @@ What it does:
    Then streams its output to CX_LOGS, tells JetStream the message is still in progress every
    ack_wait/3, appends `TaskSucceeded` or `TaskFailed`, waits until that is stored, and only
    then acks the message. A crash anywhere before means redelivery to another agent
-   (delivery + 1), never a lost result or an unrecorded execution;
+   (delivery + 1), never a lost result or an unrecorded execution. Every command's process
+   group and every held dispatch is registered with the guardian until it is settled, and
+   every command gets `CYCLONETIX_AGENT_ID` (which the guardian looks for);
 4. on stop (SIGTERM/SIGINT): fetches nothing more, lets running commands finish for
    `shutdown_grace` seconds, kills what still runs and hands those dispatches back (nak) for
    another agent, then leaves its queues and deletes its heartbeat. `kill` (a second signal)
@@ -49,6 +54,8 @@ from core.events import (
     TaskSucceeded,
 )
 from services.background import alongside
+from services.guardian import MARKER_ENV, Guardian
+from services.logging import logs_json
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
 
 if TYPE_CHECKING:
@@ -76,6 +83,7 @@ class AgentConfig:
     kill_grace: float = 5.0  # SIGTERM -> SIGKILL for timeouts and shutdown kills
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     heartbeat_interval: float = HEARTBEAT_INTERVAL
+    guardian: bool = True  # commands die with the agent, its dispatches go back at once
 
 
 def new_agent_id() -> str:
@@ -111,6 +119,7 @@ class Agent:
         self._running: dict[asyncio.Task[None], _Running] = {}
         self._stopping = asyncio.Event()  # no new work
         self._eval_dir: Path | None = None
+        self._guardian: Guardian | None = None
         # A snapshot: reading os.environ decodes every variable again (measurable per task).
         self._base_env = dict(os.environ)
 
@@ -138,6 +147,9 @@ class Agent:
         kill = kill or asyncio.Event()
         self._eval_dir = Path(tempfile.mkdtemp(prefix="cyclonetix-agent-"))
         consumers: dict[str, WorkConsumer] = {}
+        if self.config.guardian:
+            self._guardian = Guardian(self.id, nats_url=self.backplane.url, log_json=logs_json())
+            self._guardian.start()  # before the first command can exist
         try:
             await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
             for queue in self.config.queues:
@@ -182,6 +194,8 @@ class Agent:
                 await consumer.close()
             with contextlib.suppress(CyclonetixError):
                 await self.backplane.agents.remove(self.id)
+            if self._guardian is not None:  # nothing left to clean up: it just exits
+                await self._guardian.stop()
             shutil.rmtree(self._eval_dir, ignore_errors=True)
             log.info("agent.stopped", agent_id=self.id)
 
@@ -244,12 +258,16 @@ class Agent:
         running = _Running(
             item=item, queue=queue, key=f"{d.run_id}/{d.task_id}/{d.attempt}", run_id=d.run_id
         )
+        if self._guardian is not None:
+            self._guardian.hold(item.token)  # handed back by the guardian if we die
         task = asyncio.create_task(self._execute(running))
         self._running[task] = running
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         running = self._running.pop(task)
+        if self._guardian is not None:  # settled (acked or handed back), or given up on
+            self._guardian.release(running.item.token)
         self._slots.release()
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("agent.task_crashed", key=running.key, error=repr(exc), exc_info=exc)
@@ -298,6 +316,7 @@ class Agent:
                         eval_result_path=eval_path,
                         cancel=running.kill,
                         gate=started,
+                        guard=self._guardian,
                     )
                 except Unavailable as exc:  # TaskStarted was not stored: nothing ran
                     log.warning("task.start_not_stored", error=str(exc))
@@ -322,6 +341,7 @@ class Agent:
         env["CYCLONETIX_RUN_ID"] = d.run_id
         env["CYCLONETIX_TASK_ID"] = d.task_id
         env["CYCLONETIX_ATTEMPT"] = str(d.attempt)
+        env[MARKER_ENV] = self.id  # how the guardian finds what the command started
         if eval_path is not None:
             env["CYCLONETIX_EVAL_RESULT"] = str(eval_path)
         else:
@@ -465,6 +485,8 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval)
+            if self._guardian is not None and self._guardian.ensure_running():
+                log.warning("agent.guardian_restarted", restarts=self._guardian.restarts)
             try:
                 await self._heartbeat()
             except CyclonetixError as exc:

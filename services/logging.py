@@ -18,7 +18,14 @@ from structlog.tracebacks import ExceptionDictTransformer
 if TYPE_CHECKING:
     from collections.abc import MutableMapping
 
-__all__ = ["Throttle", "ThrottleFilter", "configure_logging"]
+__all__ = ["Throttle", "ThrottleFilter", "configure_logging", "logs_json"]
+
+_json_logs = False  # what configure_logging was last told (child processes log the same way)
+
+
+def logs_json() -> bool:
+    """Whether this process logs JSON lines (configure_logging(json=True))."""
+    return _json_logs
 
 
 class Throttle:
@@ -87,9 +94,11 @@ def configure_logging(
 
     Logs go to stderr by default so commands that print results on stdout stay pipeable.
     """
+    global _json_logs
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
+    _json_logs = json
 
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,

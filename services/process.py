@@ -14,7 +14,10 @@ an event. What this module guarantees:
 - Timeout and `cancel` stop the whole process group: SIGTERM, then SIGKILL after `kill_grace`.
 - Processes the command leaves behind in its group (`sleep 100 &`) are stopped the same way once
   the command exits: a finished task leaves nothing running on the agent. A process that starts
-  its own session (`setsid`, daemons) is outside the group and is not tracked.
+  its own session (`setsid`, daemons) is outside the group and is not tracked here.
+- With a `guard` (the agent's guardian, services.guardian), the process group is registered with
+  it from the spawn until it is gone, so the group dies with the agent even when the agent is
+  killed with SIGKILL. That costs one pipe write each way, and keeps the spawn a posix_spawn.
 - Nothing raises for a command that cannot start: that is a result with reason "spawn_error".
 - With a `gate` (a future, e.g. the acknowledgement of the event that records the start), the
   process is spawned at once but runs nothing of the command until the gate is done: its shell
@@ -46,7 +49,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Protocol
 
 import msgspec
 
@@ -74,6 +77,15 @@ _GROUP_POLL_SECONDS = 0.01
 _EOF_GRACE_SECONDS = 1.0
 _PROC = Path("/proc")
 _STATUS_LOST = 255  # the exit status when someone else reaped our child
+
+
+class GroupGuard(Protocol):
+    """Something that kills a command's process group if its agent dies before the group ends
+    (services.guardian.Guardian)."""
+
+    def watch(self, pgid: int) -> None: ...
+
+    def forget(self, pgid: int) -> None: ...
 
 
 class CommandResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,6 +119,7 @@ async def run_command(
     eval_result_path: Path | None = None,
     cancel: asyncio.Event | None = None,
     gate: asyncio.Future[Any] | None = None,
+    guard: GroupGuard | None = None,
 ) -> CommandResult:
     """Run `command` to completion (or timeout/cancel) and report what happened.
 
@@ -118,6 +131,9 @@ async def run_command(
     duration and the timeout count from the release. If the gate fails, the held process is
     ended without having run anything and the gate's exception is raised. A cancel while held
     ends it the same way, reported as "killed".
+
+    `guard`: told the command's process group right after the spawn, and again once the group
+    is gone (see the module doc).
     """
     loop = asyncio.get_running_loop()
     spawned_at = dt.datetime.now(dt.UTC)
@@ -132,6 +148,8 @@ async def run_command(
             message=_spawn_error_message(exc, cwd),
         )
 
+    if guard is not None:
+        guard.watch(spawned.pid)  # a new session: its process group id is the shell's pid
     output = _Output(loop, on_output, max_output_bytes)
     child = _Child(loop, spawned, output, kill_grace)
     cancel_watch: asyncio.Task[bool] | None = None
@@ -169,6 +187,8 @@ async def run_command(
         if cancel_watch is not None:
             cancel_watch.cancel()
         child.close()
+        if guard is not None and (child.group_gone or not _group_alive(child.pid)):
+            guard.forget(child.pid)
     output.finish()
 
     sig = -returncode if returncode < 0 else None
@@ -444,6 +464,7 @@ class _Child:
         self._terminating = False
         self.kill_reason: Literal["timeout", "killed"] | None = None
         self._gate: int | None = spawned.gate
+        self.group_gone = False  # known to have no live member left (clean_up_group)
         self.released_at: tuple[dt.datetime, float] | None = None  # (wall clock, perf counter)
 
         self._fd: int | None = spawned.fd
@@ -536,12 +557,16 @@ class _Child:
     async def clean_up_group(self) -> None:
         """After the command exited: stop what it left running in its group, wait until gone."""
         if not _group_alive(self._pgid):
+            self.group_gone = True
             return
         self.terminate(None)  # a no-op when a timeout/cancel already started the sequence
         deadline = self._loop.time() + self._kill_grace + 1.0
         # Polling: nothing signals the death of processes that are not our children.
-        while _group_alive(self._pgid) and self._loop.time() < deadline:  # noqa: ASYNC110
+        while alive := _group_alive(self._pgid):
+            if self._loop.time() >= deadline:
+                break
             await asyncio.sleep(_GROUP_POLL_SECONDS)
+        self.group_gone = not alive
 
     def _signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):

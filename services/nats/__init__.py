@@ -34,12 +34,12 @@ from services.nats.leases import NatsLeases
 from services.nats.logs import NatsLogStore
 from services.nats.provisioning import Provisioner
 from services.nats.publisher import Publisher
-from services.nats.work import NatsWorkQueue
+from services.nats.work import NatsWorkQueue, hand_back
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["NatsBackplane", "connect"]
+__all__ = ["NatsBackplane", "connect", "hand_back"]
 
 
 class NatsBackplane:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Final
 
 import msgspec
@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from core.errors import Unavailable
 from core.events import Dispatch, decode_dispatch, dispatch_msg_id, encode_dispatch
-from services.nats.connection import describe, unavailable
+from services.nats.connection import Connection, describe, unavailable
 from services.nats.names import (
     ADVISORIES_STREAM,
     LOST_CONSUMER,
@@ -38,11 +38,10 @@ if TYPE_CHECKING:
     from nats.aio.msg import Msg
     from nats.js.client import JetStreamContext
 
-    from services.nats.connection import Connection
     from services.nats.provisioning import Provisioner
     from services.nats.publisher import Publisher
 
-__all__ = ["NatsWorkConsumer", "NatsWorkItem", "NatsWorkQueue"]
+__all__ = ["NatsWorkConsumer", "NatsWorkItem", "NatsWorkQueue", "hand_back"]
 
 log = structlog.get_logger("cyclonetix.nats")
 
@@ -75,6 +74,11 @@ class NatsWorkItem:
         except (ValueError, IndexError, AttributeError, TypeError, nats.errors.Error):
             self.delivery, self.pending = 1, 0
 
+    @property
+    def token(self) -> str:
+        """The delivery's ack subject: `hand_back` naks it from another connection."""
+        return self.msg.reply or ""
+
     async def ack(self) -> None:
         # A plain ack (no round trip): if it is lost, JetStream redelivers and the orchestrator
         # fences the duplicate attempt.
@@ -100,6 +104,44 @@ class NatsWorkItem:
             await self.msg.in_progress()
         except nats.errors.Error as exc:
             raise Unavailable(f"cannot extend a dispatch: {describe(exc)}") from exc
+
+
+async def hand_back(url: str, tokens: Iterable[str], *, timeout: float = 10.0) -> int:
+    """Hand deliveries back (nak) by their `NatsWorkItem.token`, from a connection of our own.
+
+    For a process that did not receive them: the guardian of an agent that died
+    (services.guardian). Keeps trying to connect for up to `timeout`; returns how many naks
+    were sent and flushed. A nak of a delivery that was settled meanwhile changes nothing.
+    """
+    wanted = [t for t in tokens if t.startswith("$JS.ACK.")]
+    if not wanted:
+        return 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    conn: Connection | None = None
+    while conn is None:
+        try:
+            conn = await Connection.open(
+                url,
+                name="cyclonetix-guardian",
+                connect_timeout=max(0.5, min(2.0, deadline - loop.time())),
+                publish_timeout=2.0,
+                publish_deadline=timeout,
+            )
+        except Unavailable:
+            if loop.time() + 0.5 >= deadline:
+                raise
+            await asyncio.sleep(0.5)
+    try:
+        for token in wanted:
+            await conn.nc.publish(token, b"-NAK")
+        flush_timeout = max(0.5, deadline - loop.time())
+        await conn.nc.flush(timeout=flush_timeout)  # type: ignore[arg-type]  # typed int
+    except (TimeoutError, nats.errors.Error) as exc:
+        raise Unavailable(f"cannot hand back dispatches: {describe(exc)}") from exc
+    finally:
+        await conn.close(grace=1.0)
+    return len(wanted)
 
 
 class NatsWorkConsumer:

@@ -238,6 +238,10 @@ class MemoryWorkItem:
     def pending(self) -> int:
         return self._pending
 
+    @property
+    def token(self) -> str:
+        return ""  # in memory: no other process can reach it
+
     async def ack(self) -> None:
         self._conn.check_open()
         if not self._faults.take("dropped_work_acks"):

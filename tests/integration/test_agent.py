@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -246,6 +247,84 @@ async def test_sigkilled_agent_task_is_redelivered_to_another_agent(
     assert done.output_tail == "second run\n"
     starts = [e for _, e in await backplane.events.history("r-crash") if isinstance(e, TaskStarted)]
     assert [(s.agent_id, s.delivery) for s in starts] == [(first_id, 1), (second_id, 2)]
+
+
+def _live(pid: int) -> bool:
+    """Whether `pid` runs (a zombie is dead: only its parent's reaping is missing)."""
+    return Path(f"/proc/{pid}").exists() and not _is_zombie(pid)
+
+
+def _session(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(stat[stat.rfind(b")") + 2 :].split()[3])
+
+
+async def test_a_sigkilled_agent_s_commands_die_with_it_whole_trees_included(
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
+    """Nothing a command started outlives its SIGKILLed agent: neither what left for a session
+    of its own (found by CYCLONETIX_AGENT_ID in its environment) nor what stayed in the
+    command's process group with a scrubbed environment (found by its group)."""
+    sleep = shutil.which("sleep")
+    assert sleep is not None
+    command = (
+        f"setsid {sleep} 300 & echo $! > away.tmp && mv away.tmp away; "
+        f"exec env -i /bin/sh -c '{sleep} 300 & echo $$ $! > group.tmp && mv group.tmp group; wait'"
+    )
+    agent = agent_processes(nats_url, "--workdir", str(tmp_path))
+    await agent.wait_registered(backplane)
+    await backplane.work.dispatch(dispatch("r-tree", command))
+    away = int(await wait_for_file(tmp_path / "away"))
+    shell, child = map(int, (await wait_for_file(tmp_path / "group")).split())
+    pids = {"setsid child": away, "shell": shell, "child in the group": child}
+    try:
+        assert _session(away) == away != _session(shell)  # it did leave the command's session
+        assert all(_live(pid) for pid in pids.values())
+
+        agent.proc.send_signal(signal.SIGKILL)
+        agent.proc.wait()
+
+        async def all_gone() -> bool | None:
+            return True if not any(_live(pid) for pid in pids.values()) else None
+
+        await eventually(all_gone, timeout=15, what="the killed agent's processes to end")
+    finally:
+        for pid in pids.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_sigkilled_agent_s_dispatch_is_handed_back_at_once(
+    backplane: NatsBackplane,
+    nats_url: str,
+    tmp_path: Path,
+    agent_processes: Callable[..., AgentProcess],
+) -> None:
+    """The killed agent's guardian hands its dispatch back: another agent starts it although
+    the work queue alone would wait five minutes (ack_wait) before redelivering it."""
+    command = "if [ -e first ]; then echo second run; else touch first; sleep 300; fi"
+    opts = ("--queue", "default", "--workdir", str(tmp_path), "--ack-wait", "300")
+    first = agent_processes(nats_url, *opts)
+    first_id = await first.wait_registered(backplane)
+    await backplane.work.dispatch(dispatch("r-handed", command))
+    await wait_for_file(tmp_path / "first")
+    second = agent_processes(nats_url, *opts)
+    second_id = await second.wait_registered(backplane)
+
+    first.proc.send_signal(signal.SIGKILL)
+    first.proc.wait()
+
+    done = await result_of(backplane, "r-handed", timeout=60)
+    assert isinstance(done, TaskSucceeded)
+    assert (done.agent_id, done.output_tail) == (second_id, "second run\n")
+    starts = [
+        e for _, e in await backplane.events.history("r-handed") if isinstance(e, TaskStarted)
+    ]
+    assert [(s.agent_id, s.delivery) for s in starts] == [(first_id, 1), (second_id, 2)]
+    assert "guardian.agent_gone" in first.log
 
 
 async def test_sigterm_exits_cleanly_and_removes_the_heartbeat(
