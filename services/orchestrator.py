@@ -4,8 +4,10 @@ What it does, in order (after taking the orchestrator lease: a second orchestrat
 hot standby and takes over when the first one stops renewing it; a leader that cannot renew
 steps down before its lease can expire, see `run`):
 1. publishes the definitions it was given to the `cx_defs` bucket, so every process sees them;
-2. replays the event log from its checkpoint (the first event of the oldest open run) to rebuild
-   the state of every open run; finished runs leave memory once their end is stored;
+2. rebuilds the state of every open run: from its latest snapshot plus the log after it
+   (services/recovery.py), or if there is none it can use, by replaying the log from its
+   checkpoint (the first event of the oldest open run); finished runs leave memory once their
+   end is stored;
 3. once caught up, re-sends the dispatch of every queued attempt (same message id, so one that
    was already delivered is a no-op) and decides every open run once;
 4. then follows the log live: each event is folded into its run, and when no more events are
@@ -56,6 +58,7 @@ from core.run import (
     next_wakeup,
 )
 from services.background import alongside
+from services.recovery import SnapshotKeeper
 from services.retrying import backoff
 
 if TYPE_CHECKING:
@@ -118,6 +121,12 @@ class Orchestrator:
         self.first_seq: dict[str, int] = {}  # per open run: sequence of its RunScheduled
         self.seen_seq = 0  # highest sequence received
         self.writes: set[asyncio.Future[int]] = set()  # pipelined appends and dispatches
+        # Restored from a snapshot: per run, the last sequence its state already covers.
+        self.covered: dict[str, int] = {}
+        self.snapshot_keeper = SnapshotKeeper(self)
+        self.replay_from = 0  # where this leadership started reading the log
+        self.replayed = 0  # events read before going live
+        self.skipped = 0  # of those, already covered by the snapshot
 
     # ------------------------------------------------------------------ main loop
 
@@ -181,8 +190,10 @@ class Orchestrator:
 
     async def follow_log(self, stop: asyncio.Event) -> None:
         await self.refresh_definitions(force=True)
-        # Everything before the checkpoint belongs to runs that ended: start after it.
-        from_seq = await self.backplane.checkpoints.get(CHECKPOINT) or 1
+        # Everything before the checkpoint belongs to runs that ended: start after it, or
+        # later still from a snapshot of the open runs.
+        checkpoint = await self.backplane.checkpoints.get(CHECKPOINT) or 1
+        from_seq = self.replay_from = await self.snapshot_keeper.restore(checkpoint)
         caught_up_at = await self.events.last_seq()
         self.seen_seq = from_seq - 1
         log.info("orchestrator.replaying", from_seq=from_seq, to_seq=caught_up_at)
@@ -194,6 +205,7 @@ class Orchestrator:
                 self.supervised("timers", lambda: self.timer_loop(stop), stop),
                 self.supervised("lost work", self.watch_lost, stop),
                 self.supervised("checkpoints", lambda: self.checkpoint_loop(stop), stop),
+                self.supervised("snapshots", lambda: self.snapshot_keeper.loop(stop), stop),
             ):
                 await self.apply_log(from_seq, caught_up_at, started, stop)
         finally:
@@ -211,9 +223,11 @@ class Orchestrator:
             else:
                 self.apply(seq, event)
             undecided += 1
-            if not self.live and seq >= caught_up_at:
-                await self.go_live(started)
-            elif self.live and (pending == 0 or undecided >= DECIDE_AFTER_EVENTS):
+            if not self.live:
+                self.replayed += 1
+                if seq >= caught_up_at:
+                    await self.go_live(started)
+            elif pending == 0 or undecided >= DECIDE_AFTER_EVENTS:
                 # Deciding once the backlog is read batches work under load; the bound
                 # keeps a backlog that never empties from holding decisions back.
                 await self.decide_dirty()
@@ -249,6 +263,9 @@ class Orchestrator:
     def apply(self, seq: int, event: AnyEvent) -> None:
         self.seen_seq = max(self.seen_seq, seq)
         run_id = event.run_id
+        if self.covered and seq <= self.covered.get(run_id, 0):
+            self.skipped += 1
+            return  # already in the state restored from a snapshot
         state = self.runs.get(run_id)
         if state is None:
             if not isinstance(event, RunScheduled):
@@ -345,9 +362,13 @@ class Orchestrator:
 
     async def go_live(self, started: float) -> None:
         self.live = True
+        self.covered.clear()  # (every covered sequence is behind the caught-up point)
         log.info(
             "orchestrator.live",
             open_runs=len(self.runs),
+            replay_from=self.replay_from,
+            replayed=self.replayed,
+            skipped=self.skipped,
             replay_ms=round((time.perf_counter() - started) * 1000, 1),
         )
         # A crash between appending TaskQueued and publishing its dispatch must not strand the
@@ -468,7 +489,9 @@ class Orchestrator:
             if not self.leading:
                 return  # stepped down: whoever leads next decides it again
             # The decision is folded but not stored: store it with retries (same message id).
+            # In flight until stored (a snapshot must not take the run as clean meanwhile).
             log.warning("orchestrator.append_retry", run_id=run_id, error=repr(error))
+            self.inflight[run_id] = self.inflight.get(run_id, 0) + 1
             self.spawn(self.append_reliably(event))
             return
         seq = future.result()
@@ -476,13 +499,15 @@ class Orchestrator:
             self.own_seq[run_id] = max(self.own_seq.get(run_id, 0), seq)
 
     async def append_reliably(self, event: AnyEvent) -> None:
-        self.inflight[event.run_id] = self.inflight.get(event.run_id, 0) + 1
+        """Store a folded decision whose pipelined append failed (counted in flight by the
+        caller until this ends)."""
         try:
             seq = await self.until_done(event.run_id, "append", lambda: self.events.append(event))
             if seq is not None:
                 self.own_seq[event.run_id] = max(self.own_seq.get(event.run_id, 0), seq)
         finally:
-            self.inflight[event.run_id] -= 1
+            if event.run_id in self.inflight:  # (not when the run ended meanwhile)
+                self.inflight[event.run_id] -= 1
 
     def publish_dispatch(self, state: RunState, task_id: str) -> None:
         dispatch = dispatch_for(state, task_id)
@@ -530,6 +555,7 @@ class Orchestrator:
         self.inflight.pop(run_id, None)
         self.own_seq.pop(run_id, None)
         self.dirty.pop(run_id, None)
+        self.snapshot_keeper.forget(run_id)
 
     # ------------------------------------------------------------------ timers and lost work
 

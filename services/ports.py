@@ -35,6 +35,7 @@ __all__ = [
     "LogStore",
     "LostWork",
     "RunExists",
+    "Snapshots",
     "WorkConsumer",
     "WorkItem",
     "WorkQueue",
@@ -198,7 +199,7 @@ class WorkQueue(Protocol):
         ...
 
 
-# -- cancellation, logs, definitions, agents, leases, checkpoints -------------------------------
+# -- cancellation, logs, definitions, agents, leases, checkpoints, snapshots --------------------
 
 
 class CancelSignals(Protocol):
@@ -263,6 +264,23 @@ class Checkpoints(Protocol):
     async def put(self, name: str, value: int) -> None: ...
 
 
+class Snapshots(Protocol):
+    """Named blobs of any size (an orchestrator's snapshot of its runs is megabytes, more than
+    one NATS message may hold), each replaced whole: a reader gets the last complete `put` or
+    nothing, never parts of two."""
+
+    async def put(self, name: str, data: bytes) -> None: ...
+
+    async def get(self, name: str) -> bytes | None:
+        """The last `put` under `name`, None when there is none. Unavailable when it cannot be
+        read whole (backend away, a part missing, a checksum that does not match)."""
+        ...
+
+    async def delete(self, name: str) -> None:
+        """Remove `name` (nothing happens when there is none)."""
+        ...
+
+
 # -- the composition --------------------------------------------------------------------------
 
 
@@ -292,6 +310,9 @@ class Backplane(Protocol):
 
     @property
     def checkpoints(self) -> Checkpoints: ...
+
+    @property
+    def snapshots(self) -> Snapshots: ...
 
     @property
     def closed(self) -> bool: ...

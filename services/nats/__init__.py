@@ -11,6 +11,7 @@ The only package that imports `nats` (a ruff rule enforces it). What lives where
   cancels       CancelSignals     logs         LogStore
   definitions   DefinitionsStore  agents       AgentRegistry
   leases        Leases            checkpoints  Checkpoints
+  snapshots     Snapshots (object store)
 
     backplane = await connect("nats://127.0.0.1:4222", name="cyclonetix-agent")
     try:
@@ -34,6 +35,7 @@ from services.nats.leases import NatsLeases
 from services.nats.logs import NatsLogStore
 from services.nats.provisioning import Provisioner
 from services.nats.publisher import Publisher
+from services.nats.snapshots import NatsSnapshots
 from services.nats.work import NatsWorkQueue, hand_back
 
 if TYPE_CHECKING:
@@ -57,6 +59,7 @@ class NatsBackplane:
         self.agents = NatsAgentRegistry(conn, self.publisher)
         self.leases = NatsLeases(self.provisioner)
         self.checkpoints = NatsCheckpoints(self.provisioner)
+        self.snapshots = NatsSnapshots(self.provisioner)
         conn.on_reconnect.append(self._after_reconnect)
 
     @property

@@ -7,6 +7,7 @@ escaping that turns any id into a legal subject token or KV key.
   CX_ADVISORIES  $JS.EVENT.ADVISORY...MAX_DELIVERIES dispatches whose deliveries ran out
   CX_LOGS        cx.log.<run_id>.<task>.<attempt>   command output (limits, 7 days)
   KV             cx_defs, cx_agents, cx_leases, cx_checkpoints
+  object store   cx_snapshots                       the orchestrator's snapshot of its open runs
   core NATS      cx.cancel.<run_id>                 cancellation wake-ups (not stored)
 """
 
@@ -29,6 +30,7 @@ __all__ = [
     "LOGS_STREAM",
     "LOST_CONSUMER",
     "MAX_DELIVERIES_SUBJECT",
+    "SNAPSHOTS_BUCKET",
     "WORK_STREAM",
     "decode_token",
     "event_subject",
@@ -49,6 +51,7 @@ DEFS_BUCKET: Final = "cx_defs"
 AGENTS_BUCKET: Final = "cx_agents"
 LEASES_BUCKET: Final = "cx_leases"
 CHECKPOINTS_BUCKET: Final = "cx_checkpoints"
+SNAPSHOTS_BUCKET: Final = "cx_snapshots"  # an object store (its stream: OBJ_cx_snapshots)
 
 # JetStream announces a work message whose deliveries ran out (max_deliver) on this core
 # subject; capturing it in a stream keeps the news while no orchestrator is running.

@@ -16,6 +16,7 @@ from nats.js.api import (
     ConsumerConfig,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -33,12 +34,14 @@ from services.nats.names import (
     LOGS_STREAM,
     LOST_CONSUMER,
     MAX_DELIVERIES_SUBJECT,
+    SNAPSHOTS_BUCKET,
     WORK_STREAM,
 )
 from services.retrying import backoff
 
 if TYPE_CHECKING:
     from nats.js.kv import KeyValue
+    from nats.js.object_store import ObjectStore
 
     from services.nats.connection import Connection
 
@@ -112,6 +115,17 @@ def kv_configs(replicas: int) -> list[KeyValueConfig]:
     ]
 
 
+def object_store_configs(replicas: int) -> list[ObjectStoreConfig]:
+    return [
+        ObjectStoreConfig(
+            bucket=SNAPSHOTS_BUCKET,
+            description="Cyclonetix: the orchestrator's snapshot of its open runs",
+            storage=StorageType.FILE,
+            replicas=replicas,
+        )
+    ]
+
+
 LOST_CONSUMER_CONFIG: Final = ConsumerConfig(
     name=LOST_CONSUMER,
     durable_name=LOST_CONSUMER,
@@ -129,6 +143,7 @@ class Provisioner:
         self.replicas = replicas
         self.enabled = enabled  # False: the caller trusts the server to be provisioned
         self._kv: dict[str, KeyValue] = {}
+        self._objects: dict[str, ObjectStore] = {}
         self._work_consumers: dict[str, ConsumerConfig] = {}
         self._lock = asyncio.Lock()
 
@@ -139,6 +154,9 @@ class Provisioner:
                 await self._ensure_stream(cfg)
             for kv_cfg in kv_configs(self.replicas):
                 self._kv[kv_cfg.bucket] = await self._ensure_kv(kv_cfg)
+            for obj_cfg in object_store_configs(self.replicas):
+                assert obj_cfg.bucket is not None
+                self._objects[obj_cfg.bucket] = await self._ensure_object_store(obj_cfg)
             await self.ensure_consumer(ADVISORIES_STREAM, LOST_CONSUMER_CONFIG)
             for consumer in list(self._work_consumers.values()):
                 await self.ensure_consumer(WORK_STREAM, consumer)
@@ -206,6 +224,17 @@ class Provisioner:
             log.warning("nats.bucket_config_differs", bucket=cfg.bucket, detail=exc.description)
             return await js.key_value(cfg.bucket)
 
+    async def _ensure_object_store(self, cfg: ObjectStoreConfig) -> ObjectStore:
+        js = self.conn.js
+        assert cfg.bucket is not None
+        try:
+            return await js.create_object_store(cfg.bucket, config=cfg)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code != ERR_STREAM_CONFIG_DIFFERS:
+                raise
+            log.warning("nats.bucket_config_differs", bucket=cfg.bucket, detail=exc.description)
+            return await js.object_store(cfg.bucket)
+
     async def ensure_consumer(self, stream: str, cfg: ConsumerConfig) -> None:
         """Create the durable consumer, or update its mutable fields when they differ."""
         assert cfg.name is not None
@@ -244,3 +273,20 @@ class Provisioner:
                 raise
             self._kv[name] = kv
         return kv
+
+    async def object_store(self, name: str) -> ObjectStore:
+        """An object store: the provisioned one, else bound on first use (provision=False)."""
+        store = self._objects.get(name)
+        if store is None:
+            try:
+                with unavailable(f"about object store {name}"):
+                    store = await self.conn.js.object_store(name)
+            except Unavailable as exc:
+                if isinstance(exc.__cause__, nats.js.errors.BucketNotFoundError):
+                    raise Unavailable(
+                        f"object store {name!r} does not exist on {self.conn.url}: "
+                        "connect with provision=True once"
+                    ) from None
+                raise
+            self._objects[name] = store
+        return store

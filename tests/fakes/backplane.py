@@ -28,6 +28,7 @@ from tests.fakes.kv import (
     MemoryDefinitionsStore,
     MemoryLeases,
 )
+from tests.fakes.objects import MemorySnapshots, ObjectStore
 from tests.fakes.signals import CancelHub, LogStream, MemoryCancelSignals, MemoryLogStore
 from tests.fakes.work import MemoryWorkQueue, WorkStore
 
@@ -74,6 +75,7 @@ class MemoryServer:
         self.agents = Bucket(self.clock, agent_ttl)
         self.leases = Bucket(self.clock, lease_ttl)
         self.checkpoints = Bucket(self.clock)
+        self.snapshots = ObjectStore()
 
     @property
     def url(self) -> str:
@@ -108,6 +110,7 @@ class MemoryBackplane:
         self._agents = MemoryAgentRegistry(self, self.server.agents)
         self._leases = MemoryLeases(self, self.server.leases, faults)
         self._checkpoints = MemoryCheckpoints(self, self.server.checkpoints)
+        self._snapshots = MemorySnapshots(self, self.server.snapshots, faults)
         self._closed = False
         self._closing = Changed()
         self._outbox: collections.deque[tuple[Callable[[], int], asyncio.Future[int]]] = (
@@ -149,6 +152,10 @@ class MemoryBackplane:
     @property
     def checkpoints(self) -> MemoryCheckpoints:
         return self._checkpoints
+
+    @property
+    def snapshots(self) -> MemorySnapshots:
+        return self._snapshots
 
     @property
     def closed(self) -> bool:

@@ -21,6 +21,7 @@ class Faults:
         self.failing_dispatches = 0
         self.dropped_work_acks = 0
         self.failing_lease_calls = 0
+        self.failing_snapshot_calls = 0
         self._lease_fault_connection: str | None = None
         self._lease_fault_error: type[BaseException] | None = None
 
@@ -41,6 +42,11 @@ class Faults:
     def drop_work_acks(self, n: int = 1) -> None:
         """The next `n` work item acks vanish on the way (the item comes back after ack_wait)."""
         self.dropped_work_acks += n
+
+    def fail_snapshot_calls(self, n: int = 1) -> None:
+        """The next `n` calls of the snapshots port (put, get, delete) raise Unavailable and
+        change nothing."""
+        self.failing_snapshot_calls += n
 
     def fail_lease_calls(
         self,

@@ -132,6 +132,7 @@ async def test_provisioning_is_idempotent(backplane: NatsBackplane, nats_url: st
     assert events.duplicate_window == 300
     for bucket in ("cx_defs", "cx_agents", "cx_leases", "cx_checkpoints"):
         await js.key_value(bucket)
+    await js.object_store("cx_snapshots")
 
 
 async def test_provisioning_restores_a_changed_stream_config(backplane: NatsBackplane) -> None:
@@ -151,6 +152,8 @@ async def test_without_provisioning_the_buckets_are_bound_on_first_use(
         assert await backplane.leases.holder("l1") == "me"
         await plain.checkpoints.put("c1", 7)
         assert await backplane.checkpoints.get("c1") == 7
+        await plain.snapshots.put("s1", b"snap")
+        assert await backplane.snapshots.get("s1") == b"snap"
 
 
 async def test_restart_with_the_same_store_keeps_events(
