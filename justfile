@@ -58,13 +58,14 @@ test-unit *args:
 test-integration *args:
     {{py}} -m pytest -m "integration or e2e" {{args}}
 
-[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput")]
+[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill")]
 [group("bench")]
 bench:
     {{py}} -m bench.definitions_bench
     {{py}} -m bench.fold_bench
     {{bin}}/cyclonetix bench latency --tasks 200 --json
     {{bin}}/cyclonetix bench throughput --tasks 5000 --agents 2 --json
+    {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
 
 [doc("Everything CI runs")]
 [group("test")]

@@ -4,12 +4,17 @@
   to the downstream task's TaskStarted (the orchestrator's reaction plus the agent's pickup),
   and to the downstream command actually running (its process spawned).
 - throughput: M independent `true` tasks in one DAG run with K agents, end to end.
+- agent_kill: a task whose agent is killed with SIGKILL mid-run; the time from the kill to the
+  task's TaskStarted on another agent (the agent's guardian hands the dispatch back at once,
+  services/guardian.py; without it, the work queue's ack_wait).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -18,10 +23,10 @@ from pathlib import Path
 from typing import TextIO
 
 from core.definitions import DagDef, DagTask, Definitions, TaskDef
-from core.events import TERMINAL, AnyEvent, RunSucceeded, TaskStarted, TaskSucceeded
+from core.events import TERMINAL, AnyEvent, RunScheduled, RunSucceeded, TaskStarted, TaskSucceeded
 from core.scheduling import plan_run
 from services.cluster import LocalCluster
-from services.nats import connect
+from services.nats import NatsBackplane, connect
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -49,19 +54,23 @@ def fanout_definitions(n: int) -> Definitions:
     return Definitions(dags={"bench_throughput": DagDef(id="bench_throughput", tasks=entries)})
 
 
+def _new_run(defs: Definitions, kind: str, target: str) -> RunScheduled:
+    return plan_run(
+        defs,
+        kind="outcome" if kind == "outcome" else "dag",
+        target=target,
+        now=dt.datetime.now(dt.UTC),
+        entropy=os.urandom(16),
+        trigger="bench",
+    )
+
+
 async def _run_to_end(
     cluster: LocalCluster, defs: Definitions, kind: str, target: str
 ) -> list[AnyEvent]:
     assert cluster.nats_url is not None
     async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
-        event = plan_run(
-            defs,
-            kind="outcome" if kind == "outcome" else "dag",
-            target=target,
-            now=dt.datetime.now(dt.UTC),
-            entropy=os.urandom(16),
-            trigger="bench",
-        )
+        event = _new_run(defs, kind, target)
         await backplane.events.schedule_run(event)
         events: list[AnyEvent] = []
         async for _seq, e in backplane.events.follow_run(event.run_id):
@@ -81,6 +90,7 @@ def _cluster(
     concurrency: int,
     nats_url: str | None,
     replicas: int = 1,
+    restart: bool = False,
 ) -> LocalCluster:
     def printer(role: str, line: str) -> None:
         log.write(f"{role} | {line}\n")
@@ -94,7 +104,7 @@ def _cluster(
         replicas=replicas,
         printer=printer,
         log_format="json",
-        restart=False,
+        restart=restart,
     )
 
 
@@ -166,3 +176,95 @@ async def throughput(
         "wall_seconds": round(wall, 3),
         "tasks_per_s": round(tasks / seconds, 1),
     }
+
+
+async def agent_kill(
+    rounds: int = 5, *, nats_url: str | None = None, replicas: int = 1
+) -> dict[str, float]:
+    """Kill (SIGKILL) the agent running a task, `rounds` times; per round, the time from the
+    kill to the task's TaskStarted on the other agent. Two agents of concurrency 1; the killed
+    one is started again (and waited for) before the next round."""
+    if rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    with (
+        tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
+        (Path(tmp) / "roles.log").open("a") as log,
+    ):
+        marks = Path(tmp) / "marks"
+        marks.mkdir()
+        # The first delivery marks the run and runs until it is killed; the next one finishes.
+        command = f'mkdir "{marks}/$CYCLONETIX_RUN_ID" 2>/dev/null && exec sleep 300; true'
+        defs = Definitions(tasks={"victim": TaskDef(id="victim", command=command)})
+        cluster = _cluster(defs, Path(tmp), log, 2, 1, nats_url, replicas, restart=True)
+        serving: set[int] = set()  # agent processes that logged agent.started (pulls set up)
+        write = cluster.printer
+        assert write is not None
+
+        def printer(role: str, line: str) -> None:
+            if '"agent.started"' in line and role.startswith("agent"):
+                process = cluster.role(role).process
+                if process is not None:
+                    serving.add(process.pid)
+            write(role, line)
+
+        cluster.printer = printer
+        await cluster.start()
+        try:
+            assert cluster.nats_url is not None
+            async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
+                samples = [
+                    await _kill_one(cluster, backplane, defs, marks, serving) for _ in range(rounds)
+                ]
+        finally:
+            await cluster.stop()
+    return {
+        "rounds": rounds,
+        "p50_ms": round(statistics.median(samples), 1),
+        "max_ms": round(max(samples), 1),
+        "min_ms": round(min(samples), 1),
+        "mean_ms": round(statistics.fmean(samples), 1),
+    }
+
+
+async def _kill_one(
+    cluster: LocalCluster,
+    backplane: NatsBackplane,
+    defs: Definitions,
+    marks: Path,
+    serving: set[int],
+) -> float:
+    await _all_agents_serving(cluster, serving)
+    run = _new_run(defs, "outcome", "victim")
+    await backplane.events.schedule_run(run)
+    killed_at: dt.datetime | None = None
+    restarted: TaskStarted | None = None
+    async with asyncio.timeout(120):
+        async for _seq, event in backplane.events.follow_run(run.run_id):
+            if isinstance(event, TaskStarted) and killed_at is None:
+                # Polled: nothing tells us when a command has created a directory.
+                while not (marks / run.run_id).exists():  # noqa: ASYNC110 - the command runs
+                    await asyncio.sleep(0.005)
+                killed_at = dt.datetime.now(dt.UTC)
+                os.kill(event.pid, signal.SIGKILL)
+                serving.discard(event.pid)
+            elif isinstance(event, TaskStarted) and restarted is None:
+                restarted = event
+            elif isinstance(event, TERMINAL):
+                if not isinstance(event, RunSucceeded) or restarted is None:
+                    raise RuntimeError(f"benchmark run ended {type(event).__name__}")
+                break
+    assert killed_at is not None and restarted is not None
+    return (restarted.ts - killed_at).total_seconds() * 1000
+
+
+async def _all_agents_serving(cluster: LocalCluster, serving: set[int]) -> None:
+    """Every agent role's current process pulls work (a killed one was started again and has
+    logged `agent.started`, which it does once its pulls are set up)."""
+    roles = [r for r in cluster.roles if r.name.startswith("agent")]
+
+    def ready() -> bool:
+        return all(r.process is not None and r.process.pid in serving for r in roles)
+
+    async with asyncio.timeout(60):
+        while not ready():  # noqa: ASYNC110 - role output arrives through the printer
+            await asyncio.sleep(0.05)

@@ -257,9 +257,6 @@ def sweep(marker: str, groups: set[int], *, deadline_s: float = KILL_DEADLINE_S)
     hit: set[int] = set()
     deadline = time.monotonic() + deadline_s
     while True:
-        for pgid in groups:
-            with contextlib.suppress(OSError):
-                os.killpg(pgid, signal.SIGKILL)
         alive: list[tuple[int, int]] = []
         for pid, pgid, state in _processes():
             if pid in spared or state == "Z":  # zombies are dead: their parent reaps them
@@ -272,6 +269,10 @@ def sweep(marker: str, groups: set[int], *, deadline_s: float = KILL_DEADLINE_S)
             hit.add(pid)
             if pgid not in spared_groups:
                 groups.add(pgid)
+        for pgid in groups:  # whole groups first: no member gets to fork in between
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
+        for pid, _ in alive:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(_POLL_S)

@@ -1,4 +1,4 @@
-"""`cyclonetix bench latency|throughput`: measure the running system, print JSON."""
+"""`cyclonetix bench latency|throughput|agent-kill`: measure the running system, print JSON."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from services.settings import load_settings
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "bench",
-        help="measure hop latency or throughput",
+        help="measure hop latency, throughput or recovery from a killed agent",
         description="Start a private NATS server, orchestrator and agents (real processes), "
         "run a benchmark workload through them and print the figures.",
     )
-    kinds = parser.add_subparsers(dest="which", metavar="latency|throughput", required=True)
+    kinds = parser.add_subparsers(
+        dest="which", metavar="latency|throughput|agent-kill", required=True
+    )
     lat = kinds.add_parser(
         "latency",
         help="per-hop latency along a chain of `true` tasks",
@@ -36,14 +38,25 @@ def register(sub: Any) -> None:
     thr.add_argument("--tasks", type=int, default=5000, help="tasks (default 5000)")
     thr.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
     thr.add_argument("--concurrency", type=int, default=8, help="tasks per agent at once")
-    for p in (lat, thr):
+    kill = kinds.add_parser(
+        "agent-kill",
+        help="how soon a task whose agent was killed (SIGKILL) starts on another agent",
+        description="Run a task on one of two agents, kill that agent with SIGKILL while the "
+        "command runs, and report the time from the kill to the task's TaskStarted on the "
+        "other agent; R rounds (the killed agent is started again between rounds).",
+    )
+    kill.add_argument("--rounds", type=int, default=5, help="kills (default 5)")
+    for p in (lat, thr, kill):
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
         p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.tasks < 1 or args.agents < 1:
+    if args.which == "agent-kill":
+        if args.rounds < 1:
+            raise CliError("--rounds must be at least 1")
+    elif args.tasks < 1 or args.agents < 1:
         raise CliError("--tasks and --agents must be at least 1")
     # A server of our own has one node; a given one may be a cluster set up for 3 copies.
     replicas = load_settings().nats.stream_replicas if args.nats_url else 1
@@ -54,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
                     args.tasks, agents=args.agents, nats_url=args.nats_url, replicas=replicas
                 )
             )
+        elif args.which == "agent-kill":
+            figures = run(bench.agent_kill(args.rounds, nats_url=args.nats_url, replicas=replicas))
         else:
             figures = run(
                 bench.throughput(

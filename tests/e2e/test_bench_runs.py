@@ -25,6 +25,12 @@ async def test_throughput_bench_runs_on_a_few_tasks() -> None:
     assert figures["tasks"] == 20 and figures["tasks_per_s"] > 0
 
 
+async def test_agent_kill_bench_runs_one_round() -> None:
+    figures = await bench.agent_kill(1)
+    assert figures["rounds"] == 1
+    assert 0 < figures["min_ms"] <= figures["p50_ms"] <= figures["max_ms"]
+
+
 def test_bench_cli_prints_one_json_object() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "services.cli", "bench", "latency", "--tasks", "3", "--json"],
