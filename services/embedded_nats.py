@@ -14,6 +14,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -26,10 +27,17 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from services.retrying import backoff
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from types import TracebackType
 
-__all__ = ["EmbeddedNats", "EmbeddedNatsError", "die_with_parent", "find_nats_server"]
+__all__ = [
+    "EmbeddedNats",
+    "EmbeddedNatsCluster",
+    "EmbeddedNatsError",
+    "die_with_parent",
+    "find_nats_server",
+    "free_port",
+]
 
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -118,6 +126,13 @@ def _popen(fn: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]
     return _forker.call(fn)
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (the kernel's pick; free until someone binds it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 class EmbeddedNats:
     """One nats-server with JetStream, its config, store and log under `data_dir`.
 
@@ -129,6 +144,10 @@ class EmbeddedNats:
 
     `stop()` then `start()` restarts on the same port (learned at the first start), so connected
     clients reconnect to the same URL.
+
+    As a node of a cluster (`EmbeddedNatsCluster` starts three): `server_name`, `cluster_name`,
+    `cluster_port` (the route listener, on `host`) and `routes` (every node's route URL; a
+    node's route to itself is ignored).
     """
 
     def __init__(
@@ -140,6 +159,10 @@ class EmbeddedNats:
         max_payload_mb: int = 8,
         sync_interval: Literal["always"] | str | None = None,
         startup_timeout: float = 10.0,
+        server_name: str | None = None,
+        cluster_name: str | None = None,
+        cluster_port: int | None = None,
+        routes: Sequence[str] = (),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.host = host
@@ -147,6 +170,10 @@ class EmbeddedNats:
         self.max_payload_mb = max_payload_mb
         self.sync_interval = sync_interval
         self.startup_timeout = startup_timeout
+        self.server_name = server_name
+        self.cluster_name = cluster_name
+        self.cluster_port = cluster_port
+        self.routes = tuple(routes)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self._url: str | None = None
@@ -187,13 +214,25 @@ class EmbeddedNats:
             f"host: {json.dumps(self.host)}",
             f"port: {self.port if self.port is not None else -1}  # -1 = random free port",
             f"max_payload: {self.max_payload_mb}MB",
-            "jetstream {",
-            f"  store_dir: {json.dumps(str(self.store_dir))}",
         ]
+        if self.server_name is not None:
+            lines.append(f"server_name: {json.dumps(self.server_name)}")
+        lines += ["jetstream {", f"  store_dir: {json.dumps(str(self.store_dir))}"]
         if self.sync_interval is not None:
             value = self.sync_interval
             lines.append(f"  sync_interval: {value if value == 'always' else json.dumps(value)}")
         lines.append("}")
+        if self.cluster_name is not None:
+            port = self.cluster_port if self.cluster_port is not None else -1
+            lines += [
+                "cluster {",
+                f"  name: {json.dumps(self.cluster_name)}",
+                f"  listen: {json.dumps(f'{self.host}:{port}')}",
+                "  routes: [",
+                *(f"    {json.dumps(route)}" for route in self.routes),
+                "  ]",
+                "}",
+            ]
         return "\n".join(lines) + "\n"
 
     def start(self) -> str:
@@ -310,3 +349,108 @@ class EmbeddedNats:
     def __repr__(self) -> str:
         state = self._url if self.running else "stopped"
         return f"EmbeddedNats({str(self.data_dir)!r}, {state})"
+
+
+class EmbeddedNatsCluster:
+    """`size` EmbeddedNats nodes (three: R3 streams survive the loss of any one) forming one
+    JetStream cluster on loopback, each with its own data dir under `data_dir/node<i>`.
+
+    Client ports are the kernel's pick at the first start; route ports are picked before it
+    (every node's config lists every route). A node keeps both ports across `kill_node` /
+    `start_node`, so `url` (every client URL, comma-separated: what `connect` takes) stays
+    valid for the cluster's life. `infra/nats/cluster-node{1,2,3}.conf` are the operator's
+    equivalent of the configs written here.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        size: int = 3,
+        name: str = "cyclonetix",
+        host: str = "127.0.0.1",
+        sync_interval: Literal["always"] | str | None = None,
+        startup_timeout: float = 10.0,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.size = size
+        self.name = name
+        self.host = host
+        self.sync_interval = sync_interval
+        self.startup_timeout = startup_timeout
+        self.nodes: list[EmbeddedNats] = []
+        self._urls: list[str] = []
+
+    @property
+    def urls(self) -> list[str]:
+        if not self._urls:
+            raise EmbeddedNatsError("embedded nats cluster is not running: call start() first")
+        return list(self._urls)
+
+    @property
+    def url(self) -> str:
+        return ",".join(self.urls)
+
+    def server_name(self, index: int) -> str:
+        return f"{self.name}-{index + 1}"
+
+    def start(self, attempts: int = 3) -> str:
+        """Start every node; the comma-separated client URLs. A route port someone else took
+        between its pick and the bind means new ports and another try."""
+        tries = 0
+        while True:
+            tries += 1
+            cluster_ports = [free_port(self.host) for _ in range(self.size)]
+            routes = [f"nats-route://{self.host}:{port}" for port in cluster_ports]
+            self.nodes = [
+                EmbeddedNats(
+                    self.data_dir / f"node{i + 1}",
+                    host=self.host,
+                    sync_interval=self.sync_interval,
+                    startup_timeout=self.startup_timeout,
+                    server_name=self.server_name(i),
+                    cluster_name=self.name,
+                    cluster_port=port,
+                    routes=routes,
+                )
+                for i, port in enumerate(cluster_ports)
+            ]
+            try:
+                self._urls = [node.start() for node in self.nodes]
+            except EmbeddedNatsError:
+                self.stop()
+                if tries >= attempts:
+                    raise
+                for node in self.nodes:  # a fresh start with the new ports
+                    shutil.rmtree(node.data_dir, ignore_errors=True)
+                continue
+            return self.url
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL one node (its store stays: `start_node` brings it back as it was)."""
+        self.nodes[index].kill()
+
+    def stop_node(self, index: int) -> None:
+        self.nodes[index].stop()
+
+    def start_node(self, index: int) -> str:
+        return self.nodes[index].start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> EmbeddedNatsCluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"EmbeddedNatsCluster({str(self.data_dir)!r}, {len(self.nodes)} nodes)"
