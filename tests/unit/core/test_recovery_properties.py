@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import zlib
 from typing import Any
 
 import msgspec
@@ -176,15 +177,23 @@ def test_the_snapshot_records_every_field_of_the_state_or_derives_it() -> None:
     assert set(TaskSnapshot.__struct_fields__) | DERIVED_TASK_FIELDS == set(TaskRun.__slots__)
 
 
-def _small_snapshot() -> bytes:
+def _small_snapshot_stored() -> bytes:
     log = simulate(7, 6, 0.2, 60).log
     state = replay(log[: len(log) // 2])["run-1"]
     run = encode_run(snapshot_run(state, first_seq=1, last_seq=len(log) // 2))
     return encode_snapshot(taken_at=T0, replay_from=3, runs=[run])
 
 
+def _small_snapshot() -> bytes:
+    """The same, as plain JSON (which `decode_snapshot` takes too)."""
+    return zlib.decompress(_small_snapshot_stored())
+
+
 def test_a_snapshot_decodes_as_written() -> None:
-    snapshot = decode_snapshot(_small_snapshot())
+    stored = _small_snapshot_stored()
+    assert len(stored) < len(_small_snapshot()) / 4  # compressed
+    snapshot = decode_snapshot(stored)
+    assert decode_snapshot(_small_snapshot()) == snapshot
     assert (snapshot.version, snapshot.taken_at, snapshot.replay_from) == (SNAPSHOT_VERSION, T0, 3)
     assert [run.run_id for run in snapshot.runs] == ["run-1"]
     # Runs written pre-encoded read as a plain StateSnapshot does: one format, not two.
@@ -213,6 +222,9 @@ def test_a_snapshot_records_every_value_and_skips_fields_it_does_not_know() -> N
     [
         (lambda d: b"", "not a snapshot"),
         (lambda d: d[: len(d) // 2], "not a snapshot"),
+        (lambda d: zlib.compress(d)[:-9], "not a snapshot"),
+        (lambda d: zlib.compress(d)[:10] + b"x" + zlib.compress(d)[11:], "not a snapshot"),
+        (lambda d: zlib.compress(b"[1]"), "not a snapshot"),
         (lambda d: b"[1, 2]", "not a snapshot"),
         (lambda d: d.replace(b'"version":1', b'"version":2', 1), "version 2"),
         (lambda d: d.replace(b'"version":1,', b"", 1), "not a snapshot"),
@@ -255,7 +267,7 @@ def test_the_golden_snapshot_of_a_small_run() -> None:
         replay_from=5,
         runs=[encode_run(snapshot_run(state, first_seq=1, last_seq=2))],
     )
-    assert msgspec.json.decode(data) == GOLDEN
+    assert msgspec.json.decode(zlib.decompress(data)) == GOLDEN
 
 
 _RETRIES = {"count": 0, "delay_seconds": 10.0, "backoff": 2.0, "max_delay_seconds": 15.0}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import zlib
 from collections.abc import AsyncIterator, Callable
 
 import msgspec
@@ -260,7 +261,10 @@ async def test_a_decision_not_yet_stored_is_not_in_the_snapshot(
         await snapshot_current(server, bp)
         taken = first.snapshot_keeper.taken
         await bp.events.append(TaskSucceeded(run_id=run_id, ts=now, task_id="a", attempt=1))
-        server.faults.fail_appends(EVERY_CALL)  # the orchestrator's TaskQueued(b) is not stored
+        # Neither the orchestrator's TaskQueued(b) nor its dispatch is stored (a dispatch that
+        # reached an agent while its TaskQueued was lost is another story: not this test's).
+        server.faults.fail_appends(EVERY_CALL)
+        server.faults.fail_dispatches(EVERY_CALL)
 
         async def b_folded_and_snapshot_taken() -> bool | None:
             state = first.runs[run_id]
@@ -272,7 +276,7 @@ async def test_a_decision_not_yet_stored_is_not_in_the_snapshot(
         assert snapshot is not None
         (run,) = snapshot.runs
         assert {t.node.id: t.status for t in run.tasks}["b"] == "pending"
-    server.faults.failing_appends = 0
+    server.faults.failing_appends = server.faults.failing_dispatches = 0
     async with stand_in_agent(bp), running_orchestrator(connect):
         events = await until_end(bp, run_id)
     assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["a", "b"]
@@ -292,7 +296,8 @@ async def test_a_run_never_snapshotted_is_replayed_from_its_first_event(
             taken = first.snapshot_keeper.taken
             run_id = await schedule(bp, x, "x")
             first_seq = await bp.events.last_seq()
-            server.faults.fail_appends(EVERY_CALL)
+            server.faults.fail_appends(EVERY_CALL)  # (and its dispatch: see the test above)
+            server.faults.fail_dispatches(EVERY_CALL)
 
             async def queued_and_snapshot_taken() -> bool | None:
                 state = first.runs.get(run_id)
@@ -304,7 +309,7 @@ async def test_a_run_never_snapshotted_is_replayed_from_its_first_event(
         assert snapshot is not None
         assert {run.run_id for run in snapshot.runs} == set(others)
         assert snapshot.replay_from == first_seq
-        server.faults.failing_appends = 0
+        server.faults.failing_appends = server.faults.failing_dispatches = 0
         await release_held(bp, release, others)
         async with stand_in_agent(bp, queue="later"), running_orchestrator(connect) as restarted:
             events = await until_end(bp, run_id)
@@ -332,8 +337,13 @@ async def test_only_runs_that_changed_are_encoded_again(
 # -- snapshots it cannot use ------------------------------------------------------------------
 
 
-def _unknown_task(data: bytes) -> bytes:
-    doc = msgspec.json.decode(data)
+def in_json(change: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """A change to the JSON inside a stored (compressed) snapshot."""
+    return lambda data: zlib.compress(change(zlib.decompress(data)))
+
+
+def _unknown_task(document: bytes) -> bytes:
+    doc = msgspec.json.decode(document)
     doc["runs"][0]["queued"] = ["no-such-task"]
     return msgspec.json.encode(doc)
 
@@ -343,9 +353,10 @@ def _unknown_task(data: bytes) -> bytes:
     [
         (lambda data: data[: len(data) // 2], "not a snapshot"),
         (lambda data: b"\x00garbage", "not a snapshot"),
-        (lambda data: data.replace(b'"version":1', b'"version":99', 1), "version 99"),
-        (lambda data: data.replace(b'"status":"running"', b'"status":"paused"', 1), "decode"),
-        (_unknown_task, "unknown tasks no-such-task"),
+        (in_json(lambda d: d[: len(d) // 2]), "not a snapshot"),
+        (in_json(lambda d: d.replace(b'"version":1', b'"version":99', 1)), "version 99"),
+        (in_json(lambda d: d.replace(b'"status":"running"', b'"status":"paused"', 1)), "decode"),
+        (in_json(_unknown_task), "unknown tasks no-such-task"),
     ],
 )
 async def test_a_snapshot_that_does_not_decode_is_ignored_and_the_log_replayed(
