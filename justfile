@@ -58,7 +58,7 @@ test-unit *args:
 test-integration *args:
     {{py}} -m pytest -m "integration or e2e" {{args}}
 
-[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill")]
+[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery")]
 [group("bench")]
 bench:
     {{py}} -m bench.definitions_bench
@@ -66,6 +66,7 @@ bench:
     {{bin}}/cyclonetix bench latency --tasks 200 --json
     {{bin}}/cyclonetix bench throughput --tasks 5000 --agents 2 --json
     {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
+    {{bin}}/cyclonetix bench recovery --runs 1000 --json
 
 [doc("Everything CI runs")]
 [group("test")]

@@ -1,4 +1,5 @@
-"""`cyclonetix bench latency|throughput|agent-kill`: measure the running system, print JSON."""
+"""`cyclonetix bench latency|throughput|agent-kill|recovery`: measure the running system, print
+JSON."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from services import bench
+from services import bench, bench_recovery
 from services.cli.common import run
 from services.cli.main import CliError
 from services.settings import load_settings
@@ -15,12 +16,12 @@ from services.settings import load_settings
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "bench",
-        help="measure hop latency, throughput or recovery from a killed agent",
+        help="measure hop latency, throughput, recovery from a killed agent or orchestrator",
         description="Start a private NATS server, orchestrator and agents (real processes), "
         "run a benchmark workload through them and print the figures.",
     )
     kinds = parser.add_subparsers(
-        dest="which", metavar="latency|throughput|agent-kill", required=True
+        dest="which", metavar="latency|throughput|agent-kill|recovery", required=True
     )
     lat = kinds.add_parser(
         "latency",
@@ -46,7 +47,18 @@ def register(sub: Any) -> None:
         "other agent; R rounds (the killed agent is started again between rounds).",
     )
     kill.add_argument("--rounds", type=int, default=5, help="kills (default 5)")
-    for p in (lat, thr, kill):
+    rec = kinds.add_parser(
+        "recovery",
+        help="restart to first dispatch after the orchestrator's SIGKILL, snapshot off and on",
+        description="Write the history of N open runs (S tasks done in each, one running), let "
+        "an orchestrator process replay it and snapshot it, then R times each: SIGKILL it, "
+        "(off: delete its snapshot), wait for its lease to expire, schedule a probe run, start "
+        "a new orchestrator and time its start to the probe's TaskQueued.",
+    )
+    rec.add_argument("--runs", type=int, default=1000, help="open runs (default 1000)")
+    rec.add_argument("--steps", type=int, default=30, help="tasks done per run (default 30)")
+    rec.add_argument("--repeat", type=int, default=3, help="rounds of each (default 3)")
+    for p in (lat, thr, kill, rec):
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
         p.set_defaults(func=main)
@@ -56,6 +68,8 @@ def main(args: argparse.Namespace) -> int:
     if args.which == "agent-kill":
         if args.rounds < 1:
             raise CliError("--rounds must be at least 1")
+    elif args.which == "recovery":
+        pass  # (checked by the benchmark itself)
     elif args.tasks < 1 or args.agents < 1:
         raise CliError("--tasks and --agents must be at least 1")
     # A server of our own has one node; a given one may be a cluster set up for 3 copies.
@@ -69,6 +83,16 @@ def main(args: argparse.Namespace) -> int:
             )
         elif args.which == "agent-kill":
             figures = run(bench.agent_kill(args.rounds, nats_url=args.nats_url, replicas=replicas))
+        elif args.which == "recovery":
+            figures = run(
+                bench_recovery.recovery(
+                    args.runs,
+                    steps=args.steps,
+                    repeat=args.repeat,
+                    nats_url=args.nats_url,
+                    replicas=replicas,
+                )
+            )
         else:
             figures = run(
                 bench.throughput(

@@ -42,3 +42,23 @@ def test_bench_cli_prints_one_json_object() -> None:
     assert done.returncode == 0, done.stderr
     figures = json.loads(done.stdout)
     assert {"hops", "p50_ms", "p90_ms", "p99_ms"} <= figures.keys()
+
+
+def test_recovery_bench_runs_on_a_few_runs() -> None:
+    """`bench recovery` end to end through the CLI, tiny: it kills and restarts a real
+    orchestrator process with and without a snapshot (no timing asserted)."""
+    argv = [sys.executable, "-m", "services.cli", "bench", "recovery", "--json"]
+    argv += ["--runs", "3", "--steps", "2", "--repeat", "1"]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=180, env=child_env(), check=False
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["runs"] == 3 and figures["events"] == 3 * (1 + 3 * 2 + 2)
+    for mode in ("off", "on"):
+        assert figures[f"{mode}_restart_to_dispatch_s"] > 0
+        assert len(figures[f"{mode}_rounds_s"]) == 1
+    # Without the snapshot the whole history is read again; with it, only what came after.
+    assert figures["off_replayed_events"] > figures["events"]
+    assert figures["on_replayed_events"] < 3
+    assert figures["snapshot_bytes"] > 0

@@ -1,0 +1,279 @@
+"""Benchmark: an orchestrator killed with SIGKILL while many runs are open, restarted; how long
+from its restart to its first dispatch, with and without a snapshot to restore.
+
+The workload: `runs` open runs, each with `steps` tasks already done (queued, started,
+succeeded: three events each) and one task running, interleaved in the log the way concurrent
+runs are. The history is written by this process as an orchestrator and agents would have
+written it (same events, same message ids); then a real orchestrator process replays it, goes
+live and writes its snapshot. Each round then:
+
+1. kills the orchestrator with SIGKILL;
+2. `off` rounds delete the snapshot, so the restart replays the log from the checkpoint (the
+   first event of the oldest open run: all of the runs' history), as before snapshots existed;
+   `on` rounds keep it;
+3. waits until the dead orchestrator's lease has expired (6 s after its last renewal; the
+   standby-takeover budget counts that wait, this one does not), and schedules a probe run with
+   one task;
+4. starts a new orchestrator process and measures from that moment to the probe's TaskQueued
+   (its dispatch is published with it): process start-up, lease, restore, replay, deciding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from core.definitions import Definitions, TaskDef
+from core.events import (
+    AnyEvent,
+    RunScheduled,
+    TaskQueued,
+    TaskStarted,
+    TaskSucceeded,
+)
+from core.scheduling import plan_run
+from services.embedded_nats import EmbeddedNats, die_with_parent
+from services.nats import NatsBackplane, connect
+from services.orchestrator import LEASE
+from services.recovery import SNAPSHOT
+
+Line = dict[str, Any]
+
+
+def long_run_definitions(steps: int) -> Definitions:
+    """A chain of `steps` tasks, then `held` (the one running when the orchestrator dies)."""
+    tasks = {f"s{i:03d}": TaskDef(id=f"s{i:03d}", command="true") for i in range(steps)}
+    for i in range(1, steps):
+        tasks[f"s{i:03d}"] = TaskDef(
+            id=f"s{i:03d}", command="true", dependencies=(f"s{i - 1:03d}",)
+        )
+    last = (f"s{steps - 1:03d}",) if steps else ()
+    tasks["held"] = TaskDef(id="held", command="true", dependencies=last)
+    return Definitions(tasks=tasks)
+
+
+def run_history(scheduled: RunScheduled, steps: int, now: dt.datetime) -> list[AnyEvent]:
+    """One run's events: every step done, `held` started."""
+    run_id = scheduled.run_id
+    events: list[AnyEvent] = [scheduled]
+    for i in range(steps):
+        task_id = f"s{i:03d}"
+        events += [
+            TaskQueued(run_id=run_id, ts=now, task_id=task_id, attempt=1, queue="bench"),
+            TaskStarted(run_id=run_id, ts=now, task_id=task_id, attempt=1, agent_id="bench"),
+            TaskSucceeded(run_id=run_id, ts=now, task_id=task_id, attempt=1, agent_id="bench"),
+        ]
+    events += [
+        TaskQueued(run_id=run_id, ts=now, task_id="held", attempt=1, queue="bench"),
+        TaskStarted(run_id=run_id, ts=now, task_id="held", attempt=1, agent_id="bench"),
+    ]
+    return events
+
+
+async def write_history(backplane: NatsBackplane, runs: int, steps: int) -> int:
+    """`runs` open runs with `steps` done tasks each, interleaved; the number of events."""
+    defs = long_run_definitions(steps)
+    now = dt.datetime.now(dt.UTC)
+    histories = [
+        run_history(
+            plan_run(defs, kind="outcome", target="held", now=now, entropy=os.urandom(16)),
+            steps,
+            now,
+        )
+        for _ in range(runs)
+    ]
+    written = 0
+    for position in range(len(histories[0])):  # (the runs progress side by side)
+        for history in histories:
+            backplane.events.append_nowait(history[position])
+            written += 1
+        if position % 4 == 3:
+            await backplane.events.flush()
+    await backplane.events.flush()
+    return written
+
+
+class OrchestratorProcess:
+    """`cyclonetix orchestrator` as a child process whose JSON log lines are collected."""
+
+    def __init__(self, nats_url: str, log: Path) -> None:
+        self.nats_url = nats_url
+        self.log_path = log
+        self.lines: list[Line] = []
+        self.changed = asyncio.Event()
+        self.process: asyncio.subprocess.Process | None = None
+        self.pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.lines = []
+        argv = [sys.executable, "-m", "services.cli", "orchestrator"]
+        argv += ["--nats-url", self.nats_url, "--log-format", "json"]
+        self.process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
+        )
+        self.pump = asyncio.ensure_future(self._read(self.process))
+
+    async def _read(self, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        with self.log_path.open("a") as log:
+            async for raw in process.stdout:
+                text = raw.decode(errors="replace")
+                log.write(text)
+                with contextlib.suppress(ValueError):
+                    line = json.loads(text)
+                    if isinstance(line, dict):
+                        self.lines.append(line)
+                        self.changed.set()
+
+    async def wait_for(
+        self, event: str, timeout: float, where: Callable[[Line], bool] = bool
+    ) -> Line:
+        """The first log line of `event` (matching `where`), waiting up to `timeout`."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for line in self.lines:
+                    if line.get("event") == event and where(line):
+                        return line
+                if self.process is not None and self.process.returncode is not None:
+                    raise RuntimeError(f"the orchestrator exited ({self.process.returncode})")
+                self.changed.clear()
+                await self.changed.wait()
+
+    def line(self, event: str) -> Line | None:
+        return next((line for line in self.lines if line.get("event") == event), None)
+
+    async def kill(self) -> None:
+        process = self.process
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGKILL)
+        await process.wait()
+        if self.pump is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.pump, 5)
+
+
+async def _lease_free(backplane: NatsBackplane, timeout: float = 30.0) -> float:
+    """Wait until nobody holds the orchestrator lease; how long that took."""
+    started = time.monotonic()
+    while await backplane.leases.holder(LEASE) is not None:
+        if time.monotonic() - started > timeout:
+            raise RuntimeError("the killed orchestrator's lease did not expire")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - started
+
+
+async def _first_dispatch(backplane: NatsBackplane, run_id: str, timeout: float = 120.0) -> None:
+    async with asyncio.timeout(timeout):
+        async for _seq, event in backplane.events.follow_run(run_id):
+            if isinstance(event, TaskQueued):
+                return
+
+
+async def _round(
+    backplane: NatsBackplane, orch: OrchestratorProcess, probe: Definitions, snapshot: bool
+) -> dict[str, Any]:
+    if snapshot:  # the orchestrator being killed has a snapshot to leave behind
+        await orch.wait_for("orchestrator.snapshot_taken", 120.0)
+    await orch.kill()
+    if not snapshot:
+        await backplane.snapshots.delete(SNAPSHOT)
+    await _lease_free(backplane)
+    event = plan_run(
+        probe, kind="outcome", target="probe", now=dt.datetime.now(dt.UTC), entropy=os.urandom(16)
+    )
+    await backplane.events.schedule_run(event)
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.UTC)
+    await orch.start()
+    await _first_dispatch(backplane, event.run_id)
+    seconds = time.perf_counter() - started
+    live = await orch.wait_for("orchestrator.live", 30.0)
+    leading = await orch.wait_for("orchestrator.lease_acquired", 30.0)
+
+    def since_start(line: Line) -> float:
+        return (dt.datetime.fromisoformat(line["timestamp"]) - started_at).total_seconds()
+
+    restored = orch.line("orchestrator.snapshot_restored")
+    if snapshot and restored is None:
+        raise RuntimeError("the restarted orchestrator did not restore the snapshot")
+    if not snapshot and restored is not None:
+        raise RuntimeError("the snapshot was deleted, yet restored")
+    return {
+        "restart_to_dispatch_s": seconds,
+        "to_lease_s": since_start(leading),  # process start-up, connecting, the lease
+        "to_live_s": since_start(live),  # then restoring and replaying
+        "replayed": live["replayed"],
+        "replay_ms": live["replay_ms"],
+        "open_runs": live["open_runs"],
+    }
+
+
+async def recovery(
+    runs: int = 1000,
+    *,
+    steps: int = 30,
+    repeat: int = 3,
+    nats_url: str | None = None,
+    replicas: int = 1,
+) -> dict[str, Any]:
+    """Restart → first dispatch after SIGKILL, `repeat` rounds each without and with a snapshot
+    (medians, and every round's figure)."""
+    if runs < 1 or steps < 0 or repeat < 1:
+        raise ValueError("--runs and --repeat must be at least 1, --steps at least 0")
+    probe = Definitions(tasks={"probe": TaskDef(id="probe", command="true", queue="bench")})
+    with tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp:
+        nats: EmbeddedNats | None = None
+        if nats_url is None:
+            nats = EmbeddedNats(Path(tmp) / "nats")
+            nats_url = await asyncio.to_thread(nats.start)
+        orch = OrchestratorProcess(nats_url, Path(tmp) / "orchestrator.log")
+        try:
+            connecting = connect(nats_url, name="cyclonetix-bench", replicas=replicas)
+            async with await connecting as backplane:
+                await backplane.definitions.put(probe)
+                events = await write_history(backplane, runs, steps)
+                await orch.start()
+                first = await orch.wait_for("orchestrator.live", 600.0)
+                rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+                for _ in range(repeat):
+                    for mode in ("off", "on"):
+                        figures = await _round(backplane, orch, probe, snapshot=mode == "on")
+                        rounds[mode].append(figures)
+                size = len(await backplane.snapshots.get(SNAPSHOT) or b"")
+        finally:
+            await orch.kill()
+            if nats is not None:
+                await asyncio.to_thread(nats.stop)
+    out: dict[str, Any] = {
+        "runs": runs,
+        "events": events,
+        "first_start_replay_ms": first["replay_ms"],
+        "snapshot_bytes": size,
+    }
+    for mode, results in rounds.items():
+        seconds = [r["restart_to_dispatch_s"] for r in results]
+        out[f"{mode}_restart_to_dispatch_s"] = round(statistics.median(seconds), 3)
+        out[f"{mode}_replayed_events"] = results[-1]["replayed"]
+        out[f"{mode}_replay_ms"] = round(statistics.median(r["replay_ms"] for r in results), 1)
+        for phase in ("to_lease_s", "to_live_s"):
+            out[f"{mode}_{phase}"] = round(statistics.median(r[phase] for r in results), 3)
+        out[f"{mode}_rounds_s"] = [round(s, 3) for s in seconds]
+    return out
