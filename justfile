@@ -58,6 +58,11 @@ test-unit *args:
 test-integration *args:
     {{py}} -m pytest -m "integration or e2e" {{args}}
 
+[doc("Chaos suite: random faults over real processes, then the log's invariants (CI size; --long: bigger; --chaos-seed N: replay)")]
+[group("test")]
+chaos *args:
+    {{py}} -m pytest tests/chaos -m chaos {{args}}
+
 [doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery")]
 [group("bench")]
 bench:
