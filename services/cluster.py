@@ -2,6 +2,11 @@
 
 `cyclonetix dev`, `cyclonetix bench` and the end-to-end tests all run the system this way, so
 what they exercise is what an operator deploys: separate processes talking only through NATS.
+
+Stopping is ordered (`stop`): the agents first, all at once, each finishing its running commands
+within `shutdown_grace` or handing them back; once every agent has exited, the orchestrator,
+which decides what the agents' last results call for and stores it; NATS last, so that every
+one of those writes has somewhere to go. `hurry` (a second Ctrl-C) cuts the graces short.
 """
 
 from __future__ import annotations
@@ -29,6 +34,9 @@ log = structlog.get_logger("cyclonetix.cluster")
 
 Printer = Callable[[str, str], None]  # (role, line)
 RESTART_DELAY_S = 1.0
+# A role still running this long after its grace is killed: an agent's commands get their
+# kill grace (5 s) after the shutdown grace, then it hands them back and closes.
+STOP_MARGIN_S = 15.0
 
 
 def queues_of(defs: Definitions) -> list[str]:
@@ -47,6 +55,7 @@ class Role:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     pump: asyncio.Task[None] | None = None
+    signalled: bool = False  # told to stop (SIGTERM)
 
 
 @dataclass
@@ -61,6 +70,7 @@ class LocalCluster:
     printer: Printer | None = None
     log_format: str = "console"
     restart: bool = True  # bring a role that died back (dev); off for benchmarks
+    shutdown_grace: float = 30.0  # given to every role (--shutdown-grace), see `stop`
     agent_args: Sequence[str] = ()
     roles: list[Role] = field(default_factory=list)
     nats: EmbeddedNats | None = None
@@ -88,6 +98,7 @@ class LocalCluster:
         assert self.nats_url is not None
         cli = [sys.executable, "-m", "services.cli"]
         common = ["--nats-url", self.nats_url, "--log-format", self.log_format]
+        common += ["--shutdown-grace", repr(self.shutdown_grace)]
         orchestrator = [*cli, "orchestrator", *common]
         self.roles = [Role("orchestrator", orchestrator)]
         queues = list(self.queues or queues_of(self.definitions))
@@ -158,22 +169,39 @@ class LocalCluster:
     def role(self, name: str) -> Role:
         return next(r for r in self.roles if r.name == name)
 
-    async def stop(self, timeout: float = 15.0) -> None:
-        """Agents first (they finish or hand back their work), then the orchestrator, then NATS."""
+    async def stop(self) -> None:
+        """Agents first (they finish or hand back their work), then the orchestrator (it decides
+        what their results call for), then NATS; each role gets SIGTERM and its grace."""
         self.stopping = True
         if self.supervisor is not None:
             self.supervisor.cancel()
         agents = [r for r in self.roles if r.name.startswith("agent")]
         others = [r for r in self.roles if not r.name.startswith("agent")]
+        timeout = self.shutdown_grace + STOP_MARGIN_S
         for group in (agents, others):
             await asyncio.gather(*(self._terminate(role, timeout) for role in group))
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
+            self._say("nats stopped")
+
+    def hurry(self) -> None:
+        """Stopping: signal the roles told to stop and still running again, so they stop
+        without their grace (agents kill their commands at once and hand them back)."""
+        for role in self.roles:
+            process = role.process
+            if role.signalled and process is not None and process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+
+    def _say(self, line: str) -> None:
+        if self.printer is not None:
+            self.printer("cluster", line)
 
     async def _terminate(self, role: Role, timeout: float) -> None:
         process = role.process
         if process is None or process.returncode is not None:
             return
+        role.signalled = True
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
         try:
@@ -183,5 +211,6 @@ class LocalCluster:
                 process.kill()
             await process.wait()
         if role.pump is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(role.pump, 2)
+        self._say(f"{role.name} stopped (exit code {process.returncode})")

@@ -92,11 +92,18 @@ def utcnow() -> dt.datetime:
 
 class Orchestrator:
     def __init__(
-        self, backplane: Backplane, *, clock: Callable[[], float] = time.monotonic
+        self,
+        backplane: Backplane,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        shutdown_grace: float = 5.0,
     ) -> None:
         self.backplane = backplane
         self.events = backplane.events
         self.clock = clock  # what the lease's age is measured with (tests: the fake's clock)
+        self.shutdown_grace = shutdown_grace  # a graceful stop's bound (see `run`)
+        self.kill = asyncio.Event()  # cuts a graceful stop short
+        self.stopped_at: float | None = None  # (clock) when `stop` was seen
         self.holder = f"{socket.gethostname()}-{os.getpid()}"
         self.lease_revision = 0
         self.leading = False
@@ -130,8 +137,14 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ main loop
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, kill: asyncio.Event | None = None) -> None:
         """Lead while holding the orchestrator lease, until `stop`.
+
+        A graceful stop, within `shutdown_grace` (`kill` cuts it short): the leader first folds
+        and decides what the log held when `stop` came (`drain`: a run whose last task an agent
+        finished just before is ended, not left to the next leader), then waits for its writes
+        to be stored, then releases the lease so a standby takes over at once. Its deciding
+        still ends with the lease's validity (the lease is not renewed after `stop`).
 
         One leader at a time: a leader whose lease cannot be renewed (NATS away, any error of
         the Leases port) keeps deciding only until its last successful renewal is
@@ -144,6 +157,8 @@ class Orchestrator:
         stepped down may still land; they are the same facts a new leader decides (same ids),
         and fold fences whatever no longer fits.
         """
+        if kill is not None:
+            self.kill = kill
         while not stop.is_set() and not self.backplane.closed:
             revision = await self.acquire_lease(stop)
             if revision is None:
@@ -156,9 +171,50 @@ class Orchestrator:
                 log.warning("orchestrator.stepped_down", reason=str(stepped.exceptions[0]))
                 stepped_down = True
             if not stepped_down:  # stopped (or the connection closed)
+                await self.settle_writes()
                 with contextlib.suppress(Exception):  # best effort: it expires anyway
-                    await self.backplane.leases.release(LEASE, self.lease_revision)
+                    await asyncio.wait_for(
+                        self.backplane.leases.release(LEASE, self.lease_revision),
+                        max(0.5, self.stop_left()),
+                    )
                 return
+
+    def stop_left(self) -> float:
+        """Seconds left of a graceful stop (its clock starts when first asked)."""
+        if self.stopped_at is None:
+            self.stopped_at = self.clock()
+        if self.kill.is_set():
+            return 0.0
+        return self.stopped_at + self.shutdown_grace - self.clock()
+
+    async def settle_writes(self) -> None:
+        """Stopping: wait for the pipelined writes to be stored (within the grace, or `kill`)."""
+        waiting: set[asyncio.Future[Any]] = set(self.writes)
+        killed = asyncio.ensure_future(self.kill.wait())
+        try:
+            while waiting and not killed.done() and (left := self.stop_left()) > 0:
+                _, waiting = await asyncio.wait(
+                    {*waiting, killed}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiting.discard(killed)
+        finally:
+            killed.cancel()
+
+    async def drain(self, stop: asyncio.Event, reading: asyncio.Event) -> None:
+        """Once `stop` is set: let the tail fold everything the log held at that moment and
+        decide it (within the grace, `kill` and the lease's validity), then end the tail."""
+        try:
+            await stop.wait()
+            if self.live and self.deciding():
+                end = await asyncio.wait_for(self.events.last_seq(), max(0.1, self.stop_left()))
+                # Polled: the tail (the main loop) folds meanwhile.
+                while self.seen_seq < end and self.deciding() and self.stop_left() > 0:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+                await self.decide_dirty()
+        except (TimeoutError, CyclonetixError) as exc:
+            log.warning("orchestrator.drain_failed", error=repr(exc))
+        finally:
+            reading.set()
 
     async def lead(self, revision: int, stop: asyncio.Event) -> None:
         """Follow the log and decide, renewing the lease alongside; SteppedDown when the lease
@@ -215,9 +271,12 @@ class Orchestrator:
     async def apply_log(
         self, from_seq: int, caught_up_at: int, started: float, stop: asyncio.Event
     ) -> None:
-        """Fold every event from `from_seq` on; live (from `caught_up_at`), decide as they come."""
+        """Fold every event from `from_seq` on; live (from `caught_up_at`), decide as they come;
+        after `stop`, until what the log held then is decided (`drain`)."""
         undecided = 0
-        async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=stop):
+        reading = asyncio.Event()  # the tail's own stop
+        self.spawn(self.drain(stop, reading))
+        async for seq, event, pending in self.events.tail(from_seq=from_seq, stop=reading):
             if await self.reopens_a_run(seq, event):
                 self.seen_seq = max(self.seen_seq, seq)
             else:

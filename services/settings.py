@@ -4,14 +4,15 @@ Precedence, lowest first: the defaults below < the settings file < the environme
 command-line flag (`Settings.override`). The file is `./cyclonetix.yaml` if it exists, or the
 path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 
-| file key               | variable                     | flag            | default         |
-|------------------------|------------------------------|-----------------|-----------------|
-| `nats.url`             | `CYCLONETIX_NATS_URL`        | `--nats-url`    | (none)          |
-| `nats.stream_replicas` | `CYCLONETIX_STREAM_REPLICAS` |                 | 1               |
-| `definitions`          | `CYCLONETIX_DEFINITIONS`     | `-d DIR`        | bundled examples|
-| `data_dir`             | `CYCLONETIX_DATA_DIR`        | `--data-dir`    | `.cyclonetix`   |
-| `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`  | `console`       |
-| `log.level`            | `CYCLONETIX_LOG_LEVEL`       | `--log-level`   | `INFO`          |
+| file key               | variable                     | flag               | default          |
+|------------------------|------------------------------|--------------------|------------------|
+| `nats.url`             | `CYCLONETIX_NATS_URL`        | `--nats-url`       | (none)           |
+| `nats.stream_replicas` | `CYCLONETIX_STREAM_REPLICAS` |                    | 1                |
+| `definitions`          | `CYCLONETIX_DEFINITIONS`     | `-d DIR`           | bundled examples |
+| `data_dir`             | `CYCLONETIX_DATA_DIR`        | `--data-dir`       | `.cyclonetix`    |
+| `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`     | `console`        |
+| `log.level`            | `CYCLONETIX_LOG_LEVEL`       | `--log-level`      | `INFO`           |
+| `shutdown_grace`       | `CYCLONETIX_SHUTDOWN_GRACE`  | `--shutdown-grace` | 30 (seconds)     |
 
 Validation is strict, as for definitions: unknown keys in the file are errors, and a bad value
 is one line naming where it came from (`cyclonetix.yaml: nats.url: expected a string, got a
@@ -27,7 +28,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 import msgspec
 import yaml
@@ -37,6 +38,7 @@ from core.errors import Invalid
 CONFIG_FILE = "cyclonetix.yaml"
 CONFIG_ENV = "CYCLONETIX_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_GRACE_S = 86_400.0
 
 T = TypeVar("T")
 
@@ -64,6 +66,9 @@ class Settings(_Section, frozen=True):
     definitions: str | None = None  # None: the bundled examples
     data_dir: str = ".cyclonetix"
     log: LogSettings = LogSettings()
+    # On SIGTERM/SIGINT, how long a role may finish its work in flight (agents: running
+    # commands; the orchestrator: deciding what the log holds and storing its decisions).
+    shutdown_grace: Annotated[float, msgspec.Meta(ge=0, le=MAX_GRACE_S)] = 30.0
 
     @property
     def definitions_dir(self) -> Path | None:
@@ -77,7 +82,8 @@ class Settings(_Section, frozen=True):
         """These settings with command-line flags on top; a flag that is None was not given.
 
         Flags are named like their options (`nats_url`, `definitions`, `data_dir`,
-        `log_format`, `log_level`) and checked like every other source (`--log-level: ...`).
+        `log_format`, `log_level`, `shutdown_grace`) and checked like every other source
+        (`--log-level: ...`).
         """
         raw = msgspec.to_builtins(self)
         for name, value in flags.items():
@@ -106,6 +112,13 @@ def _as_int(text: str) -> object:
         return text
 
 
+def _as_float(text: str) -> object:
+    try:
+        return float(text.strip())
+    except ValueError:
+        return text
+
+
 FIELDS = (
     _Field(("nats", "url"), "CYCLONETIX_NATS_URL", "nats_url", "a string", str),
     _Field(("nats", "stream_replicas"), "CYCLONETIX_STREAM_REPLICAS", None, "1, 3 or 5", _as_int),
@@ -118,6 +131,13 @@ FIELDS = (
         "log_level",
         ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1],
         str,
+    ),
+    _Field(
+        ("shutdown_grace",),
+        "CYCLONETIX_SHUTDOWN_GRACE",
+        "shutdown_grace",
+        f"seconds from 0 to {MAX_GRACE_S:g}",
+        _as_float,
     ),
 )
 _BY_PATH = {f.path: f for f in FIELDS}

@@ -13,10 +13,12 @@ from services.agent import Agent, AgentConfig, new_agent_id
 from services.cli.common import (
     add_log_options,
     add_nats_option,
+    add_shutdown_grace_option,
     configure_role_logging,
     connect,
     nats_url,
     run,
+    shutdown_grace,
 )
 from services.cli.main import CliError
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, seal_inherited_fds
@@ -67,13 +69,7 @@ def register(sub: Any) -> None:
         metavar="N",
         help="deliveries of one dispatch before it counts as lost (default 5)",
     )
-    parser.add_argument(
-        "--shutdown-grace",
-        type=_non_negative_float,
-        default=30.0,
-        metavar="SECONDS",
-        help="on SIGTERM/SIGINT, how long running tasks may finish (default 30)",
-    )
+    add_shutdown_grace_option(parser, "how long running tasks may finish")
     parser.add_argument(
         "--kill-grace",
         type=_non_negative_float,
@@ -111,7 +107,7 @@ def main(args: argparse.Namespace) -> int:
         workdir=workdir,
         ack_wait=args.ack_wait,
         max_deliver=args.max_deliver,
-        shutdown_grace=args.shutdown_grace,
+        shutdown_grace=shutdown_grace(args),
         kill_grace=args.kill_grace,
         max_output_bytes=args.max_output_bytes,
     )

@@ -35,6 +35,32 @@ def add_nats_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_shutdown_grace_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--shutdown-grace",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help=f"on SIGTERM/SIGINT, {what}; a second signal cuts it short "
+        "(default: $CYCLONETIX_SHUTDOWN_GRACE, else 30)",
+    )
+
+
+def shutdown_grace(args: argparse.Namespace) -> float:
+    """--shutdown-grace, else the shutdown_grace setting (settings: file < variable < flag)."""
+    return load_settings().override(shutdown_grace=args.shutdown_grace).shutdown_grace
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:  # (also NaN)
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
 def add_log_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-format",
@@ -83,12 +109,21 @@ def run(coro: Awaitable[T]) -> T:
     return asyncio.run(main())
 
 
-async def until_stopped(work: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run a long-lived role until SIGTERM or SIGINT sets the stop event it is given."""
+async def until_stopped(
+    work: Callable[[asyncio.Event], Awaitable[None]], kill: asyncio.Event | None = None
+) -> None:
+    """Run a long-lived role until SIGTERM or SIGINT sets the stop event it is given; a second
+    signal sets `kill` (stop now: no more grace), when the role has one."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set() and kill is not None:
+            kill.set()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         await work(stop)
     finally:

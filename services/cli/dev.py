@@ -3,7 +3,9 @@
 Starts an embedded NATS server (data in ./.cyclonetix/), publishes the definitions, and runs
 the orchestrator and agents as separate processes whose logs share this console. Records where
 it runs in ./.cyclonetix/runtime.json so other commands in this folder find it. Ctrl-C stops
-everything cleanly; the data folder keeps the event log for the next start.
+everything cleanly and in order (services.cluster: agents, which finish or hand back their
+running tasks within the shutdown grace, then the orchestrator, then NATS); a second Ctrl-C
+cuts the graces short. The data folder keeps the event log for the next start.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.cli.common import load_definitions_or_fail, run, until_stopped
+from services.cli.common import (
+    add_shutdown_grace_option,
+    load_definitions_or_fail,
+    run,
+    shutdown_grace,
+    until_stopped,
+)
 from services.cli.main import CliError
 from services.cluster import LocalCluster, queues_of
 from services.definitions_files import default_definitions_dir
@@ -62,6 +70,9 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="use this NATS server instead of starting an embedded one",
     )
+    add_shutdown_grace_option(
+        parser, "how long the agents' running tasks may finish (given to every role)"
+    )
     parser.set_defaults(func=main)
 
 
@@ -72,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     defs = load_definitions_or_fail(folder)
     if args.agents < 1:
         raise CliError("--agents must be at least 1")
+    grace = shutdown_grace(args)
+    kill = asyncio.Event()  # a second Ctrl-C
     running = read_runtime_info(args.data_dir)
     if running:
         raise CliError(
@@ -97,6 +110,7 @@ def main(args: argparse.Namespace) -> int:
             nats_url=args.nats_url,
             replicas=settings.nats.stream_replicas,
             printer=printer,
+            shutdown_grace=grace,
         )
         try:
             url = await cluster.start()
@@ -112,7 +126,14 @@ def main(args: argparse.Namespace) -> int:
             printer("dev", "stopping")
         finally:
             clear_runtime_info(args.data_dir)
-            await cluster.stop()
+            stopping = asyncio.ensure_future(cluster.stop())
+            hurry = asyncio.ensure_future(kill.wait())
+            await asyncio.wait({stopping, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            if hurry.done():
+                printer("dev", "stopping now")
+                cluster.hurry()
+            hurry.cancel()
+            await stopping
 
-    run(until_stopped(serve))
+    run(until_stopped(serve, kill))
     return 0

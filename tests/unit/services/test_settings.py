@@ -35,6 +35,7 @@ log:
 """
 
 LEVELS = "DEBUG, INFO, WARNING, ERROR or CRITICAL"
+GRACE = "seconds from 0 to 86400"
 
 FULL_ENV = {
     "CYCLONETIX_NATS_URL": "nats://env:4222,nats://env2:4222",
@@ -127,6 +128,19 @@ def test_flags_beat_environment_and_file(tmp_path: Path) -> None:
     )
 
 
+def test_shutdown_grace_from_the_file_the_environment_and_the_flag(tmp_path: Path) -> None:
+    assert load_settings({}, tmp_path).shutdown_grace == 30.0
+    write(tmp_path, "shutdown_grace: 12\n")
+    assert load_settings({}, tmp_path).shutdown_grace == 12.0
+    settings = load_settings({"CYCLONETIX_SHUTDOWN_GRACE": "2.5"}, tmp_path)
+    assert settings.shutdown_grace == 2.5
+    assert settings.override(shutdown_grace=0.0).shutdown_grace == 0.0  # given, though falsy
+    assert settings.override(shutdown_grace=None).shutdown_grace == 2.5
+    with pytest.raises(SettingsError) as info:
+        settings.override(shutdown_grace=-1.0)
+    assert str(info.value) == f"--shutdown-grace: expected {GRACE}, got -1.0"
+
+
 def test_pick_prefers_a_given_flag() -> None:
     assert pick("flag", "setting") == "flag"
     assert pick(None, "setting") == "setting"
@@ -204,6 +218,10 @@ def test_the_process_environment_and_folder_by_default(
         ("log: {level: 10}", f"log.level: expected {LEVELS}, got 10"),
         ("nats: 3", "nats: expected a mapping, got 3"),
         ("log: [json]", "log: expected a mapping, got a list"),
+        ("shutdown_grace: -1", f"shutdown_grace: expected {GRACE}, got -1"),
+        ("shutdown_grace: 100000", f"shutdown_grace: expected {GRACE}, got 100000"),
+        ("shutdown_grace: soon", f"shutdown_grace: expected {GRACE}, got 'soon'"),
+        ("shutdown_grace: true", f"shutdown_grace: expected {GRACE}, got true"),
     ],
 )
 def test_every_bad_file_value_is_one_line_naming_file_and_key(
@@ -221,6 +239,10 @@ def test_every_bad_file_value_is_one_line_naming_file_and_key(
         ("CYCLONETIX_STREAM_REPLICAS", "3.0", "1, 3 or 5"),
         ("CYCLONETIX_LOG_FORMAT", "xml", "console or json"),
         ("CYCLONETIX_LOG_LEVEL", "loud", LEVELS),
+        ("CYCLONETIX_SHUTDOWN_GRACE", "soon", GRACE),
+        ("CYCLONETIX_SHUTDOWN_GRACE", "-0.5", GRACE),
+        ("CYCLONETIX_SHUTDOWN_GRACE", "inf", GRACE),
+        ("CYCLONETIX_SHUTDOWN_GRACE", "nan", GRACE),
     ],
 )
 def test_every_bad_variable_is_one_line_naming_the_variable(
@@ -236,6 +258,7 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
         "nats.stream_replicas",
         "log.format",
         "log.level",
+        "shutdown_grace",
     }
     env = {f.env: "[1, 2]" for f in FIELDS if ".".join(f.path) in strings}
     settings = load_settings(env, tmp_path)
@@ -245,7 +268,10 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("colour: x", "colour: unknown field (allowed: nats, definitions, data_dir, log)"),
+        (
+            "colour: x",
+            "colour: unknown field (allowed: nats, definitions, data_dir, log, shutdown_grace)",
+        ),
         ("nats_url: x", "nats_url: unknown field (did you mean 'nats'?)"),
         ("nats: {urll: x}", "nats.urll: unknown field (did you mean 'url'?)"),
         ("log: {colour: true}", "log.colour: unknown field (allowed: format, level)"),
