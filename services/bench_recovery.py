@@ -216,10 +216,12 @@ async def _round(
         raise RuntimeError("the restarted orchestrator did not restore the snapshot")
     if not snapshot and restored is not None:
         raise RuntimeError("the snapshot was deleted, yet restored")
+    replaying = await orch.wait_for("orchestrator.replaying", 30.0)
     return {
         "restart_to_dispatch_s": seconds,
         "to_lease_s": since_start(leading),  # process start-up, connecting, the lease
-        "to_live_s": since_start(live),  # then restoring and replaying
+        "to_replaying_s": since_start(replaying),  # then the checkpoint, the snapshot restored
+        "to_live_s": since_start(live),  # then the log replayed
         "replayed": live["replayed"],
         "replay_ms": live["replay_ms"],
         "open_runs": live["open_runs"],
@@ -273,7 +275,13 @@ async def recovery(
         out[f"{mode}_restart_to_dispatch_s"] = round(statistics.median(seconds), 3)
         out[f"{mode}_replayed_events"] = results[-1]["replayed"]
         out[f"{mode}_replay_ms"] = round(statistics.median(r["replay_ms"] for r in results), 1)
-        for phase in ("to_lease_s", "to_live_s"):
+        phases = ("to_lease_s", "to_replaying_s", "to_live_s")
+        for phase in phases:
             out[f"{mode}_{phase}"] = round(statistics.median(r[phase] for r in results), 3)
         out[f"{mode}_rounds_s"] = [round(s, 3) for s in seconds]
+        # every round: [start to lease, to the log's replay starting, to live, to dispatch]
+        out[f"{mode}_rounds_phases_s"] = [
+            [round(r[p], 3) for p in phases] + [round(r["restart_to_dispatch_s"], 3)]
+            for r in results
+        ]
     return out
