@@ -9,9 +9,12 @@ What it does:
    it: that is the queue group) and keeps one pull request outstanding per queue, so an idle
    agent receives a dispatch the moment it is stored. It never holds more than `concurrency`
    dispatches in total: a pull asks for at most as many messages as there are free slots;
-3. for each dispatch: appends `TaskStarted` and spawns the command (services.process) with the
-   merged environment in the work directory at once, but holds it until TaskStarted is stored:
-   an execution is always recorded, and process start-up overlaps the append's round trip.
+3. for each dispatch: spawns the command (services.process) with the merged environment in the
+   work directory at once, but holds it; reads the run's newest event and terminates a dispatch
+   whose attempt is no longer current (core.attempts: run ended or being cancelled, attempt
+   ended or superseded) unrun, appending nothing; else appends `TaskStarted` and releases the
+   command once it is stored: an execution is always recorded, and process start-up overlaps
+   both round trips.
    Then streams its output to CX_LOGS, tells JetStream the message is still in progress every
    ack_wait/3, appends `TaskSucceeded` or `TaskFailed`, waits until that is stored, and only
    then acks the message. A crash anywhere before means redelivery to another agent
@@ -44,8 +47,10 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from core.agents import AgentInfo
+from core.attempts import why_not_current
 from core.errors import CyclonetixError, Unavailable
 from core.events import (
+    AnyEvent,
     Dispatch,
     FailureReason,
     TaskCancelled,
@@ -278,20 +283,23 @@ class Agent:
         item = running.item
         d = item.dispatch
         delivery = item.delivery
-        # An execution is always recorded: the command is spawned at once but held until
-        # TaskStarted is stored (run_command's gate), so process start-up overlaps the append.
-        started = self.backplane.events.append_nowait(
-            TaskStarted(
-                run_id=d.run_id,
-                ts=dt.datetime.now(dt.UTC),
-                task_id=d.task_id,
-                attempt=d.attempt,
-                agent_id=self.id,
-                host=self.host,
-                pid=self.pid,
-                delivery=delivery,
-            )
+        # The command is spawned at once but held (run_command's gate) until two round trips
+        # are done, which overlap its start-up: a read of the run's newest event (an attempt
+        # that is no longer current must not run), then, if current, the append of TaskStarted
+        # (an execution is always recorded). Appended only after the read, a start never hides
+        # the end of a run from the next agent's read.
+        check = asyncio.ensure_future(self._why_not_current(item))
+        start = TaskStarted(
+            run_id=d.run_id,
+            ts=dt.datetime.now(dt.UTC),  # (taken: the start of its handling)
+            task_id=d.task_id,
+            attempt=d.attempt,
+            agent_id=self.id,
+            host=self.host,
+            pid=self.pid,
+            delivery=delivery,
         )
+        gate = _gate(check, lambda: self.backplane.events.append_nowait(start))
         with structlog.contextvars.bound_contextvars(
             run_id=d.run_id, task_id=d.task_id, attempt=d.attempt
         ):
@@ -299,9 +307,9 @@ class Agent:
                 log.info("task.redelivered", delivery=delivery)
             eval_path = self._eval_path(d)
             try:
-                # Two loop turns (our publisher's sender task, then nats-py's flusher) put
-                # TaskStarted on the socket before the spawn blocks the loop: the round trip
-                # then overlaps the command's start-up instead of following it.
+                # Two loop turns (the check's request, then nats-py's flusher) put the read on
+                # the socket before the spawn blocks the loop: the round trips then overlap
+                # the command's start-up instead of following it.
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
                 try:
@@ -315,9 +323,15 @@ class Agent:
                         kill_grace=self.config.kill_grace,
                         eval_result_path=eval_path,
                         cancel=running.kill,
-                        gate=started,
+                        gate=gate,
                         guard=self._guardian,
                     )
+                except NotCurrent as exc:  # nothing ran; no result for it, ever
+                    log.info("task.not_current", reason=str(exc), delivery=delivery)
+                    running.settled = True
+                    with contextlib.suppress(Unavailable):
+                        await item.term()
+                    return
                 except Unavailable as exc:  # TaskStarted was not stored: nothing ran
                     log.warning("task.start_not_stored", error=str(exc))
                     await self._hand_back(item, reason="its start could not be recorded")
@@ -332,8 +346,31 @@ class Agent:
                     await self._hand_back(item, reason="agent killed")
                 raise
             finally:
+                check.cancel()
+                gate.cancel()  # (a no-op once it is done)
                 if eval_path is not None:
                     eval_path.unlink(missing_ok=True)
+
+    async def _why_not_current(self, item: WorkItem) -> str | None:
+        """Why the dispatch's attempt must not start (core.attempts: its run ended or is being
+        cancelled, the attempt ended or was superseded), judged from the run's newest event:
+        one direct read, overlapping the held start. None when nothing says so, also when the
+        read fails: the start is still recorded before anything runs, and fold fences a stale
+        attempt's events."""
+        d = item.dispatch
+        events = self.backplane.events
+        try:
+            last = await events.last_event(d.run_id)
+            if last is not None and _starts(last[1], d):
+                # A redelivery whose earlier start is the newest event: that start may have
+                # raced with the end of the run and hide it. Judge by what came before it
+                # (rare: one read of the run's history).
+                earlier = [e for s, e in await events.history(d.run_id) if s < last[0]]
+                last = (0, earlier[-1]) if earlier else None
+        except Unavailable as exc:
+            log.warning("task.currency_unknown", error=str(exc))
+            return None
+        return why_not_current(d, None if last is None else last[1])
 
     def _environment(self, d: Dispatch, eval_path: Path | None) -> dict[str, str]:
         """agent environment < dispatch env (context, parameters) < CYCLONETIX_* of the attempt."""
@@ -553,6 +590,59 @@ class _Slots:
     def close(self) -> None:
         self._closed = True
         self._changed.set()
+
+
+class NotCurrent(Exception):
+    """The dispatch's attempt must not start (core.attempts): fails the held start's gate."""
+
+
+def _starts(event: AnyEvent, d: Dispatch) -> bool:
+    """Whether `event` is a start of the dispatch's attempt (by any delivery)."""
+    return isinstance(event, TaskStarted) and (event.task_id, event.attempt) == (
+        d.task_id,
+        d.attempt,
+    )
+
+
+def _gate(
+    check: asyncio.Future[str | None], append: Callable[[], asyncio.Future[int]]
+) -> asyncio.Future[int]:
+    """Done once the check found the attempt current and then `append` (of TaskStarted) is
+    stored: the held command runs. Fails with NotCurrent (nothing appended) when the check
+    says so, or with the append's error."""
+    loop = asyncio.get_running_loop()
+    gate: asyncio.Future[int] = loop.create_future()
+
+    def appended(started: asyncio.Future[int]) -> None:
+        if gate.done():
+            _retrieve(started)
+        elif started.cancelled():
+            gate.cancel()
+        elif (error := started.exception()) is not None:
+            gate.set_exception(error)
+        else:
+            gate.set_result(started.result())
+
+    def checked(_: object) -> None:
+        if gate.done() or check.cancelled():
+            return
+        if (error := check.exception()) is not None:  # a bug: do not let it hold the task
+            log.error("task.currency_check_failed", error=repr(error))
+            why = None
+        else:
+            why = check.result()
+        if why is not None:
+            gate.set_exception(NotCurrent(why))
+            return
+        try:
+            started = append()
+        except Exception as exc:  # noqa: BLE001 - (Unavailable: closing) the gate's failure
+            gate.set_exception(exc)
+        else:
+            started.add_done_callback(appended)
+
+    check.add_done_callback(checked)
+    return gate
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

@@ -169,13 +169,14 @@ class MemoryEventLog:
         return run[0].seq if run else None
 
     async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
+        # Read when called, answered a loop turn later: a request on the wire is served in
+        # order with the connection's other requests, not after what is sent later.
         self._conn.check_open()
-        await asyncio.sleep(0)
         run = self._store.run(run_id)
-        if not run:
-            return None
-        event = _decoded(run[-1])
-        return None if event is None else (run[-1].seq, event)
+        last = run[-1] if run else None
+        await asyncio.sleep(0)
+        event = None if last is None else _decoded(last)
+        return None if last is None or event is None else (last.seq, event)
 
     async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
         self._conn.check_open()

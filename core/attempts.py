@@ -1,0 +1,47 @@
+"""Whether a dispatched attempt may still start, judged from its run's newest event.
+
+A dispatch can outlive the reason it was sent: its run was cancelled or ended while it waited
+in the work queue, the attempt was cancelled before anyone took it, or it is a redelivery of an
+attempt that already finished (its ack was lost) or that a newer attempt replaced. An agent
+asks the log for the run's newest event (one cheap read) and does not start such an attempt.
+
+The newest event tells only so much: `None` means "nothing says it is stale", and fold's fencing
+by attempt number still ignores whatever a stale attempt that did start would report.
+"""
+
+from __future__ import annotations
+
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    Dispatch,
+    RunCancelRequested,
+    TaskCancelled,
+    TaskEvent,
+    TaskFailed,
+    TaskLost,
+    TaskSkipped,
+    TaskSucceeded,
+)
+
+__all__ = ["why_not_current"]
+
+# Results that end an attempt: once one is stored, the attempt never runs again.
+_ENDS_ATTEMPT = (TaskSucceeded, TaskFailed, TaskLost, TaskCancelled, TaskSkipped)
+
+
+def why_not_current(d: Dispatch, last: AnyEvent | None) -> str | None:
+    """Why attempt `d` must not start, given its run's newest stored event `last` (None when
+    the run has none, or it could not be read); None when nothing says so."""
+    if last is None:
+        return None
+    if isinstance(last, TERMINAL):
+        return f"its run has ended ({type(last).__name__})"
+    if isinstance(last, RunCancelRequested):
+        return "its run is being cancelled"
+    if isinstance(last, TaskEvent) and last.task_id == d.task_id:
+        if last.attempt > d.attempt:
+            return f"attempt {d.attempt} was superseded by attempt {last.attempt}"
+        if last.attempt == d.attempt and isinstance(last, _ENDS_ATTEMPT):
+            return f"attempt {d.attempt} has already ended ({type(last).__name__})"
+    return None

@@ -1,0 +1,71 @@
+"""Whether a dispatched attempt may still start, from its run's newest event (core.attempts)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from core.attempts import why_not_current
+from core.events import (
+    AnyEvent,
+    Dispatch,
+    RunCancelled,
+    RunCancelRequested,
+    RunFailed,
+    RunScheduled,
+    RunSucceeded,
+    TaskCancelled,
+    TaskFailed,
+    TaskLost,
+    TaskQueued,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskSucceeded,
+)
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+D = Dispatch(run_id="r", task_id="t", attempt=2, queue="default", command="true")
+
+
+R: Any = {"run_id": "r", "ts": NOW}  # (the fields every event has)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        None,  # nothing known
+        RunScheduled(run_id="r", ts=NOW, kind="dag", target="d", name="d", graph=()),
+        TaskQueued(**R, task_id="t", attempt=2, queue="default"),  # the usual case
+        TaskStarted(**R, task_id="t", attempt=2, agent_id="a"),  # a redelivery
+        TaskSucceeded(**R, task_id="other", attempt=2),  # another task's news
+        TaskQueued(**R, task_id="other", attempt=5, queue="default"),
+        TaskFailed(**R, task_id="t", attempt=1),  # the attempt before this one
+    ],
+)
+def test_current(last: AnyEvent | None) -> None:
+    assert why_not_current(D, last) is None
+
+
+@pytest.mark.parametrize(
+    ("last", "reason"),
+    [
+        (RunCancelled(run_id="r", ts=NOW), "its run has ended (RunCancelled)"),
+        (RunSucceeded(run_id="r", ts=NOW), "its run has ended (RunSucceeded)"),
+        (RunFailed(run_id="r", ts=NOW), "its run has ended (RunFailed)"),
+        (RunCancelRequested(run_id="r", ts=NOW), "its run is being cancelled"),
+        (TaskCancelled(**R, task_id="t", attempt=2), "attempt 2 has already ended (TaskCancelled)"),
+        (TaskSucceeded(**R, task_id="t", attempt=2), "attempt 2 has already ended (TaskSucceeded)"),
+        (TaskFailed(**R, task_id="t", attempt=2), "attempt 2 has already ended (TaskFailed)"),
+        (TaskLost(**R, task_id="t", attempt=2), "attempt 2 has already ended (TaskLost)"),
+        (
+            TaskRetryScheduled(**R, task_id="t", attempt=3, not_before=NOW),
+            "superseded by attempt 3",
+        ),
+        (TaskQueued(**R, task_id="t", attempt=3, queue="default"), "superseded by attempt 3"),
+    ],
+)
+def test_not_current(last: AnyEvent, reason: str) -> None:
+    why = why_not_current(D, last)
+    assert why is not None and reason in why

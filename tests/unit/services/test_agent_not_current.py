@@ -1,0 +1,174 @@
+"""An agent does not start an attempt that is no longer current (on the in-memory fake, with
+real `sh` commands): a dispatch still in the work queue when its run was cancelled, or a
+redelivery of an attempt that already ended, is terminated unrun and gets no result."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from core.definitions import DagDef, DagTask, Definitions
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    Dispatch,
+    RunCancelled,
+    RunScheduled,
+    TaskCancelled,
+    TaskFailed,
+    TaskQueued,
+    TaskStarted,
+    TaskSucceeded,
+)
+from services import agent as agent_module
+from services import orchestrator as orchestrator_module
+from services.agent import Agent, AgentConfig
+from services.commands import ScheduleRequest, cancel, schedule
+from services.ports import Backplane
+from tests.fakes import MemoryServer
+from tests.rolekit import running_orchestrator, until_end
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+RESULTS = (TaskSucceeded, TaskFailed, TaskCancelled)
+
+
+@pytest.fixture(autouse=True)
+def fast_loops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agent_module, "FETCH_TIMEOUT", 0.05)
+    monkeypatch.setattr(orchestrator_module, "LEASE_RETRY_S", 0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_agent(server: MemoryServer, **config: Any) -> AsyncIterator[Agent]:
+    conn = server.connect("agent")
+    agent = Agent(conn, AgentConfig(guardian=False, **config))
+    stop = asyncio.Event()
+    task = asyncio.create_task(agent.run(stop))
+    try:
+        yield agent
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await conn.close()
+
+
+async def queue_emptied(server: MemoryServer) -> bool | None:
+    """Every dispatch settled (acked or terminated), none waiting or in flight."""
+    return True if not server.work.messages else None
+
+
+def marker(tmp_path: Path) -> str:
+    return f'echo ran >> "{tmp_path}/ran-$CYCLONETIX_TASK_ID"'
+
+
+async def test_the_queued_tasks_of_a_cancelled_run_do_not_run(tmp_path: Path) -> None:
+    """The issue's case: dispatches still in CX_WORK when their run is cancelled are fetched
+    later by an agent, which must not run them nor report anything for them."""
+    server = MemoryServer()
+    definitions = Definitions(
+        dags={
+            "three": DagDef(
+                id="three", tasks=tuple(DagTask(id=t, command=marker(tmp_path)) for t in "pqr")
+            )
+        }
+    )
+
+    async def connect() -> Backplane:
+        return server.connect("orchestrator")
+
+    async with server.connect("client") as bp, running_orchestrator(connect):
+        await bp.definitions.put(definitions)
+        run_id = (
+            await schedule(bp.events, definitions, ScheduleRequest(kind="dag", target="three"))
+        ).run_id
+
+        async def all_queued() -> bool | None:
+            history = await bp.events.history(run_id)
+            return True if sum(isinstance(e, TaskQueued) for _, e in history) == 3 else None
+
+        await eventually(all_queued, what="three dispatches waiting for an agent")
+        await cancel(bp.events, run_id, reason="test")
+        assert isinstance((await until_end(bp, run_id))[-1], RunCancelled)
+        assert len(server.work.messages) == 3  # still there: nobody took them
+
+        async with running_agent(server, workdir=tmp_path):
+            await eventually(lambda: queue_emptied(server), what="the stale dispatches settled")
+        history = [e for _, e in await bp.events.history(run_id)]
+
+    assert not list(tmp_path.glob("ran-*"))  # nothing ran
+    assert isinstance(history[-1], RunCancelled)  # nothing after the end: no start, no result
+    assert sum(isinstance(e, TERMINAL) for e in history) == 1
+
+
+SCHEDULED = RunScheduled(run_id="r", ts=NOW, kind="dag", target="d", name="d", graph=())
+QUEUED = TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=1, queue="default")
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        # A redelivery of an attempt whose result is stored (its ack was lost).
+        [SCHEDULED, QUEUED, TaskSucceeded(run_id="r", ts=NOW, task_id="t", attempt=1)],
+        # Attempt 1 was lost and attempt 2 queued: attempt 1's dispatch comes again.
+        [
+            SCHEDULED,
+            QUEUED,
+            TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=2, queue="default"),
+        ],
+        # A queued attempt the orchestrator cancelled.
+        [SCHEDULED, QUEUED, TaskCancelled(run_id="r", ts=NOW, task_id="t", attempt=1)],
+        # A redelivery whose earlier start raced with the end of the run (stored after it):
+        # that start, the newest event, hides the end; the agent reads what came before it.
+        [
+            SCHEDULED,
+            QUEUED,
+            RunCancelled(run_id="r", ts=NOW),
+            TaskStarted(run_id="r", ts=NOW, task_id="t", attempt=1, agent_id="earlier"),
+        ],
+    ],
+    ids=["already-succeeded", "superseded", "cancelled-attempt", "start-after-the-end"],
+)
+async def test_a_stale_dispatch_is_terminated_unrun(tmp_path: Path, before: list[AnyEvent]) -> None:
+    server = MemoryServer()
+    async with server.connect("client") as bp, running_agent(server, workdir=tmp_path):
+        for event in before:
+            await bp.events.append(event)
+        await bp.work.dispatch(
+            Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
+        )
+        await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        history = [e for _, e in await bp.events.history("r")]
+    assert not list(tmp_path.glob("ran-*"))
+    assert not any(isinstance(e, RESULTS) for e in history[len(before) :])
+
+
+@pytest.mark.parametrize(
+    "before",
+    [
+        [SCHEDULED, QUEUED],
+        # A redelivery: the agent that started it vanished.
+        [SCHEDULED, QUEUED, TaskStarted(run_id="r", ts=NOW, task_id="t", attempt=1, agent_id="x")],
+    ],
+    ids=["queued", "redelivered"],
+)
+async def test_a_current_dispatch_runs(tmp_path: Path, before: list[AnyEvent]) -> None:
+    server = MemoryServer()
+    async with server.connect("client") as bp, running_agent(server, workdir=tmp_path):
+        for event in before:
+            await bp.events.append(event)
+        await bp.work.dispatch(
+            Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
+        )
+        await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        history = [e for _, e in await bp.events.history("r")]
+    assert (tmp_path / "ran-t").read_text() == "ran\n"
+    assert [type(e) for e in history[2:]] == [TaskStarted, TaskSucceeded]  # (one start: same id)
