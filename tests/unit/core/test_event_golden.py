@@ -45,6 +45,7 @@ from core.events import (
     encode,
     encode_dispatch,
 )
+from core.recovery import StateSnapshot
 from core.run import RunState, advance, fold
 from core.snapshots import RetrySpec, TaskNode
 from tests.unit.core.runkit import started, succeeded
@@ -463,7 +464,9 @@ def test_injection_reaches_every_nesting_level_and_every_stored_struct() -> None
     assert not any(p.startswith("$.evaluation.metadata") for _, p in paths)
 
 
-STORED_STRUCTS = sorted(stored_struct_types(*STORED_ROOTS, AgentInfo), key=lambda c: c.__name__)
+STORED_STRUCTS = sorted(
+    stored_struct_types(*STORED_ROOTS, AgentInfo, StateSnapshot), key=lambda c: c.__name__
+)
 
 
 @pytest.mark.parametrize("cls", STORED_STRUCTS, ids=[c.__name__ for c in STORED_STRUCTS])
