@@ -44,8 +44,11 @@ so a slow agent never causes a redelivery; only a dead one does.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -59,6 +62,7 @@ MARKER_ENV = "CYCLONETIX_AGENT_ID"  # in every command's environment: the agent'
 KILL_DEADLINE_S = 5.0  # keep killing (processes that fork while killed) for at most this
 HAND_BACK_TIMEOUT_S = 10.0  # trying to reach NATS to hand deliveries back (then: ack_wait)
 STOP_WAIT_S = 5.0  # a clean stop waits this long for the guardian to exit
+PIPE_SIZE = 1 << 20  # the registration pipe's buffer (Linux lets a user have 1 MiB)
 _POLL_S = 0.01
 _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where `services` can be imported from
 
@@ -66,8 +70,12 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # where `services` can be i
 class Guardian:
     """The agent's side: starts the guardian process and keeps it informed.
 
-    Registrations are one short line each on a non-blocking pipe (a few microseconds); they are
-    also kept here, so a guardian that had to be restarted learns them again.
+    Registrations are lines on a pipe. Those of one event-loop turn go out in one write at the
+    end of the turn (one wake-up of the guardian, not one per line: it shares the CPU with the
+    agent), before a command spawned in that turn can be released from its gate. A pipe that is
+    full (a guardian starved of CPU) is written when it drains: nothing is dropped, the agent
+    never blocks. Everything registered is also kept here, so a guardian that had to be
+    restarted learns it again.
     """
 
     def __init__(self, marker: str, *, nats_url: str | None = None, log_json: bool = False):
@@ -81,6 +89,10 @@ class Guardian:
         self.restarts = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._fd: int | None = None
+        self._out = bytearray()  # lines not written yet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flushing = False  # a flush is scheduled (end of turn, or when writable)
+        self._warned = False
 
     @property
     def pid(self) -> int | None:
@@ -103,8 +115,11 @@ class Guardian:
             raise
         finally:
             os.close(read_fd)
+        with contextlib.suppress(AttributeError, OSError):  # Linux: room for bursts
+            fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         os.set_blocking(write_fd, False)
         self._fd = write_fd
+        self._out.clear()  # (what a dead guardian did not read: everything follows again)
         lines = [f"marker {self.marker}", f"log {'json' if self.log_json else 'console'}"]
         if self.nats_url:
             lines.append(f"nats {self.nats_url}")
@@ -144,33 +159,64 @@ class Guardian:
     def _send(self, line: str) -> None:
         if self._fd is None:
             return
-        data = (line + "\n").encode()
+        self._out += line.encode() + b"\n"
+        if self._flushing:
+            return
         try:
-            written = os.write(self._fd, data)
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a plain caller): write now
+            self._flush()
+            return
+        self._flushing = True
+        self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        """Write what is pending; the rest when the pipe has room again."""
+        if self._flushing and self._loop is not None and self._fd is not None:
+            self._loop.remove_writer(self._fd)
+        self._flushing = False
+        if self._fd is None or not self._out:
+            return
+        try:
+            written = os.write(self._fd, self._out)
+        except BlockingIOError:
+            written = 0
         except BrokenPipeError:  # the guardian died: a new one learns everything again
             if self._process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(0.1)
             self.ensure_running()
             return
-        except BlockingIOError:
-            written = 0
-        if written != len(data):  # a full pipe: the guardian is stuck, not reading
-            sys.stderr.write(f"cyclonetix: guardian pipe full, dropped {line!r}\n")
+        del self._out[:written]
+        if not self._out:
+            return
+        if not self._warned:  # (its pipe holds a megabyte: it is far behind)
+            self._warned = True
+            sys.stderr.write("cyclonetix: the agent's guardian is slow to read its pipe\n")
+        if self._loop is not None:
+            self._flushing = True
+            self._loop.add_writer(self._fd, self._flush)
 
     # -- stopping -----------------------------------------------------------------------------
 
     def close(self) -> subprocess.Popen[bytes] | None:
-        """Close the pipe (the guardian cleans up what is still registered, then exits); the
-        process, to wait for (`stop`)."""
+        """Write what is pending, close the pipe (the guardian cleans up what is still
+        registered, then exits); the process, to wait for (`stop`)."""
+        if self._fd is not None and self._out:
+            deadline = time.monotonic() + STOP_WAIT_S
+            while self._out and self._process is not None and self._process.poll() is None:
+                if time.monotonic() > deadline:
+                    break
+                with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                    del self._out[: os.write(self._fd, self._out)]
+                if self._out:
+                    select.select([], [self._fd], [], _POLL_S)
         self._close_pipe()
         process, self._process = self._process, None
         return process
 
     async def stop(self) -> int | None:
         """Close and wait (up to STOP_WAIT_S) for the guardian to exit; its exit code."""
-        import asyncio
-
         process = self.close()
         if process is None:
             return None
@@ -181,6 +227,9 @@ class Guardian:
 
     def _close_pipe(self) -> None:
         if self._fd is not None:
+            if self._flushing and self._loop is not None:
+                self._loop.remove_writer(self._fd)
+            self._flushing = False
             os.close(self._fd)
             self._fd = None
 
@@ -280,8 +329,6 @@ def sweep(marker: str, groups: set[int], *, deadline_s: float = KILL_DEADLINE_S)
 
 def _hand_back(url: str, tokens: list[str]) -> tuple[int, str]:
     """Nak the held deliveries from a connection of our own: (how many, error or '')."""
-    import asyncio
-
     from services.nats import hand_back  # only now: a clean stop never pays for the import
 
     try:
