@@ -100,6 +100,15 @@ class SnapshotKeeper:
         except UnreadableSnapshot as exc:
             log.warning("orchestrator.snapshot_ignored", reason=str(exc), size=len(data))
             return checkpoint
+        end = await orch.events.last_seq()
+        if snapshot.replay_from > end + 1 or any(run.last_seq > end for run in snapshot.runs):
+            # Not of this log (its stream was deleted and created again, say).
+            log.warning(
+                "orchestrator.snapshot_ignored",
+                reason=f"it covers sequences past the log's end ({end})",
+                size=len(data),
+            )
+            return checkpoint
         if snapshot.replay_from < checkpoint:
             # Every run it holds ended (the checkpoint moved past them): the log is shorter.
             log.info(

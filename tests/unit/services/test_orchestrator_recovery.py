@@ -384,6 +384,25 @@ async def test_a_snapshot_that_does_not_decode_is_ignored_and_the_log_replayed(
     assert restarted.replayed == end - checkpoint + 1
 
 
+async def test_a_snapshot_of_another_log_is_ignored(
+    server: MemoryServer, bp: MemoryBackplane, connect: Connect
+) -> None:
+    """A snapshot that covers more of the log than there is (the stream was created again) is
+    not this log's: ignored, the log is replayed."""
+    x = defs(TaskDef(id="x", command="true"))
+    run_id = await schedule(bp, x, "x")
+    server.snapshots.objects[SNAPSHOT] = encode_snapshot(
+        taken_at=dt.datetime.now(dt.UTC), replay_from=1000, runs=[]
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with stand_in_agent(bp), running_orchestrator(connect) as orch:
+            events = await until_end(bp, run_id)
+    assert isinstance(events[-1], RunSucceeded)
+    assert orch.replay_from == 1
+    ignored = [entry for entry in logs if entry["event"] == "orchestrator.snapshot_ignored"]
+    assert len(ignored) == 1 and "past the log's end" in ignored[0]["reason"]
+
+
 async def test_a_snapshot_that_cannot_be_read_is_ignored_and_the_log_replayed(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect
 ) -> None:
