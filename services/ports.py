@@ -13,14 +13,14 @@ Errors: every port raises only `core.errors` types for conditions a caller acts 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Protocol
 
 import msgspec
 
 from core.agents import AgentInfo
 from core.definitions import Definitions
-from core.errors import Conflict
+from core.errors import Conflict, Invalid
 from core.events import AnyEvent, Dispatch, RunScheduled
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "Backplane",
     "CancelSignals",
     "Checkpoints",
+    "DefinitionTooLarge",
     "DefinitionsStore",
     "EventLog",
     "Leases",
@@ -48,6 +49,39 @@ class RunExists(Conflict):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run id {run_id!r} is already taken; choose another")
         self.run_id = run_id
+
+
+class DefinitionTooLarge(Invalid):
+    """A definition is larger than the backend stores in one message (nothing was written).
+    `where` is its file, else its kind and id; `others`: how many more are too large."""
+
+    def __init__(self, where: str, size: int, limit: int, others: int = 0) -> None:
+        more = f" (and {others} more)" if others else ""
+        super().__init__(
+            f"{where}: definition is {_size(size)}, more than the server's limit of "
+            f"{_size(limit)}{more}"
+        )
+        self.where = where
+
+    @classmethod
+    def check(cls, sizes: Mapping[str, int], limit: int) -> None:
+        """Raise for the definitions (`where` -> size in bytes) larger than `limit`: the
+        first by name, counting the others."""
+        over = sorted((where, size) for where, size in sizes.items() if size > limit)
+        if over:
+            where, size = over[0]
+            raise cls(where, size, limit, len(over) - 1)
+
+
+def _size(n: int) -> str:
+    """`1 MiB` for exact binary sizes (limits), else `2.1 MB` (what was measured)."""
+    for unit, name in ((1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")):
+        if n >= unit and n % unit == 0:
+            return f"{n // unit} {name}"
+    for unit, name in ((10**9, "GB"), (10**6, "MB"), (10**3, "kB")):
+        if n >= unit:
+            return f"{n / unit:.1f} {name}"
+    return f"{n} bytes"
 
 
 # -- event log ----------------------------------------------------------------------------------
@@ -228,7 +262,12 @@ class LogStore(Protocol):
 
 class DefinitionsStore(Protocol):
     async def put(self, defs: Definitions) -> int:
-        """Make the store hold exactly `defs`; returns how many entries changed."""
+        """Make the store hold exactly `defs`; returns how many entries changed.
+
+        All or nothing from a user's point of view: every definition's size is checked against
+        what the server accepts before anything is written (DefinitionTooLarge, naming the
+        file), and every new or changed definition is stored before any is deleted, so a
+        failure half-way never leaves fewer definitions than before."""
         ...
 
     async def load(self) -> Definitions: ...

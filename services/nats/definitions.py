@@ -22,6 +22,7 @@ from services.nats.names import (
     kv_token,
 )
 from services.nats.reader import kv_snapshot
+from services.ports import DefinitionTooLarge
 
 if TYPE_CHECKING:
     from services.nats.connection import Connection
@@ -40,6 +41,7 @@ _KINDS: Final[dict[str, tuple[str, type[Any]]]] = {
 }
 _DECODERS = {kind: msgspec.json.Decoder(t) for kind, (_, t) in _KINDS.items()}
 _json = msgspec.json.Encoder()
+_HEADER_BYTES = len(b"NATS/1.0\r\n\r\n")  # (plus "Name: value\r\n" per header)
 
 
 class NatsDefinitionsStore:
@@ -51,33 +53,44 @@ class NatsDefinitionsStore:
         """Make cx_defs hold exactly `defs`; returns how many keys changed (put or deleted).
 
         Unchanged keys are not rewritten, so the bucket's history shows real changes only.
+        Every message is checked against the server's max_payload before anything is written
+        (DefinitionTooLarge, naming the file), and the deletes go out only once every put is
+        stored: a failure half-way leaves a mix of old and new, never fewer definitions.
         Readers may briefly see a mix of the old and new set while this runs.
         """
         desired: dict[str, tuple[bytes, str | None]] = {}
+        sizes: dict[str, int] = {}
         for kind, (attr, _) in _KINDS.items():
             for def_id, item in getattr(defs, attr).items():
                 source = defs.sources.get(f"{attr}/{def_id}")
-                desired[f"{kind}.{kv_token(def_id)}"] = (_json.encode(item), source)
+                value = _json.encode(item)
+                desired[f"{kind}.{kv_token(def_id)}"] = (value, source)
+                headers = _HEADER_BYTES + (len(SOURCE_HEADER) + len(source) + 4 if source else 0)
+                where = source or f"{kind} {def_id}"
+                sizes[where] = max(sizes.get(where, 0), len(value) + headers)
+        DefinitionTooLarge.check(sizes, self._conn.nc.max_payload)
         current = {
             key: (msg.data, (msg.headers or {}).get(SOURCE_HEADER))
             for key, msg in (await kv_snapshot(self._conn, DEFS_BUCKET)).items()
             if key.split(".", 1)[0] in _KINDS
         }
         publish = self._publisher.publish_nowait
-        futures = [
+        puts = [
             publish(
                 kv_subject(DEFS_BUCKET, key), value, {SOURCE_HEADER: source} if source else None
             )
             for key, (value, source) in desired.items()
             if current.get(key) != (value, source)
         ]
-        futures += [
+        if puts:
+            await asyncio.gather(*puts)
+        deletes = [
             publish(kv_subject(DEFS_BUCKET, key), b"", {KV_OPERATION: "DEL"})
-            for key in current.keys() - desired.keys()
+            for key in sorted(current.keys() - desired.keys())
         ]
-        if futures:
-            await asyncio.gather(*futures)
-        return len(futures)
+        if deletes:
+            await asyncio.gather(*deletes)
+        return len(puts) + len(deletes)
 
     async def load(self) -> Definitions:
         """The current definitions (values that fail to decode are logged and skipped)."""

@@ -60,6 +60,7 @@ class Harness(abc.ABC):
     # is exact to the event loop's clock; a real server needs some slack.
     ack_wait: float
     quiet: float
+    max_payload: int  # the largest message the server stores, in bytes
 
     def __init__(self) -> None:
         self._opened: list[Backplane] = []
@@ -98,6 +99,7 @@ class MemoryHarness(Harness):
     def __init__(self) -> None:
         super().__init__()
         self.server = MemoryServer()
+        self.max_payload = self.server.max_payload
 
     async def _connect(self, name: str) -> Backplane:
         return self.server.connect(name)
@@ -120,6 +122,7 @@ class NatsHarness(Harness):
     def __init__(self, server: EmbeddedNats) -> None:
         super().__init__()
         self.server = server
+        self.max_payload = server.max_payload_mb * 1024 * 1024
 
     async def _connect(self, name: str) -> Backplane:
         from services.nats import connect

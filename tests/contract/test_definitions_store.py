@@ -3,9 +3,12 @@ entries a put changed."""
 
 from __future__ import annotations
 
+import pytest
+
 from core.definitions import ContextDef, DagDef, DagTask, Definitions, ParameterSetDef, TaskDef
-from services.ports import Backplane
-from tests.contract.harness import Contract, OnMemory, OnNats
+from core.errors import Invalid
+from services.ports import Backplane, DefinitionTooLarge
+from tests.contract.harness import Contract, Harness, OnMemory, OnNats
 
 
 def definitions(*task_ids: str, command: str = "echo hi") -> Definitions:
@@ -41,6 +44,35 @@ class DefinitionsStoreContract(Contract):
         assert await store.load() == moved
         assert await store.put(Definitions()) == 4
         assert await store.load() == Definitions()
+
+    async def test_a_definition_too_large_for_the_server_writes_nothing(
+        self, bp: Backplane, harness: Harness
+    ) -> None:
+        store = bp.definitions
+        before = definitions("extract", "load")
+        await store.put(before)
+        limit = harness.max_payload
+        huge = TaskDef(id="huge", command="echo " + "x" * (limit + limit // 10))
+        after = Definitions(
+            tasks={"extract": TaskDef(id="extract", command="echo changed"), "huge": huge},
+            sources={"tasks/huge": "tasks/huge.yaml"},
+        )
+        with pytest.raises(DefinitionTooLarge) as caught:
+            await store.put(after)
+        assert isinstance(caught.value, Invalid)  # bad input: exit code 2
+        message = str(caught.value)
+        assert message.startswith("tasks/huge.yaml: definition is ")
+        assert message.endswith(f"more than the server's limit of {limit >> 20} MiB")
+        assert "\n" not in message
+        assert await store.load() == before  # nothing changed, nothing deleted
+
+    async def test_a_definition_just_under_the_limit_is_stored(
+        self, bp: Backplane, harness: Harness
+    ) -> None:
+        big = TaskDef(id="big", command="echo " + "x" * (harness.max_payload - 1000))
+        defs = Definitions(tasks={"big": big}, sources={"tasks/big": "tasks/big.yaml"})
+        assert await bp.definitions.put(defs) == 1
+        assert await bp.definitions.load() == defs
 
 
 class TestDefinitionsStoreOnMemory(OnMemory, DefinitionsStoreContract):

@@ -12,6 +12,7 @@ from tests.fakes.backplane import (
     AGENT_TTL,
     DUPLICATE_WINDOW,
     LEASE_TTL,
+    MAX_PAYLOAD,
     MemoryBackplane,
     MemoryServer,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "AGENT_TTL",
     "DUPLICATE_WINDOW",
     "LEASE_TTL",
+    "MAX_PAYLOAD",
     "Clock",
     "Faults",
     "MemoryBackplane",

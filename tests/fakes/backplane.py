@@ -35,12 +35,20 @@ from tests.fakes.work import MemoryWorkQueue, WorkStore
 if TYPE_CHECKING:
     from services.ports import Backplane
 
-__all__ = ["AGENT_TTL", "DUPLICATE_WINDOW", "LEASE_TTL", "MemoryBackplane", "MemoryServer"]
+__all__ = [
+    "AGENT_TTL",
+    "DUPLICATE_WINDOW",
+    "LEASE_TTL",
+    "MAX_PAYLOAD",
+    "MemoryBackplane",
+    "MemoryServer",
+]
 
 log = structlog.get_logger("cyclonetix.fakes")
 
 # The real adapter's settings (services/nats/).
 LEASE_TTL = 6.0
+MAX_PAYLOAD = 8 * 1024 * 1024  # what services.embedded_nats configures (NATS's default: 1 MiB)
 AGENT_TTL = 30.0
 DUPLICATE_WINDOW = 300.0
 
@@ -63,8 +71,10 @@ class MemoryServer:
         lease_ttl: float = LEASE_TTL,
         agent_ttl: float = AGENT_TTL,
         duplicate_window: float = DUPLICATE_WINDOW,
+        max_payload: int = MAX_PAYLOAD,
     ) -> None:
         self.id = next(_server_ids)
+        self.max_payload = max_payload  # the largest message it stores (definitions check it)
         self.clock = clock or Clock()
         self.faults = Faults()
         self.events = EventStore(self.clock, duplicate_window)
@@ -106,7 +116,9 @@ class MemoryBackplane:
         self._work = MemoryWorkQueue(self, self.server.work, faults)
         self._cancels = MemoryCancelSignals(self, self.server.cancels)
         self._logs = MemoryLogStore(self, self.server.logs)
-        self._definitions = MemoryDefinitionsStore(self, self.server.definitions)
+        self._definitions = MemoryDefinitionsStore(
+            self, self.server.definitions, self.server.max_payload
+        )
         self._agents = MemoryAgentRegistry(self, self.server.agents)
         self._leases = MemoryLeases(self, self.server.leases, faults)
         self._checkpoints = MemoryCheckpoints(self, self.server.checkpoints)

@@ -16,6 +16,7 @@ import structlog
 
 from core.agents import AgentInfo
 from core.definitions import ContextDef, DagDef, Definitions, ParameterSetDef, TaskDef
+from services.ports import DefinitionTooLarge
 
 if TYPE_CHECKING:
     from tests.fakes.backplane import MemoryBackplane
@@ -97,30 +98,40 @@ _DEF_KINDS: Final[dict[str, tuple[str, type[Any]]]] = {
 }
 _DEF_DECODERS = {kind: msgspec.json.Decoder(t) for kind, (_, t) in _DEF_KINDS.items()}
 _json = msgspec.json.Encoder()
+_HEADER_BYTES = len(b"NATS/1.0\r\n\r\n")  # (plus "Name: value\r\n" per header)
 _agent_decoder = msgspec.json.Decoder(AgentInfo)
 
 
 class MemoryDefinitionsStore:
     """`services.ports.DefinitionsStore`: one entry per definition, as JSON."""
 
-    def __init__(self, conn: MemoryBackplane, bucket: Bucket) -> None:
+    def __init__(self, conn: MemoryBackplane, bucket: Bucket, max_payload: int) -> None:
         self._conn = conn
         self._bucket = bucket
+        self._max_payload = max_payload
 
     async def put(self, defs: Definitions) -> int:
+        """As on NATS: sizes checked against the server's max_payload first (a message is the
+        value plus its source header), puts before deletes."""
         self._conn.check_open()
         desired: dict[str, tuple[bytes, str | None]] = {}
+        sizes: dict[str, int] = {}
         for kind, (attr, _) in _DEF_KINDS.items():
             for def_id, item in getattr(defs, attr).items():
                 source = defs.sources.get(f"{attr}/{def_id}")
-                desired[f"{kind}.{def_id}"] = (_json.encode(item), source)
+                value = _json.encode(item)
+                desired[f"{kind}.{def_id}"] = (value, source)
+                headers = _HEADER_BYTES + (len("Cx-Source") + len(source) + 4 if source else 0)
+                where = source or f"{kind} {def_id}"
+                sizes[where] = max(sizes.get(where, 0), len(value) + headers)
+        DefinitionTooLarge.check(sizes, self._max_payload)
         current = {key: (e.value, e.source) for key, e in self._bucket.items().items()}
         changed = 0
         for key, (value, source) in desired.items():
             if current.get(key) != (value, source):
                 self._bucket.put(key, value, source)
                 changed += 1
-        for key in current.keys() - desired.keys():
+        for key in sorted(current.keys() - desired.keys()):
             self._bucket.delete(key)
             changed += 1
         await asyncio.sleep(0)
