@@ -60,8 +60,9 @@ test-integration *args:
 
 [doc("Chaos suite: random faults over real processes, then the log's invariants (CI size; --long: bigger; --chaos-seed N: replay)")]
 [group("test")]
+[positional-arguments]
 chaos *args:
-    {{py}} -m pytest tests/chaos -m chaos {{args}}
+    {{py}} -m pytest tests/chaos -m chaos "$@"
 
 [doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery")]
 [group("bench")]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from core.errors import CyclonetixError
+from core.errors import Conflict, CyclonetixError
 from core.events import (
     TERMINAL,
     AnyEvent,
@@ -37,6 +37,7 @@ from core.events import (
     TaskSucceeded,
 )
 from core.scheduling import plan_run
+from services.commands import cancel
 from services.embedded_nats import EmbeddedNats, EmbeddedNatsCluster, die_with_parent
 from services.nats import NatsBackplane, connect
 from tests.chaos.invariants import AgentRecord, Key
@@ -209,17 +210,32 @@ class Observer:
         self.ended: set[str] = set()
         self.running: dict[Key, int] = {}  # attempt -> agent pid
         self.changed = asyncio.Event()
+        self.errors: list[str] = []  # tails that failed (and were started again)
 
     async def follow(self, stop: asyncio.Event) -> None:
-        async for seq, event, _pending in self.backplane.events.tail(from_seq=1, stop=stop):
-            self.seen.append(Seen(time.monotonic(), seq, event))
-            if isinstance(event, TERMINAL):
-                self.ended.add(event.run_id)
-            elif isinstance(event, TaskStarted):
-                self.running[event.run_id, event.task_id, event.attempt] = event.pid
-            elif isinstance(event, TaskSucceeded | TaskFailed | TaskLost | TaskCancelled):
-                self.running.pop((event.run_id, event.task_id, event.attempt), None)
-            self.changed.set()
+        """Until `stop`; a tail that fails (NATS away longer than it waits) is started again
+        after the last event seen, so the observer never goes quiet while the log moves on."""
+        next_seq = 1
+        while not stop.is_set():
+            try:
+                async for seq, event, _ in self.backplane.events.tail(from_seq=next_seq, stop=stop):
+                    if seq >= next_seq:
+                        next_seq = seq + 1
+                        self._saw(seq, event)
+            except Exception as exc:  # noqa: BLE001 - reported, then followed again
+                self.errors.append(describe_error(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+    def _saw(self, seq: int, event: AnyEvent) -> None:
+        self.seen.append(Seen(time.monotonic(), seq, event))
+        if isinstance(event, TERMINAL):
+            self.ended.add(event.run_id)
+        elif isinstance(event, TaskStarted):
+            self.running[event.run_id, event.task_id, event.attempt] = event.pid
+        elif isinstance(event, TaskSucceeded | TaskFailed | TaskLost | TaskCancelled):
+            self.running.pop((event.run_id, event.task_id, event.attempt), None)
+        self.changed.set()
 
     def running_on(self, pid: int) -> list[Key]:
         return sorted(k for k, p in self.running.items() if p == pid and k[0] not in self.ended)
@@ -309,6 +325,7 @@ class Size:
     agents: int = 3
     concurrency: int = 4
     drain_timeout: float = 120.0  # after the last fault: every run must end by then
+    cancel_fraction: float = 0.08  # runs whose cancellation is asked for at a random moment
 
 
 @dataclass
@@ -327,6 +344,8 @@ class Chaos:
     ledger: Path
     scheduled: set[str] = field(default_factory=set)
     attempted: set[str] = field(default_factory=set)
+    unscheduled: list[str] = field(default_factory=list)  # schedules that never got an ack
+    cancelled: set[str] = field(default_factory=set)  # runs whose cancellation was requested
     faults: list[Fault] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -344,6 +363,8 @@ class Chaos:
                 event = self._plan()
                 self.attempted.add(event.run_id)
                 self._scheduling.add(self._spawn(self._schedule(event)))
+                if self.rng.random() < self.size.cancel_fraction:
+                    self._spawn(self._cancel(event.run_id, self.rng.uniform(0.1, 3.0)))
                 continue
             self.observer.changed.clear()
             with contextlib.suppress(TimeoutError):
@@ -367,8 +388,28 @@ class Chaos:
             await self.backplane.events.schedule_run(event)
             return True
 
-        await eventually(attempt, timeout=90, what=f"scheduling {event.run_id}")
+        try:
+            await eventually(attempt, timeout=90, what=f"scheduling {event.run_id}")
+        except AssertionError as exc:
+            self.unscheduled.append(str(exc))  # reported; if it was stored, it is checked too
+            return
         self.scheduled.add(event.run_id)
+
+    async def _cancel(self, run_id: str, after: float) -> None:
+        """Ask for the run's cancellation `after` seconds (a random moment: it may have ended
+        by then, or not be stored yet)."""
+        await asyncio.sleep(after)
+
+        async def attempt() -> bool | None:
+            try:
+                await cancel(self.backplane.events, run_id, reason="chaos", by="chaos suite")
+            except Conflict:
+                return True  # it ended first
+            self.cancelled.add(run_id)
+            return True
+
+        with contextlib.suppress(AssertionError):  # never stored: nothing to cancel
+            await eventually(attempt, timeout=90, what=f"cancelling {run_id}")
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import pytest
 
@@ -28,12 +30,17 @@ from tests.chaos.invariants import check, parse_ledger
 from tests.chaos.report import Row, table
 from tests.chaos.workload import workload
 
-if TYPE_CHECKING:
-    from pathlib import Path
-
 pytestmark = pytest.mark.chaos
 
 Inject = Callable[[Chaos], Awaitable[Fault]]
+
+
+def keep_artifacts(workdir: Path, name: str) -> Path:
+    """A failed scenario's role logs, ledger and NATS store, copied where pytest's rotation of
+    its temporary folders does not reach."""
+    target = Path(tempfile.gettempdir()) / "cyclonetix-chaos" / f"{name}-{int(time.time())}"
+    shutil.copytree(workdir, target, ignore=shutil.ignore_patterns("agent-work"))
+    return target
 
 
 @dataclass(frozen=True)
@@ -156,7 +163,8 @@ async def test_nothing_is_lost_stuck_or_done_twice(
         ]
         notes.append(
             f"TaskStarted {verdict.started}, executions {verdict.executions}, "
-            f"held starts of killed agents {verdict.held_starts}"
+            f"held starts of killed agents {verdict.held_starts}, "
+            f"cancels requested {len(chaos.cancelled)}"
         )
         row = Row(
             scenario=scenario.name,
@@ -176,11 +184,14 @@ async def test_nothing_is_lost_stuck_or_done_twice(
         problems = verdict.problems
         if still_running:
             problems.append(f"commands still running after the roles stopped: {still_running}")
-        assert not problems, (
-            f"{scenario.name}: {len(problems)} invariant violation(s) ({replay}):\n  "
-            + "\n  ".join(problems[:40])
-            + "\n"
-            + "\n".join(role.tail(8) for role in chaos.roles.all if role.kind == "orchestrator")
-        )
+        problems += [f"could not schedule: {failure}" for failure in chaos.unscheduled]
+        if problems:
+            (chaos.workdir / "problems.txt").write_text("\n".join(problems) + "\n")
+            kept = keep_artifacts(chaos.workdir, f"{scenario.name}-{chaos_seed}")
+            pytest.fail(
+                f"{scenario.name}: {len(problems)} invariant violation(s) ({replay}; role logs, "
+                f"ledger and NATS store kept in {kept}):\n  " + "\n  ".join(problems[:40]),
+                pytrace=False,
+            )
     finally:
         await chaos.close()
