@@ -166,6 +166,11 @@ async def test_nothing_is_lost_stuck_or_done_twice(
             f"held starts of killed agents {verdict.held_starts}, "
             f"cancels requested {len(chaos.cancelled)}"
         )
+        if verdict.orphans:
+            notes.append(
+                f"commands that ran on after their agent's SIGKILL: {len(verdict.orphans)}, "
+                f"longest {max(verdict.orphans):.2f}s"
+            )
         row = Row(
             scenario=scenario.name,
             runs=verdict.runs,

@@ -173,15 +173,16 @@ def test_two_executions_of_one_attempt_at_once_are_a_duplicate() -> None:
     ]
 
 
-def test_a_command_that_ends_after_its_run_or_outlives_its_killed_agent_is_a_violation() -> None:
+def test_a_command_that_ends_after_its_run_is_a_violation_and_an_orphan_is_measured() -> None:
     events = clean_run()
-    events.insert(
-        3, TaskStarted(run_id=RUN, ts=at(1.1), task_id="a", attempt=1, pid=200, agent_id="y")
-    )
+    assert isinstance(events[2], TaskStarted)
+    events[2] = TaskStarted(run_id=RUN, ts=at(1.1), task_id="a", attempt=1, pid=200, agent_id="y")
     late = [execution("a", agent="agent-2", ended=9.0), execution("b", ended=2.4)]
-    problems = verdict(events, late).violations
-    assert "run r: a attempt 1: command on agent-2 ran 6.00s after the run ended" in problems
-    assert "run r: a attempt 1: command outlived its agent agent-2 (SIGKILLed) by 4.0s" in problems
+    result = verdict(events, late)
+    assert result.violations == [
+        "run r: a attempt 1: command on agent-2 ran 6.00s after the run ended"
+    ]
+    assert result.orphans == [4.0]  # agent-2 was killed at 5 s
 
 
 def test_the_ledger_pairs_starts_with_ends_and_skips_torn_lines() -> None:
