@@ -24,7 +24,9 @@ What it does:
 4. on stop (SIGTERM/SIGINT): fetches nothing more, lets running commands finish for
    `shutdown_grace` seconds, kills what still runs and hands those dispatches back (nak) for
    another agent, then leaves its queues and deletes its heartbeat. `kill` (a second signal)
-   skips the grace and kills at once.
+   skips the grace and kills at once. Stopping is bounded also while NATS is away: a task
+   whose result cannot be stored is handed back once the kill grace is over, and the
+   heartbeat's delete waits SHUTDOWN_WRITE_S at most (the entry expires by itself).
 
 `cancel_run(run_id)` kills the commands of a cancelled run and reports them as TaskCancelled,
 when the orchestrator announces the cancellation.
@@ -74,6 +76,10 @@ FETCH_TIMEOUT = 1.0  # an idle pull is renewed this often
 BACKLOG_FETCH_TIMEOUT = 0.05  # a batch pull under backlog: bounds a wait for an unfilled batch
 HEARTBEAT_INTERVAL = 5.0
 ERROR_BACKOFF = 1.0  # after a failed fetch / append, before trying again
+# How long a write of the shutdown (the heartbeat's delete, a result, a hand-back) may wait for
+# NATS: stopping takes the grace periods plus this, not a publish's full retry deadline.
+SHUTDOWN_WRITE_S = 2.0
+KILL_MARGIN_S = 1.5  # after kill_grace: a killed command's group is reaped (services.process)
 LOG_STREAM = "stdout"  # stderr is merged into stdout by services.process (terminal order)
 
 
@@ -197,8 +203,9 @@ class Agent:
                 await asyncio.wait(list(self._running))
             for consumer in consumers.values():
                 await consumer.close()
-            with contextlib.suppress(CyclonetixError):
-                await self.backplane.agents.remove(self.id)
+            # Best effort, and bounded: NATS may be away (the heartbeat expires by itself).
+            with contextlib.suppress(CyclonetixError, TimeoutError):
+                await asyncio.wait_for(self.backplane.agents.remove(self.id), SHUTDOWN_WRITE_S)
             if self._guardian is not None:  # nothing left to clean up: it just exits
                 await self._guardian.stop()
             shutil.rmtree(self._eval_dir, ignore_errors=True)
@@ -219,7 +226,9 @@ class Agent:
             log.warning("agent.killing_tasks", running=self.running)
             for running in self._running.values():
                 running.kill.set()  # SIGTERM, SIGKILL after kill_grace, then nak
-            await _wait_any(asyncio.wait(list(self._running)), kill)
+            # Bounded: a task whose result NATS does not take (away) would keep retrying.
+            killing = self.config.kill_grace + KILL_MARGIN_S + SHUTDOWN_WRITE_S
+            await _wait_any(asyncio.wait(list(self._running)), kill, timeout=killing)
         if self._running:
             for task in self._running:
                 task.cancel()  # SIGKILL at once (services.process), then nak
