@@ -43,6 +43,12 @@ async def _true(value: bool) -> bool | None:
     return True if value else None
 
 
+def test_the_orchestrator_knows_the_buckets_lease_ttl() -> None:
+    from services.nats.provisioning import LEASE_TTL
+
+    assert LEASE_TTL_S == LEASE_TTL  # it steps down LEASE_MARGIN_S before this runs out
+
+
 async def test_an_outage_longer_than_the_ttl_leaves_one_leader(
     backplane: NatsBackplane, nats_server: EmbeddedNats
 ) -> None:
