@@ -43,6 +43,7 @@ from core.events import (
     RunScheduled,
     RunSucceeded,
     TaskCancelled,
+    TaskEvent,
     TaskFailed,
     TaskLost,
     TaskQueued,
@@ -297,7 +298,34 @@ def _on_queued(state: RunState, e: TaskQueued) -> None:
     state.queued[e.task_id] = None
 
 
+def _queued_implicitly(state: RunState, e: TaskEvent) -> None:
+    """An agent's word on an attempt whose TaskQueued is not in the log yet means it was queued.
+
+    Only the orchestrator dispatches, and only after folding its TaskQueued, so a result for the
+    next attempt of a task that is ready (or waiting for its retry) proves that decision. Its
+    append can still land after the agent's events when it had to be retried (NATS away for a
+    moment); without this, a replay would ignore the results and see the attempt queued forever,
+    while the live orchestrator had moved on."""
+    task = state.tasks.get(e.task_id)
+    if task is None or task.status not in (PENDING, UP_FOR_RETRY):
+        return
+    if (task.status == PENDING and e.attempt == 1 and e.task_id in state.ready) or (
+        e.attempt == task.attempt and e.task_id in state.retry_wait
+    ):
+        _on_queued(
+            state,
+            TaskQueued(
+                run_id=e.run_id,
+                ts=e.ts,
+                task_id=e.task_id,
+                attempt=e.attempt,
+                queue=task.node.queue,
+            ),
+        )
+
+
 def _on_started(state: RunState, e: TaskStarted) -> None:
+    _queued_implicitly(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
@@ -316,6 +344,7 @@ def _on_started(state: RunState, e: TaskStarted) -> None:
 
 
 def _on_succeeded(state: RunState, e: TaskSucceeded) -> None:
+    _queued_implicitly(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt or task.status not in (QUEUED, RUNNING):
         return
@@ -335,6 +364,7 @@ def _on_succeeded(state: RunState, e: TaskSucceeded) -> None:
 
 
 def _on_failed(state: RunState, e: TaskFailed | TaskLost) -> None:
+    _queued_implicitly(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
@@ -385,6 +415,7 @@ def _on_skipped(state: RunState, e: TaskSkipped) -> None:
 
 
 def _on_cancelled(state: RunState, e: TaskCancelled) -> None:
+    _queued_implicitly(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
