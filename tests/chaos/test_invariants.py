@@ -8,8 +8,6 @@ import random
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from core.definitions.checks import check_definitions
 from core.events import (
     AnyEvent,
@@ -27,7 +25,7 @@ from core.snapshots import TaskNode
 from tests.chaos.invariants import AgentRecord, Execution, Verdict, check, parse_ledger
 from tests.chaos.workload import EXAMPLE_TARGETS, LEDGER_ENV, examples, recorded, workload
 
-pytestmark = pytest.mark.chaos
+# Pure checks of the checker: they run with every test run, not only with `just chaos`.
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 RUN = "r"
