@@ -133,7 +133,7 @@ def check(
     verdict.lost += [f"run {r}: scheduled, not in the log" for r in sorted(wanted - set(by_run))]
     verdict.runs = len(wanted | set(by_run))
 
-    ends: dict[str, float] = {}
+    ends: dict[str, tuple[float, str]] = {}  # run -> time and type of its terminal event
     starts: dict[tuple[Key, int], list[TaskStarted]] = defaultdict(list)  # by agent pid
     for run_id, run_events in sorted(by_run.items()):
         end = _check_run(run_id, run_events, verdict)
@@ -146,8 +146,8 @@ def check(
     return verdict
 
 
-def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> float | None:
-    """The per-run invariants; returns the wall-clock time of the run's end."""
+def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> tuple[float, str] | None:
+    """The per-run invariants; returns the wall-clock time and type of the run's end."""
     first = events[0]
     if not isinstance(first, RunScheduled):
         verdict.violations.append(f"run {run_id}: first event is {type(first).__name__}")
@@ -156,14 +156,14 @@ def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> float |
     succeeded: set[str] = set()
     successes: Counter[tuple[str, int]] = Counter()
     terminals = [e for e in events if isinstance(e, TERMINAL)]
-    ended = False
+    ended: str | None = None  # the terminal event's type, once seen
     for event in events:
         if isinstance(event, GraphExtended):
             dependencies.update({node.id: node.dependencies for node in event.nodes})
         if ended and isinstance(event, TASK_WORK):
             verdict.violations.append(
                 f"run {run_id}: {type(event).__name__} of {event.task_id} attempt "
-                f"{event.attempt} after the run ended"
+                f"{event.attempt} after the run ended ({ended})"
             )
         if isinstance(event, TaskStarted):
             verdict.started += 1
@@ -177,8 +177,8 @@ def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> float |
         elif isinstance(event, TaskSucceeded):
             succeeded.add(event.task_id)
             successes[event.task_id, event.attempt] += 1
-        elif isinstance(event, TERMINAL):
-            ended = True
+        elif isinstance(event, TERMINAL) and ended is None:
+            ended = type(event).__name__
     verdict.tasks += len(dependencies)
     verdict.duplicated += [
         f"run {run_id}: {task} attempt {attempt} succeeded {n} times"
@@ -192,7 +192,7 @@ def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> float |
         names = ", ".join(type(t).__name__ for t in terminals)
         verdict.duplicated.append(f"run {run_id}: {len(terminals)} terminal events ({names})")
     _check_ended_tasks(run_id, events, dependencies, terminals[0], verdict)
-    return _ts(terminals[0].ts)
+    return _ts(terminals[0].ts), type(terminals[0]).__name__
 
 
 def _check_ended_tasks(
@@ -230,7 +230,7 @@ def _check_ended_tasks(
 def _check_executions(
     executions: Sequence[Execution],
     starts: Mapping[tuple[Key, int], list[TaskStarted]],
-    ends: Mapping[str, float],
+    ends: Mapping[str, tuple[float, str]],
     agents: Sequence[AgentRecord],
     verdict: Verdict,
 ) -> None:
@@ -274,11 +274,11 @@ def _check_executions(
                 )
     for execution in executions:
         where = f"run {execution.key[0]}: {execution.key[1]} attempt {execution.key[2]}"
-        end = ends.get(execution.key[0])
+        end, how = ends.get(execution.key[0], (None, ""))
         if execution.ended_at is not None and end is not None and execution.ended_at > end:
             verdict.violations.append(
                 f"{where}: command on {execution.agent} ran "
-                f"{execution.ended_at - end:.2f}s after the run ended"
+                f"{execution.ended_at - end:.2f}s after the run ended ({how})"
             )
         killed_at = killed_by_label.get(execution.agent)
         ended_at = execution.ended_at

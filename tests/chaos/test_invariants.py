@@ -109,7 +109,9 @@ def test_a_start_before_a_dependency_succeeded_is_a_violation() -> None:
 def test_a_start_after_the_run_ended_is_a_violation() -> None:
     events = [*clean_run(), *ran("b", 4, attempt=2)[1:2]]
     result = verdict(events, [*executions(), Execution((RUN, "b", 2), "agent-1", 4343)])
-    assert result.violations == ["run r: TaskStarted of b attempt 2 after the run ended"]
+    assert result.violations == [
+        "run r: TaskStarted of b attempt 2 after the run ended (RunSucceeded)"
+    ]
 
 
 def test_a_run_without_an_end_is_stuck_and_a_missing_run_is_lost() -> None:
@@ -178,7 +180,7 @@ def test_a_command_that_ends_after_its_run_is_a_violation_and_an_orphan_is_measu
     late = [execution("a", agent="agent-2", ended=9.0), execution("b", ended=2.4)]
     result = verdict(events, late)
     assert result.violations == [
-        "run r: a attempt 1: command on agent-2 ran 6.00s after the run ended"
+        "run r: a attempt 1: command on agent-2 ran 6.00s after the run ended (RunSucceeded)"
     ]
     assert result.orphans == [4.0]  # agent-2 was killed at 5 s
 
