@@ -42,17 +42,6 @@ REPO = Path(__file__).resolve().parents[3]
 FOREVER = 10**9  # appends that keep failing until a test clears the fault
 
 
-@pytest.fixture
-def server() -> MemoryServer:
-    return MemoryServer()
-
-
-@pytest.fixture
-async def bp(server: MemoryServer) -> AsyncIterator[MemoryBackplane]:
-    async with server.connect("test") as conn:
-        yield conn
-
-
 @pytest.fixture(autouse=True)
 def short_pulls(monkeypatch: pytest.MonkeyPatch) -> None:
     """An idle pull is renewed every 50 ms instead of every second: a stopping agent waits for

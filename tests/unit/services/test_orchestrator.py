@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -31,7 +30,6 @@ from core.events import (
 from services import orchestrator as orchestrator_module
 from services.commands import cancel
 from services.orchestrator import CHECKPOINT, Orchestrator
-from services.ports import Backplane
 from tests.fakes import MemoryBackplane, MemoryServer
 from tests.rolekit import (
     DIAMOND,
@@ -51,25 +49,6 @@ from tests.rolekit import (
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def server() -> MemoryServer:
-    return MemoryServer()
-
-
-@pytest.fixture
-async def bp(server: MemoryServer) -> AsyncIterator[MemoryBackplane]:
-    async with server.connect("test") as conn:
-        yield conn
-
-
-@pytest.fixture
-def connect(server: MemoryServer) -> Connect:
-    async def new_connection() -> Backplane:
-        return server.connect("orchestrator")
-
-    return new_connection
 
 
 @pytest.fixture(autouse=True)

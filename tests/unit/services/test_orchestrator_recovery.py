@@ -73,25 +73,6 @@ def fast_loops(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recovery_module, "SNAPSHOT_MIN_EVENTS", 1)
 
 
-@pytest.fixture
-def server() -> MemoryServer:
-    return MemoryServer()
-
-
-@pytest.fixture
-async def bp(server: MemoryServer) -> AsyncIterator[MemoryBackplane]:
-    async with server.connect("test") as conn:
-        yield conn
-
-
-@pytest.fixture
-def connect(server: MemoryServer) -> Connect:
-    async def new_connection() -> Backplane:
-        return server.connect("orchestrator")
-
-    return new_connection
-
-
 def stored_snapshot(server: MemoryServer) -> StateSnapshot | None:
     data = server.snapshots.objects.get(SNAPSHOT)
     return decode_snapshot(data) if data is not None else None

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,17 +18,6 @@ from tests.rolekit import defs, history, schedule, wait_for_event
 pytestmark = pytest.mark.timeout(60)
 
 ONE = defs(TaskDef(id="only", command="true"))
-
-
-@pytest.fixture
-def server() -> MemoryServer:
-    return MemoryServer()
-
-
-@pytest.fixture
-async def bp(server: MemoryServer) -> AsyncIterator[MemoryBackplane]:
-    async with server.connect("test") as conn:
-        yield conn
 
 
 async def queued_run(
