@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
-import socket
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
@@ -26,13 +25,13 @@ from core.definitions import (
 from core.errors import Conflict, Unavailable
 from core.events import (
     AnyEvent,
-    Dispatch,
     RunScheduled,
     RunSucceeded,
     TaskQueued,
     TaskStarted,
     TaskSucceeded,
 )
+from services.embedded_nats import free_port
 from services.nats import NatsBackplane, connect
 from services.nats.names import (
     ADVISORIES_STREAM,
@@ -47,11 +46,10 @@ from services.nats.names import (
     work_subject,
 )
 from services.ports import LostWork, RunExists
+from tests.contract.harness import dispatch, take
 from tests.waiting import eventually
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-
     from services.embedded_nats import EmbeddedNats
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -66,29 +64,6 @@ def scheduled(run_id: str, name: str = "demo") -> RunScheduled:
 
 def started(run_id: str, task_id: str, attempt: int = 1) -> TaskStarted:
     return TaskStarted(run_id=run_id, ts=NOW, task_id=task_id, attempt=attempt, agent_id="a1")
-
-
-def dispatch(task_id: str, queue: str = "default") -> Dispatch:
-    return Dispatch(run_id="r1", task_id=task_id, attempt=1, queue=queue, command="true")
-
-
-async def take(source: AsyncIterator[T], n: int, timeout: float = 10.0) -> list[T]:
-    async def collect() -> list[T]:
-        out: list[T] = []
-        async for item in source:
-            out.append(item)
-            if len(out) == n:
-                break
-        return out
-
-    return await asyncio.wait_for(collect(), timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # -- names --------------------------------------------------------------------------------------
