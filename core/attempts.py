@@ -21,10 +21,11 @@ from core.events import (
     TaskFailed,
     TaskLost,
     TaskSkipped,
+    TaskStarted,
     TaskSucceeded,
 )
 
-__all__ = ["why_not_current"]
+__all__ = ["held_elsewhere", "why_not_current"]
 
 # Results that end an attempt: once one is stored, the attempt never runs again.
 _ENDS_ATTEMPT = (TaskSucceeded, TaskFailed, TaskLost, TaskCancelled, TaskSkipped)
@@ -44,4 +45,24 @@ def why_not_current(d: Dispatch, last: AnyEvent | None) -> str | None:
             return f"attempt {d.attempt} was superseded by attempt {last.attempt}"
         if last.attempt == d.attempt and isinstance(last, _ENDS_ATTEMPT):
             return f"attempt {d.attempt} has already ended ({type(last).__name__})"
+    return None
+
+
+def held_elsewhere(d: Dispatch, delivery: int, agent_id: str, last: AnyEvent | None) -> str | None:
+    """Why delivery `delivery` of attempt `d` must be left to another agent, given the run's
+    newest event `last`; None when nothing says so.
+
+    It is left alone when the newest event is another agent's start of the same attempt from
+    the same or a later delivery: that agent holds this very message. JetStream hands a message
+    out again with the same delivery count when a restarted server lost the consumer's state
+    (its acknowledgements are keyed by stream sequence, so the holder still settles it). A start
+    from an earlier delivery is a holder that gave the message back or died: this one runs.
+    """
+    if (
+        isinstance(last, TaskStarted)
+        and (last.task_id, last.attempt) == (d.task_id, d.attempt)
+        and last.agent_id != agent_id
+        and last.delivery >= delivery
+    ):
+        return f"agent {last.agent_id!r} runs this attempt (delivery {last.delivery})"
     return None

@@ -10,11 +10,13 @@ What it does:
    agent receives a dispatch the moment it is stored. It never holds more than `concurrency`
    dispatches in total: a pull asks for at most as many messages as there are free slots;
 3. for each dispatch: spawns the command (services.process) with the merged environment in the
-   work directory at once, but holds it; reads the run's newest event and terminates a dispatch
-   whose attempt is no longer current (core.attempts: run ended or being cancelled, attempt
-   ended or superseded) unrun, appending nothing; else appends `TaskStarted` and releases the
-   command once it is stored: an execution is always recorded, and process start-up overlaps
-   both round trips.
+   work directory at once, but holds it while it claims the start: it reads the run's newest
+   event, terminates a dispatch whose attempt is no longer current (core.attempts: run ended or
+   being cancelled, attempt ended or superseded) unrun, leaves one that another agent holds
+   (the same delivery handed out twice after a NATS restart) to that agent, and otherwise
+   appends `TaskStarted` on condition that the event it read is still the newest, so nothing
+   can slip in between. It releases the command once the start is stored: an execution is
+   always recorded, and process start-up overlaps both round trips.
    Then streams its output to CX_LOGS, tells JetStream the message is still in progress every
    ack_wait/3, appends `TaskSucceeded` or `TaskFailed`, waits until that is stored, and only
    then acks the message. A crash anywhere before means redelivery to another agent
@@ -49,10 +51,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from core.agents import AgentInfo
-from core.attempts import why_not_current
-from core.errors import CyclonetixError, Unavailable
+from core.attempts import held_elsewhere, why_not_current
+from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
-    AnyEvent,
     Dispatch,
     FailureReason,
     TaskCancelled,
@@ -64,6 +65,7 @@ from services.background import alongside
 from services.guardian import MARKER_ENV, Guardian
 from services.logging import logs_json
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_command
+from services.retrying import backoff
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -80,6 +82,9 @@ ERROR_BACKOFF = 1.0  # after a failed fetch / append, before trying again
 # NATS: stopping takes the grace periods plus this, not a publish's full retry deadline.
 SHUTDOWN_WRITE_S = 2.0
 KILL_MARGIN_S = 1.5  # after kill_grace: a killed command's group is reaped (services.process)
+# A start is retried for this share of the ack_wait at most: its dispatch must be handed back
+# (or run) before JetStream could redeliver it to another agent.
+CLAIM_SHARE = 0.6
 LOG_STREAM = "stdout"  # stderr is merged into stdout by services.process (terminal order)
 
 
@@ -162,11 +167,12 @@ class Agent:
             self._guardian = Guardian(self.id, nats_url=self.backplane.url, log_json=logs_json())
             self._guardian.start()  # before the first command can exist
         try:
-            await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
+            with contextlib.suppress(CyclonetixError):  # (the heartbeat loop tries again)
+                await self._heartbeat()  # visible at once (`cyclonetix dev` waits for it)
             for queue in self.config.queues:
-                consumers[queue] = await self.backplane.work.consumer(
-                    queue, ack_wait=self.config.ack_wait, max_deliver=self.config.max_deliver
-                )
+                if (consumer := await self._bind(queue, stop)) is None:
+                    return  # stopped before NATS answered
+                consumers[queue] = consumer
             # Heartbeats, in-progress signals and cancellations go on until the last command
             # has ended; the fetchers only until `stop`.
             async with alongside(
@@ -210,6 +216,20 @@ class Agent:
                 await self._guardian.stop()
             shutil.rmtree(self._eval_dir, ignore_errors=True)
             log.info("agent.stopped", agent_id=self.id)
+
+    async def _bind(self, queue: str, stop: asyncio.Event) -> WorkConsumer | None:
+        """The queue's shared consumer, asked for until NATS answers (a restart or a stream
+        leader election makes it time out for a while); None when `stop` comes first."""
+        delays = backoff(0.1, cap=2.0)
+        while not stop.is_set():
+            try:
+                return await self.backplane.work.consumer(
+                    queue, ack_wait=self.config.ack_wait, max_deliver=self.config.max_deliver
+                )
+            except Unavailable as exc:
+                log.warning("agent.queue_unavailable", queue=queue, error=str(exc))
+                await _wait_any(asyncio.sleep(next(delays)), stop)
+        return None
 
     async def _finish_running(self, kill: asyncio.Event) -> None:
         """Let running commands finish within the grace, then kill them and hand them back."""
@@ -292,12 +312,10 @@ class Agent:
         item = running.item
         d = item.dispatch
         delivery = item.delivery
-        # The command is spawned at once but held (run_command's gate) until two round trips
-        # are done, which overlap its start-up: a read of the run's newest event (an attempt
-        # that is no longer current must not run), then, if current, the append of TaskStarted
-        # (an execution is always recorded). Appended only after the read, a start never hides
-        # the end of a run from the next agent's read.
-        check = asyncio.ensure_future(self._why_not_current(item))
+        # The command is spawned at once but held (run_command's gate) until its start is
+        # claimed (see _claim: a read of the run's newest event, then the append of
+        # TaskStarted expecting that event to be still the newest); the round trips overlap
+        # the command's start-up.
         start = TaskStarted(
             run_id=d.run_id,
             ts=dt.datetime.now(dt.UTC),  # (taken: the start of its handling)
@@ -308,7 +326,7 @@ class Agent:
             pid=self.pid,
             delivery=delivery,
         )
-        gate = _gate(check, lambda: self.backplane.events.append_nowait(start))
+        gate = asyncio.ensure_future(self._claim(item, start))
         with structlog.contextvars.bound_contextvars(
             run_id=d.run_id, task_id=d.task_id, attempt=d.attempt
         ):
@@ -316,7 +334,7 @@ class Agent:
                 log.info("task.redelivered", delivery=delivery)
             eval_path = self._eval_path(d)
             try:
-                # Two loop turns (the check's request, then nats-py's flusher) put the read on
+                # Two loop turns (the claim's request, then nats-py's flusher) put the read on
                 # the socket before the spawn blocks the loop: the round trips then overlap
                 # the command's start-up instead of following it.
                 await asyncio.sleep(0)
@@ -335,13 +353,17 @@ class Agent:
                         gate=gate,
                         guard=self._guardian,
                     )
+                except HeldElsewhere as exc:  # its holder settles the message, not us
+                    log.warning("task.held_elsewhere", reason=str(exc), delivery=delivery)
+                    running.settled = True
+                    return
                 except NotCurrent as exc:  # nothing ran; no result for it, ever
                     log.info("task.not_current", reason=str(exc), delivery=delivery)
                     running.settled = True
                     with contextlib.suppress(Unavailable):
                         await item.term()
                     return
-                except Unavailable as exc:  # TaskStarted was not stored: nothing ran
+                except Unavailable as exc:  # the start could not be confirmed: nothing ran
                     log.warning("task.start_not_stored", error=str(exc))
                     await self._hand_back(item, reason="its start could not be recorded")
                     return
@@ -355,31 +377,51 @@ class Agent:
                     await self._hand_back(item, reason="agent killed")
                 raise
             finally:
-                check.cancel()
                 gate.cancel()  # (a no-op once it is done)
                 if eval_path is not None:
                     eval_path.unlink(missing_ok=True)
 
-    async def _why_not_current(self, item: WorkItem) -> str | None:
-        """Why the dispatch's attempt must not start (core.attempts: its run ended or is being
-        cancelled, the attempt ended or was superseded), judged from the run's newest event:
-        one direct read, overlapping the held start. None when nothing says so, also when the
-        read fails: the start is still recorded before anything runs, and fold fences a stale
-        attempt's events."""
+    async def _claim(self, item: WorkItem, start: TaskStarted) -> int:
+        """Record the start of the dispatch's attempt if it may still run: its sequence.
+
+        The run's newest event decides (core.attempts: the run ended or is being cancelled, the
+        attempt ended or was superseded, or another agent holds this very delivery), and the
+        start is appended only while that event is still the newest (expected sequence): no
+        cancellation, end of the run or other start can land between the judgement and the
+        start. Someone else's event in between (a conflict) means judging again.
+
+        Raises NotCurrent or HeldElsewhere (nothing appended), or Unavailable when NATS did
+        not confirm the start within CLAIM_SHARE of the ack_wait (then the dispatch is handed
+        back before it could be redelivered to another agent under us). Retrying until then,
+        not giving up at the first timeout, is what keeps a start that was stored but whose
+        acknowledgement was lost from being recorded without running.
+        """
         d = item.dispatch
         events = self.backplane.events
-        try:
-            last = await events.last_event(d.run_id)
-            if last is not None and _starts(last[1], d):
-                # A redelivery whose earlier start is the newest event: that start may have
-                # raced with the end of the run and hide it. Judge by what came before it
-                # (rare: one read of the run's history).
-                earlier = [e for s, e in await events.history(d.run_id) if s < last[0]]
-                last = (0, earlier[-1]) if earlier else None
-        except Unavailable as exc:
-            log.warning("task.currency_unknown", error=str(exc))
-            return None
-        return why_not_current(d, None if last is None else last[1])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ack_wait * CLAIM_SHARE
+        delays = backoff(0.05, ERROR_BACKOFF)
+        while True:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    last = await events.last_event(d.run_id)
+                    newest = None if last is None else last[1]
+                    if why := held_elsewhere(d, start.delivery, self.id, newest):
+                        raise HeldElsewhere(why)
+                    if why := why_not_current(d, newest):
+                        raise NotCurrent(why)
+                    if last is None and await events.first_seq(d.run_id) is not None:
+                        # The newest event does not decode (a newer writer): nothing to
+                        # expect, and nothing it says can be judged here.
+                        return await events.append(start)
+                    return await events.append_expected(start, 0 if last is None else last[0])
+            except Conflict:
+                continue  # someone appended after the read: judge again
+            except (Unavailable, TimeoutError) as exc:
+                if self.backplane.closed or loop.time() >= deadline:
+                    raise Unavailable(f"the start was not confirmed: {exc}") from exc
+                log.warning("task.start_retrying", error=str(exc))
+                await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
 
     def _environment(self, d: Dispatch, eval_path: Path | None) -> dict[str, str]:
         """agent environment < dispatch env (context, parameters) < CYCLONETIX_* of the attempt."""
@@ -605,53 +647,8 @@ class NotCurrent(Exception):
     """The dispatch's attempt must not start (core.attempts): fails the held start's gate."""
 
 
-def _starts(event: AnyEvent, d: Dispatch) -> bool:
-    """Whether `event` is a start of the dispatch's attempt (by any delivery)."""
-    return isinstance(event, TaskStarted) and (event.task_id, event.attempt) == (
-        d.task_id,
-        d.attempt,
-    )
-
-
-def _gate(
-    check: asyncio.Future[str | None], append: Callable[[], asyncio.Future[int]]
-) -> asyncio.Future[int]:
-    """Done once the check found the attempt current and then `append` (of TaskStarted) is
-    stored: the held command runs. Fails with NotCurrent (nothing appended) when the check
-    says so, or with the append's error."""
-    loop = asyncio.get_running_loop()
-    gate: asyncio.Future[int] = loop.create_future()
-
-    def appended(started: asyncio.Future[int]) -> None:
-        if gate.done():
-            _retrieve(started)
-        elif started.cancelled():
-            gate.cancel()
-        elif (error := started.exception()) is not None:
-            gate.set_exception(error)
-        else:
-            gate.set_result(started.result())
-
-    def checked(_: object) -> None:
-        if gate.done() or check.cancelled():
-            return
-        if (error := check.exception()) is not None:  # a bug: do not let it hold the task
-            log.error("task.currency_check_failed", error=repr(error))
-            why = None
-        else:
-            why = check.result()
-        if why is not None:
-            gate.set_exception(NotCurrent(why))
-            return
-        try:
-            started = append()
-        except Exception as exc:  # noqa: BLE001 - (Unavailable: closing) the gate's failure
-            gate.set_exception(exc)
-        else:
-            started.add_done_callback(appended)
-
-    check.add_done_callback(checked)
-    return gate
+class HeldElsewhere(NotCurrent):
+    """Another agent holds this very delivery (core.attempts.held_elsewhere): it settles it."""
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

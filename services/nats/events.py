@@ -107,6 +107,13 @@ class NatsEventLog:
             ):
                 return int(after.seq)
             raise Conflict(f"run {event.run_id!r} has events after sequence {expected}") from None
+        if ack.duplicate:
+            # Deduplication comes after the check: an event stored with our msg id is ours
+            # only if its bytes are (another agent's start of the same delivery has our id).
+            with unavailable("a read of the run's events"):
+                stored = await self._conn.js.get_msg(EVENTS_STREAM, seq=ack.seq, direct=True)
+            if stored.data != payload:
+                raise Conflict(f"run {event.run_id!r} has another event with id {mid!r}")
         return int(ack.seq)
 
     async def last_seq(self) -> int:

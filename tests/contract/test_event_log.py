@@ -193,6 +193,21 @@ class EventLogContract(Contract):
         [_, (_, stored)] = await log.history("r1")
         assert stored == queued("r1", "t1", queue="default")
 
+    async def test_expected_sequence_met_but_id_taken_by_other_bytes_conflicts(
+        self, bp: Backplane
+    ) -> None:
+        # Two agents holding the same delivery (a restarted server handed it out again) write
+        # starts with one msg id: the second reads the first as the newest event, so its
+        # expected sequence holds, and only deduplication meets it. It is not its append.
+        log = bp.events
+        await log.append(scheduled("r1"))
+        theirs = started("r1", "t1", agent_id="agent-a")
+        newest = await log.append(theirs)
+        with pytest.raises(Conflict):
+            await log.append_expected(started("r1", "t1", agent_id="agent-b"), newest)
+        assert await log.append_expected(theirs, newest) == newest  # the same bytes: theirs
+        assert [e for _, e in await log.history("r1")][-1] == theirs
+
     async def test_schedule_run_uses_a_run_id_once(self, bp: Backplane) -> None:
         log = bp.events
         event = scheduled("r1")

@@ -99,6 +99,9 @@ class EventStore:
             if after is not None and after.msg_id == mid and after.data == data:
                 return after.seq
             raise Conflict(f"run {run_id!r} has events after sequence {expected}")
+        if (seq := self._duplicate_of(mid)) is not None and self.messages[seq - 1].data != data:
+            # Deduplication comes after the check: the stored event is ours only if its bytes are.
+            raise Conflict(f"run {run_id!r} has another event with id {mid!r}")
         return self.store(run_id, data, mid, writer)
 
 

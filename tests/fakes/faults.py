@@ -20,6 +20,7 @@ class Faults:
         self.lost_append_acks = 0
         self.failing_dispatches = 0
         self.dropped_work_acks = 0
+        self.failing_consumer_binds = 0
         self.failing_lease_calls = 0
         self.failing_snapshot_calls = 0
         self._lease_fault_connection: str | None = None
@@ -42,6 +43,11 @@ class Faults:
     def drop_work_acks(self, n: int = 1) -> None:
         """The next `n` work item acks vanish on the way (the item comes back after ack_wait)."""
         self.dropped_work_acks += n
+
+    def fail_consumer_binds(self, n: int = 1) -> None:
+        """The next `n` bindings to a queue's consumer raise Unavailable (a stream leader
+        election under way: the consumer info request times out)."""
+        self.failing_consumer_binds += n
 
     def fail_snapshot_calls(self, n: int = 1) -> None:
         """The next `n` calls of the snapshots port (put, get, delete) raise Unavailable and

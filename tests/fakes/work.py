@@ -338,6 +338,8 @@ class MemoryWorkQueue:
         self, queue: str, *, ack_wait: float = 30.0, max_deliver: int = 5
     ) -> MemoryWorkConsumer:
         self._conn.check_open()
+        if self._faults.take("failing_consumer_binds"):
+            raise self._faults.unavailable(f"the consumer of queue {queue} did not answer")
         shared = self._store.consumer(queue, float(ack_wait), max_deliver)
         await asyncio.sleep(0)
         return MemoryWorkConsumer(self._conn, shared, self._faults)

@@ -6,8 +6,10 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from core.attempts import why_not_current
+from core.attempts import held_elsewhere, why_not_current
 from core.events import (
     AnyEvent,
     Dispatch,
@@ -69,3 +71,30 @@ def test_current(last: AnyEvent | None) -> None:
 def test_not_current(last: AnyEvent, reason: str) -> None:
     why = why_not_current(D, last)
     assert why is not None and reason in why
+
+
+@given(
+    delivery=st.integers(1, 10),
+    theirs=st.integers(1, 10),
+    agent=st.sampled_from(["me", "other"]),
+    task=st.sampled_from(["t", "u"]),
+    attempt=st.integers(1, 3),
+)
+def test_held_elsewhere_exactly_when_another_agent_started_this_or_a_later_delivery(
+    delivery: int, theirs: int, agent: str, task: str, attempt: int
+) -> None:
+    last = TaskStarted(**R, task_id=task, attempt=attempt, agent_id=agent, delivery=theirs)
+    held = held_elsewhere(D, delivery, "me", last) is not None
+    assert held == (agent == "other" and (task, attempt) == ("t", D.attempt) and theirs >= delivery)
+
+
+@pytest.mark.parametrize(
+    "last",
+    [
+        None,
+        TaskQueued(**R, task_id="t", attempt=2, queue="default"),
+        TaskSucceeded(**R, task_id="t", attempt=2, agent_id="other"),
+    ],
+)
+def test_only_a_start_says_a_delivery_is_held(last: AnyEvent | None) -> None:
+    assert held_elsewhere(D, 1, "me", last) is None

@@ -126,16 +126,8 @@ QUEUED = TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=1, queue="default")
         ],
         # A queued attempt the orchestrator cancelled.
         [SCHEDULED, QUEUED, TaskCancelled(run_id="r", ts=NOW, task_id="t", attempt=1)],
-        # A redelivery whose earlier start raced with the end of the run (stored after it):
-        # that start, the newest event, hides the end; the agent reads what came before it.
-        [
-            SCHEDULED,
-            QUEUED,
-            RunCancelled(run_id="r", ts=NOW),
-            TaskStarted(run_id="r", ts=NOW, task_id="t", attempt=1, agent_id="earlier"),
-        ],
     ],
-    ids=["already-succeeded", "superseded", "cancelled-attempt", "start-after-the-end"],
+    ids=["already-succeeded", "superseded", "cancelled-attempt"],
 )
 async def test_a_stale_dispatch_is_terminated_unrun(tmp_path: Path, before: list[AnyEvent]) -> None:
     server = MemoryServer()
@@ -151,24 +143,97 @@ async def test_a_stale_dispatch_is_terminated_unrun(tmp_path: Path, before: list
     assert not any(isinstance(e, RESULTS) for e in history[len(before) :])
 
 
+def started_by(agent_id: str, delivery: int = 1) -> TaskStarted:
+    return TaskStarted(
+        run_id="r", ts=NOW, task_id="t", attempt=1, agent_id=agent_id, delivery=delivery
+    )
+
+
+async def handed_back_once(bp: Backplane) -> None:
+    """Deliver the queue's dispatch once and hand it back: the agent gets delivery 2."""
+    consumer = await bp.work.consumer("default")
+    [item] = await consumer.fetch(1, timeout=1)
+    await item.nak()
+    await consumer.close()
+
+
 @pytest.mark.parametrize(
     "before",
     [
         [SCHEDULED, QUEUED],
-        # A redelivery: the agent that started it vanished.
-        [SCHEDULED, QUEUED, TaskStarted(run_id="r", ts=NOW, task_id="t", attempt=1, agent_id="x")],
+        # A redelivery: the agent that started delivery 1 handed it back or died.
+        [SCHEDULED, QUEUED, started_by("x", delivery=1)],
     ],
     ids=["queued", "redelivered"],
 )
 async def test_a_current_dispatch_runs(tmp_path: Path, before: list[AnyEvent]) -> None:
     server = MemoryServer()
-    async with server.connect("client") as bp, running_agent(server, workdir=tmp_path):
+    async with server.connect("client") as bp:
         for event in before:
             await bp.events.append(event)
         await bp.work.dispatch(
             Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
         )
-        await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        if len(before) > 2:
+            await handed_back_once(bp)
+        async with running_agent(server, workdir=tmp_path):
+            await eventually(lambda: queue_emptied(server), what="the dispatch settled")
         history = [e for _, e in await bp.events.history("r")]
     assert (tmp_path / "ran-t").read_text() == "ran\n"
-    assert [type(e) for e in history[2:]] == [TaskStarted, TaskSucceeded]  # (one start: same id)
+    assert [type(e) for e in history[len(before) :]] == [
+        TaskStarted,
+        TaskSucceeded,
+    ]  # (one start: same id)
+
+
+async def test_a_delivery_another_agent_holds_is_left_to_it(tmp_path: Path) -> None:
+    """A restarted nats-server that lost its consumer's state hands a delivery out again with
+    the same delivery count: the agent finds the holder's start of that very delivery, runs
+    nothing, appends nothing, and does not settle the message (the holder acks it)."""
+    server = MemoryServer()
+    async with server.connect("client") as bp:
+        for event in (SCHEDULED, QUEUED, started_by("holder", delivery=1)):
+            await bp.events.append(event)
+        await bp.work.dispatch(
+            Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
+        )
+        async with running_agent(server, workdir=tmp_path) as agent:
+
+            async def let_go() -> bool | None:
+                shared = server.work.consumers.get("default")
+                delivered = shared is not None and shared.deliveries.get(1) == 1
+                return True if delivered and not agent.running else None
+
+            await eventually(let_go, what="delivery 1 taken and let go")
+        history = [e for _, e in await bp.events.history("r")]
+    assert not list(tmp_path.glob("ran-*"))
+    assert history == [SCHEDULED, QUEUED, started_by("holder", delivery=1)]
+    assert server.work.messages  # not terminated: still the holder's to settle
+
+
+async def test_a_cancellation_between_the_read_and_the_start_wins(tmp_path: Path) -> None:
+    """The run's cancellation is stored after the agent read the newest event and before its
+    start: the conditional append conflicts, the agent judges again and runs nothing."""
+    server = MemoryServer()
+    async with server.connect("client") as bp:
+        for event in (SCHEDULED, QUEUED):
+            await bp.events.append(event)
+        await bp.work.dispatch(
+            Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
+        )
+        async with running_agent(server, workdir=tmp_path) as agent:
+            events = agent.backplane.events
+            read = events.last_event
+
+            async def read_then_cancel(run_id: str) -> tuple[int, AnyEvent] | None:
+                newest = await read(run_id)
+                if not cancelled:
+                    cancelled.append(await cancel(bp.events, run_id, reason="test"))
+                return newest
+
+            cancelled: list[object] = []
+            events.last_event = read_then_cancel  # type: ignore[method-assign]
+            await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        history = [e for _, e in await bp.events.history("r")]
+    assert not list(tmp_path.glob("ran-*"))
+    assert not any(isinstance(e, TaskStarted | TaskSucceeded) for e in history)

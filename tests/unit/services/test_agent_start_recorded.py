@@ -1,46 +1,107 @@
-"""An execution is always recorded: the agent runs a command only once its TaskStarted is
-stored (on the in-memory backplane, whose faults make an append fail)."""
+"""An execution is always recorded, and every recorded start ran: the agent runs a command only
+once its TaskStarted is stored, and keeps asking until it knows whether it was (on the
+in-memory backplane, whose faults make an append fail or lose its acknowledgement)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from core.events import Dispatch, TaskStarted, TaskSucceeded
 from services.agent import Agent, AgentConfig
+from services.ports import Backplane
 from tests.fakes import MemoryServer
 from tests.waiting import eventually
 
 
-async def test_a_start_that_cannot_be_stored_runs_nothing_and_hands_the_dispatch_back(
-    tmp_path: Path,
-) -> None:
-    server = MemoryServer()
+@contextlib.asynccontextmanager
+async def agent_with_one_dispatch(
+    server: MemoryServer, tmp_path: Path, *, ack_wait: float = 30.0
+) -> AsyncIterator[Backplane]:
+    """An agent serving `default`, and a dispatch on it whose command counts its runs."""
     backplane = server.connect("agent")
-    agent = Agent(backplane, AgentConfig(workdir=tmp_path, ack_wait=30.0))
+    agent = Agent(backplane, AgentConfig(workdir=tmp_path, ack_wait=ack_wait, guardian=False))
     stop = asyncio.Event()
     running = asyncio.create_task(agent.run(stop))
     try:
-        server.faults.fail_appends(1)  # the first TaskStarted is never stored
-        count = tmp_path / "count"
-        command = f"echo x >> {count}; echo done"
+        command = f"echo x >> {tmp_path / 'count'}; echo done"
         await backplane.work.dispatch(
             Dispatch(run_id="r1", task_id="t", attempt=1, queue="default", command=command)
         )
-
-        async def finished() -> TaskSucceeded | None:
-            for _, event in await backplane.events.history("r1"):
-                if isinstance(event, TaskSucceeded):
-                    return event
-            return None
-
-        done = await eventually(finished, timeout=10, what="the handed-back dispatch to succeed")
-        history = [e for _, e in await backplane.events.history("r1")]
-        starts = [e for e in history if isinstance(e, TaskStarted)]
-        assert [s.delivery for s in starts] == [2]  # the first delivery left no start: no run
-        assert count.read_text() == "x\n"  # ran exactly once, after its start was stored
-        assert done.output_tail == "done\n"
+        yield backplane
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)
         await backplane.close()
+
+
+async def succeeded(backplane: Backplane) -> TaskSucceeded:
+    async def found() -> TaskSucceeded | None:
+        for _, event in await backplane.events.history("r1"):
+            if isinstance(event, TaskSucceeded):
+                return event
+        return None
+
+    return await eventually(found, timeout=10, what="the dispatch to succeed")
+
+
+async def starts(backplane: Backplane) -> list[int]:
+    """The delivery of every stored start."""
+    return [
+        e.delivery for _, e in await backplane.events.history("r1") if isinstance(e, TaskStarted)
+    ]
+
+
+async def test_a_start_that_failed_to_store_is_retried_and_runs_once(tmp_path: Path) -> None:
+    server = MemoryServer()
+    server.faults.fail_appends(2)  # the first two tries of TaskStarted store nothing
+    async with agent_with_one_dispatch(server, tmp_path) as backplane:
+        done = await succeeded(backplane)
+        assert await starts(backplane) == [1]
+    assert (tmp_path / "count").read_text() == "x\n"
+    assert done.output_tail == "done\n"
+
+
+async def test_a_start_stored_without_its_ack_is_recognised_and_runs_once(tmp_path: Path) -> None:
+    # Handing the dispatch back here would leave a recorded start that never ran.
+    server = MemoryServer()
+    server.faults.lose_append_acks(1)
+    async with agent_with_one_dispatch(server, tmp_path) as backplane:
+        await succeeded(backplane)
+        assert await starts(backplane) == [1]
+    assert (tmp_path / "count").read_text() == "x\n"
+
+
+async def test_a_start_not_confirmed_in_time_runs_nothing_and_is_handed_back(
+    tmp_path: Path,
+) -> None:
+    # Nothing stored for longer than the claim's share of ack_wait: the dispatch goes back
+    # before JetStream could give it to another agent under this one.
+    server = MemoryServer()
+    server.faults.fail_appends(10**9)
+    async with agent_with_one_dispatch(server, tmp_path, ack_wait=1.0) as backplane:
+
+        async def handed_back() -> bool | None:
+            shared = server.work.consumers.get("default")
+            return True if shared is not None and shared.deliveries.get(1, 0) >= 2 else None
+
+        await eventually(handed_back, what="the dispatch handed back")
+        assert not (tmp_path / "count").exists()
+        server.faults.failing_appends = 0  # NATS is back
+        await succeeded(backplane)
+        deliveries = await starts(backplane)
+        assert len(deliveries) == 1 and deliveries[0] >= 2  # the first delivery left no start
+    assert (tmp_path / "count").read_text() == "x\n"
+
+
+async def test_an_agent_whose_queue_does_not_answer_at_first_waits_for_it(tmp_path: Path) -> None:
+    # During a stream leader election the consumer's info request times out: the agent keeps
+    # asking instead of exiting, and serves once the queue answers.
+    server = MemoryServer()
+    server.faults.fail_consumer_binds(3)
+    async with agent_with_one_dispatch(server, tmp_path) as backplane:
+        await succeeded(backplane)
+    assert server.faults.failing_consumer_binds == 0
+    assert (tmp_path / "count").read_text() == "x\n"
