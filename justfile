@@ -73,6 +73,7 @@ bench:
     {{bin}}/cyclonetix bench throughput --tasks 5000 --agents 2 --json
     {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
     {{bin}}/cyclonetix bench recovery --runs 1000 --json
+    {{bin}}/cyclonetix bench takeover --rounds 5 --json
 
 [doc("Everything CI runs")]
 [group("test")]

@@ -16,6 +16,12 @@ live and writes its snapshot. Each round then:
    one task;
 4. starts a new orchestrator process and measures from that moment to the probe's TaskQueued
    (its dispatch is published with it): process start-up, lease, restore, replay, deciding.
+
+`takeover`: standby takeover. Two orchestrator processes, one leading, one a hot standby; each
+round kills the leader with SIGKILL (at a random point of its renewal cycle), schedules a probe
+run at once and measures the kill to the probe's TaskQueued: the lease's expiry (up to
+LEASE_TTL after the leader's last renewal), the standby's next try (every LEASE_RETRY_S), its
+replay and its first decision. The killed process is started again as the next standby.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import signal
 import statistics
 import sys
@@ -45,7 +52,8 @@ from core.events import (
 from core.scheduling import plan_run
 from services.embedded_nats import EmbeddedNats, die_with_parent
 from services.nats import NatsBackplane, connect
-from services.orchestrator import LEASE
+from services.nats.provisioning import LEASE_TTL
+from services.orchestrator import LEASE, LEASE_RENEW_S, LEASE_RETRY_S
 from services.recovery import SNAPSHOT
 
 Line = dict[str, Any]
@@ -284,4 +292,123 @@ async def recovery(
             [round(r[p], 3) for p in phases] + [round(r["restart_to_dispatch_s"], 3)]
             for r in results
         ]
+    return out
+
+
+async def _leader_and_standby(
+    backplane: NatsBackplane, orchs: list[OrchestratorProcess], timeout: float = 60.0
+) -> tuple[OrchestratorProcess, OrchestratorProcess, str]:
+    """Which process holds the lease (its holder id, as it logged it when it took the lease),
+    once the other one waits as a standby; and that holder id."""
+    async with asyncio.timeout(timeout):
+        while True:
+            holder = await backplane.leases.holder(LEASE)
+            first, second = orchs
+            for leader, standby in ((first, second), (second, first)):
+                took = [
+                    line
+                    for line in leader.lines
+                    if line.get("event") == "orchestrator.lease_acquired"
+                ]
+                if holder is not None and took and took[-1].get("holder") == holder:
+                    await leader.wait_for("orchestrator.live", timeout)
+                    await standby.wait_for("orchestrator.standby", timeout)
+                    return leader, standby, holder
+            await asyncio.sleep(0.05)
+
+
+async def _lease_gone(backplane: NatsBackplane, holder: str) -> float:
+    """(perf_counter) when `holder` no longer holds the orchestrator lease (polled: expired,
+    or already taken by the standby when its try came first)."""
+    while await backplane.leases.holder(LEASE) == holder:  # noqa: ASYNC110 - a KV entry expiring
+        await asyncio.sleep(0.01)
+    return time.perf_counter()
+
+
+async def _takeover_round(
+    backplane: NatsBackplane, orchs: list[OrchestratorProcess], probe: Definitions
+) -> dict[str, float]:
+    leader, standby, holder = await _leader_and_standby(backplane, orchs)
+    # Anywhere in the leader's renewal cycle: how old its lease is at the kill decides the wait.
+    await asyncio.sleep(secrets.randbelow(1000) / 1000 * LEASE_RENEW_S)
+    killed_at = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    await leader.kill()
+    event = plan_run(
+        probe, kind="outcome", target="probe", now=dt.datetime.now(dt.UTC), entropy=os.urandom(16)
+    )
+    await backplane.events.schedule_run(event)
+    gone = asyncio.ensure_future(_lease_gone(backplane, holder))
+    try:
+        await _first_dispatch(backplane, event.run_id, timeout=60.0)
+        seconds = time.perf_counter() - started
+        lease_gone = await asyncio.wait_for(gone, 5.0) - started
+    finally:
+        gone.cancel()
+    acquired = await standby.wait_for("orchestrator.lease_acquired", 30.0)
+    live = await standby.wait_for("orchestrator.live", 30.0)
+
+    def since_kill(line: Line) -> float:
+        return (dt.datetime.fromisoformat(line["timestamp"]) - killed_at).total_seconds()
+
+    await leader.start()  # the next round's standby (waited for there)
+    return {
+        "kill_to_dispatch_s": seconds,
+        "to_lease_gone_s": lease_gone,  # the dead leader's lease expired
+        "to_lease_acquired_s": since_kill(acquired),  # the standby's next try took it
+        "to_live_s": since_kill(live),  # it replayed the log
+        "replayed": live["replayed"],
+    }
+
+
+async def takeover(
+    rounds: int = 5, *, nats_url: str | None = None, replicas: int = 1
+) -> dict[str, Any]:
+    """Kill → the probe's dispatch by the standby that takes over, `rounds` times (median,
+    extremes, and every round's figure with its phases)."""
+    if rounds < 1:
+        raise ValueError("--rounds must be at least 1")
+    probe = Definitions(tasks={"probe": TaskDef(id="probe", command="true", queue="bench")})
+    with tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp:
+        nats: EmbeddedNats | None = None
+        if nats_url is None:
+            nats = EmbeddedNats(Path(tmp) / "nats")
+            nats_url = await asyncio.to_thread(nats.start)
+        orchs = [
+            OrchestratorProcess(nats_url, Path(tmp) / f"orchestrator-{name}.log")
+            for name in ("a", "b")
+        ]
+        try:
+            connecting = connect(nats_url, name="cyclonetix-bench", replicas=replicas)
+            async with await connecting as backplane:
+                await backplane.definitions.put(probe)
+                await orchs[0].start()
+                await orchs[0].wait_for("orchestrator.live", 60.0)
+                await orchs[1].start()
+                results = [await _takeover_round(backplane, orchs, probe) for _ in range(rounds)]
+        finally:
+            for orch in orchs:
+                await orch.kill()
+            if nats is not None:
+                await asyncio.to_thread(nats.stop)
+    seconds = [r["kill_to_dispatch_s"] for r in results]
+    phases = ("to_lease_gone_s", "to_lease_acquired_s", "to_live_s")
+    out: dict[str, Any] = {
+        "rounds": rounds,
+        "p50_s": round(statistics.median(seconds), 3),
+        "max_s": round(max(seconds), 3),
+        "min_s": round(min(seconds), 3),
+        "lease_ttl_s": LEASE_TTL,
+        "lease_renew_s": LEASE_RENEW_S,
+        "lease_retry_s": LEASE_RETRY_S,
+    }
+    for phase in phases:  # medians: to_lease_gone_p50_s, …
+        out[f"{phase.removesuffix('_s')}_p50_s"] = round(
+            statistics.median(r[phase] for r in results), 3
+        )
+    out["rounds_s"] = [round(s, 3) for s in seconds]
+    # every round: [kill to the lease gone, to the standby's lease, to it live, to dispatch]
+    out["rounds_phases_s"] = [
+        [round(r[p], 3) for p in phases] + [round(r["kill_to_dispatch_s"], 3)] for r in results
+    ]
     return out

@@ -1,5 +1,5 @@
-"""`cyclonetix bench latency|throughput|agent-kill|recovery`: measure the running system, print
-JSON."""
+"""`cyclonetix bench latency|throughput|agent-kill|recovery|takeover`: measure the running
+system, print JSON."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from services.settings import load_settings
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "bench",
-        help="measure hop latency, throughput, recovery from a killed agent or orchestrator",
+        help="measure hop latency, throughput, recovery from a killed agent or orchestrator, "
+        "standby takeover",
         description="Start a private NATS server, orchestrator and agents (real processes), "
         "run a benchmark workload through them and print the figures.",
     )
     kinds = parser.add_subparsers(
-        dest="which", metavar="latency|throughput|agent-kill|recovery", required=True
+        dest="which", metavar="latency|throughput|agent-kill|recovery|takeover", required=True
     )
     lat = kinds.add_parser(
         "latency",
@@ -58,14 +59,23 @@ def register(sub: Any) -> None:
     rec.add_argument("--runs", type=int, default=1000, help="open runs (default 1000)")
     rec.add_argument("--steps", type=int, default=30, help="tasks done per run (default 30)")
     rec.add_argument("--repeat", type=int, default=3, help="rounds of each (default 3)")
-    for p in (lat, thr, kill, rec):
+    take = kinds.add_parser(
+        "takeover",
+        help="kill to first dispatch by the standby after the leading orchestrator's SIGKILL",
+        description="Start two orchestrator processes (one leads, one waits as a standby), then "
+        "R times: SIGKILL the leader, schedule a probe run at once and time the kill to the "
+        "probe's TaskQueued from the standby that takes over, lease expiry included (the killed "
+        "orchestrator is started again as the next standby).",
+    )
+    take.add_argument("--rounds", type=int, default=5, help="kills (default 5)")
+    for p in (lat, thr, kill, rec, take):
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
         p.set_defaults(func=main)
 
 
 def main(args: argparse.Namespace) -> int:
-    if args.which == "agent-kill":
+    if args.which in ("agent-kill", "takeover"):
         if args.rounds < 1:
             raise CliError("--rounds must be at least 1")
     elif args.which == "recovery":
@@ -83,6 +93,10 @@ def main(args: argparse.Namespace) -> int:
             )
         elif args.which == "agent-kill":
             figures = run(bench.agent_kill(args.rounds, nats_url=args.nats_url, replicas=replicas))
+        elif args.which == "takeover":
+            figures = run(
+                bench_recovery.takeover(args.rounds, nats_url=args.nats_url, replicas=replicas)
+            )
         elif args.which == "recovery":
             figures = run(
                 bench_recovery.recovery(

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services import bench
+from services import bench, bench_recovery
 from tests.e2e.conftest import child_env
 
 pytestmark = pytest.mark.e2e
@@ -29,6 +29,18 @@ async def test_agent_kill_bench_runs_one_round() -> None:
     figures = await bench.agent_kill(1)
     assert figures["rounds"] == 1
     assert 0 < figures["min_ms"] <= figures["p50_ms"] <= figures["max_ms"]
+
+
+async def test_takeover_bench_runs_one_round() -> None:
+    """`bench takeover`, one kill: a standby orchestrator process takes over (no timing
+    asserted, only that the figures are there)."""
+    figures = await bench_recovery.takeover(1)
+    assert figures["rounds"] == 1 and figures["lease_ttl_s"] > 0
+    assert 0 < figures["min_s"] <= figures["p50_s"] <= figures["max_s"]
+    assert len(figures["rounds_s"]) == 1
+    # (moments polled, logged by the standby and seen here: their order is not asserted)
+    [phases] = figures["rounds_phases_s"]
+    assert len(phases) == 4 and all(seconds > 0 for seconds in phases)
 
 
 def test_bench_cli_prints_one_json_object() -> None:
