@@ -1,0 +1,316 @@
+"""The projection, written once: one event in, the rows it changes out. Pure: no store, no I/O.
+
+Statuses are never re-derived here. Each open run keeps the run's `core.run.RunState` (in an
+`OpenRun`) and every event is folded into it with `core.run.fold`, so the read model agrees with
+core by construction: duplicates, redeliveries, stale attempts (fenced by core), retries,
+cancellation and graph extensions mean here exactly what they mean to the orchestrator. The rows
+of a change are read off the state after the fold; only the event's own task (and the nodes a
+GraphExtended adds) can change, so an event costs O(1) rows whatever the size of its run.
+
+How a store uses it (see `projections.memory` for the reference):
+
+1. skip entries at or below its checkpoint (a store applies each sequence once);
+2. call `apply(lookup, seq, event)` for each entry in order; `lookup(run_id)` returns the run's
+   `OpenRun` (held in the store's cache; on a miss, rebuilt with `rebuild` from the run's stored
+   event rows), `FINISHED` for a run whose terminal event it holds, or None for a run it never
+   saw scheduled. `Changes.opened` is a new run's `OpenRun` to cache; after `Changes.closed` the
+   store may drop it (its run row is terminal: lookup then answers FINISHED);
+3. write every change of the batch and the batch's last sequence in one atomic write. `apply`
+   mutates the cached `OpenRun`s, so when that write fails the store drops its cache (the runs
+   are rebuilt from what was committed).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Callable, Iterable
+from typing import Final
+
+import msgspec
+
+from core.events import (
+    AnyEvent,
+    GraphExtended,
+    RunCancelRequested,
+    RunScheduled,
+    TaskCancelled,
+    TaskEvent,
+    TaskFailed,
+    TaskLost,
+    TaskQueued,
+    TaskStarted,
+    TaskSucceeded,
+    encode,
+)
+from core.run import EVALUATING, PENDING, RunState, RunStatus, TaskRun, fold
+from core.snapshots import TaskNode
+from projections.views import (
+    AttemptRow,
+    AttemptStatus,
+    EventRow,
+    RunRow,
+    TaskRunRow,
+    empty_counts,
+)
+
+
+class OpenRun:
+    """What the projection keeps per open run: core's state plus the few facts core drops."""
+
+    __slots__ = (
+        "attempts",
+        "cancelled_by",
+        "context_id",
+        "counts",
+        "idempotency_key",
+        "scheduled_seq",
+        "started_at",
+        "state",
+    )
+
+    def __init__(self, state: RunState, scheduled: RunScheduled, scheduled_seq: int) -> None:
+        self.state = state
+        self.scheduled_seq = scheduled_seq
+        self.context_id = scheduled.context_id
+        self.idempotency_key = scheduled.idempotency_key
+        self.counts = empty_counts()
+        self.counts[PENDING] = len(state.tasks)
+        self.started_at: dt.datetime | None = None
+        self.cancelled_by = ""
+        self.attempts: dict[str, AttemptRow] = {}  # task id -> its latest attempt's row
+
+
+class Finished:
+    """The lookup's answer for a run that has ended: no event changes it any more."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FINISHED"
+
+
+FINISHED: Final = Finished()
+
+Lookup = Callable[[str], OpenRun | Finished | None]
+
+
+class Changes(msgspec.Struct, kw_only=True, gc=False):
+    """What one entry changes; a store upserts the rows (keyed by run, task, attempt)."""
+
+    seq: int
+    event: EventRow | None = None  # None: a skipped entry (it only advances the checkpoint)
+    run: RunRow | None = None
+    tasks: tuple[TaskRunRow, ...] = ()
+    attempt: AttemptRow | None = None
+    graph: tuple[TaskNode, ...] = ()  # nodes added to the run's graph (append in this order)
+    opened: OpenRun | None = None
+    closed: bool = False
+
+
+def event_row(seq: int, event: AnyEvent) -> EventRow:
+    task_id, attempt = (
+        (event.task_id, event.attempt) if isinstance(event, TaskEvent) else (None, None)
+    )
+    return EventRow(
+        seq=seq,
+        run_id=event.run_id,
+        type=type(event).__name__,
+        ts=event.ts,
+        task_id=task_id,
+        attempt=attempt,
+        body=encode(event).decode(),
+    )
+
+
+def apply(lookup: Lookup, seq: int, event: AnyEvent | None) -> Changes:
+    """The changes `event` (at stream sequence `seq`) makes; None is an entry to skip."""
+    if event is None:
+        return Changes(seq=seq)
+    row = event_row(seq, event)
+    known = lookup(event.run_id)
+    if known is None:
+        if isinstance(event, RunScheduled):
+            return _open(seq, event, row)
+        return Changes(seq=seq, event=row)  # history of a run never scheduled: kept, inert
+    if isinstance(known, Finished) or known.state.finished:
+        return Changes(seq=seq, event=row)
+    return _advance(known, seq, event, row)
+
+
+def rebuild(history: Iterable[tuple[int, AnyEvent]]) -> OpenRun | Finished | None:
+    """A run's projection state from its stored events (a store's cache miss)."""
+    found: list[OpenRun | Finished | None] = [None]
+
+    def lookup(_: str) -> OpenRun | Finished | None:
+        return found[0]
+
+    for seq, event in history:
+        changes = apply(lookup, seq, event)
+        if changes.opened is not None:
+            found[0] = changes.opened
+        if changes.closed:
+            found[0] = FINISHED
+    return found[0]
+
+
+def _open(seq: int, event: RunScheduled, row: EventRow) -> Changes:
+    state = fold(None, event)
+    assert state is not None
+    run = OpenRun(state, event, seq)
+    tasks = tuple(task_row(state.run_id, t, None, seq) for t in state.tasks.values())
+    graph = tuple(t.node for t in state.tasks.values())
+    return Changes(seq=seq, event=row, run=run_row(run, seq), tasks=tasks, graph=graph, opened=run)
+
+
+def _task_key(t: TaskRun) -> tuple[object, ...]:
+    return (t.status, t.attempt, t.agent_id, t.delivery, t.exit_code, t.reason, t.finished_at)
+
+
+def _advance(run: OpenRun, seq: int, event: AnyEvent, row: EventRow) -> Changes:
+    state = run.state
+    task = state.tasks.get(event.task_id) if isinstance(event, TaskEvent) else None
+    before = _task_key(task) if task is not None else None
+    status_before = task.status if task is not None else None
+    n_tasks = len(state.tasks)
+    cancel_before = state.cancel_requested
+
+    fold(state, event)
+
+    rows: list[TaskRunRow] = []
+    attempt: AttemptRow | None = None
+    graph: tuple[TaskNode, ...] = ()
+    if task is not None and _task_key(task) != before:
+        assert status_before is not None and isinstance(event, TaskEvent)
+        run.counts[status_before] -= 1
+        run.counts[task.status] += 1
+        attempt = _attempt(run, task, seq, event)
+        if attempt is not None:
+            run.attempts[task.node.id] = attempt
+        if isinstance(event, TaskStarted) and run.started_at is None:
+            run.started_at = event.ts
+        rows.append(task_row(state.run_id, task, run.attempts.get(task.node.id), seq))
+    added = len(state.tasks) - n_tasks
+    if added:
+        new = list(itertools.islice(reversed(state.tasks.values()), added))[::-1]
+        run.counts[PENDING] += added
+        rows.extend(task_row(state.run_id, t, None, seq) for t in new)
+        graph = tuple(t.node for t in new)
+    if isinstance(event, RunCancelRequested) and state.cancel_requested and not cancel_before:
+        run.cancelled_by = event.by
+    if not rows and cancel_before == state.cancel_requested and not state.finished:
+        return Changes(seq=seq, event=row)  # core ignored it: a duplicate or a fenced result
+    return Changes(
+        seq=seq,
+        event=row,
+        run=run_row(run, seq),
+        tasks=tuple(rows),
+        attempt=attempt,
+        graph=graph,
+        closed=state.finished,
+    )
+
+
+def _attempt(run: OpenRun, task: TaskRun, seq: int, e: TaskEvent) -> AttemptRow | None:
+    """The attempt row an accepted task event leaves (None: the event concerns no attempt)."""
+    if isinstance(e, TaskQueued):
+        return _queued(run, e.task_id, e.attempt, e.queue, e.ts, seq)
+    if not isinstance(e, TaskStarted | TaskSucceeded | TaskFailed | TaskLost | TaskCancelled):
+        if isinstance(e, GraphExtended):
+            prev = run.attempts.get(e.task_id)
+            if prev is not None and prev.attempt == e.attempt:
+                return msgspec.structs.replace(prev, status=AttemptStatus.SUCCEEDED, last_seq=seq)
+        return None  # retry scheduled, skipped: no attempt of its own
+    prev = run.attempts.get(e.task_id)
+    if prev is None or prev.attempt != e.attempt:  # core queued it implicitly (see fold)
+        prev = _queued(run, e.task_id, e.attempt, task.node.queue, e.ts, seq)
+    r = msgspec.structs.replace(prev, last_seq=seq)
+    if isinstance(e, TaskStarted):
+        if r.status == AttemptStatus.QUEUED:
+            r.status, r.started_at = AttemptStatus.RUNNING, e.ts
+        r.agent_id, r.host, r.delivery = e.agent_id, e.host, e.delivery
+    elif isinstance(e, TaskSucceeded):
+        evaluating = task.status == EVALUATING
+        r.status = AttemptStatus.EVALUATING if evaluating else AttemptStatus.SUCCEEDED
+        r.ended_at, r.exit_code, r.duration_ms = e.ts, e.exit_code, e.duration_ms
+        r.agent_id = e.agent_id or r.agent_id
+    elif isinstance(e, TaskFailed):
+        r.status, r.reason, r.message = AttemptStatus.FAILED, e.reason, e.message
+        r.ended_at, r.exit_code, r.duration_ms = e.ts, e.exit_code, e.duration_ms
+        r.agent_id = e.agent_id or r.agent_id
+    elif isinstance(e, TaskLost):
+        r.status, r.reason, r.message, r.ended_at = AttemptStatus.FAILED, "lost", e.message, e.ts
+    elif r.status in (AttemptStatus.QUEUED, AttemptStatus.RUNNING):  # TaskCancelled
+        r.status, r.reason, r.ended_at = AttemptStatus.CANCELLED, "cancelled", e.ts
+    else:
+        return None  # a failed attempt's task was cancelled before its retry: the attempt stays
+    return r
+
+
+def _queued(
+    run: OpenRun, task_id: str, attempt: int, queue: str, ts: dt.datetime, seq: int
+) -> AttemptRow:
+    return AttemptRow(
+        run_id=run.state.run_id,
+        task_id=task_id,
+        attempt=attempt,
+        status=AttemptStatus.QUEUED,
+        queue=queue,
+        queued_at=ts,
+        last_seq=seq,
+    )
+
+
+def task_row(run_id: str, t: TaskRun, attempt: AttemptRow | None, seq: int) -> TaskRunRow:
+    node = t.node
+    current = attempt is not None and attempt.attempt == t.attempt
+    return TaskRunRow(
+        run_id=run_id,
+        task_id=node.id,
+        definition=node.task_id,
+        name=node.name,
+        queue=node.queue,
+        status=t.status,
+        attempt=t.attempt,
+        max_attempts=node.retries.count + 1,
+        agent_id=t.agent_id,
+        delivery=t.delivery,
+        queued_at=t.queued_at,
+        started_at=t.started_at,
+        ended_at=t.finished_at,
+        not_before=t.not_before,
+        exit_code=t.exit_code,
+        duration_ms=attempt.duration_ms if current and attempt is not None else None,
+        reason=t.reason,
+        message=t.message,
+        evaluation_point=node.evaluation_point,
+        last_seq=seq,
+    )
+
+
+def run_row(run: OpenRun, seq: int) -> RunRow:
+    s = run.state
+    status = s.status
+    if not s.finished and run.counts[PENDING] == len(s.tasks):
+        status = RunStatus.SCHEDULED  # as core.run.run_summary: no task has left pending yet
+    return RunRow(
+        run_id=s.run_id,
+        kind=s.kind,
+        target=s.target,
+        name=s.name,
+        status=status,
+        trigger=s.trigger,
+        context_id=run.context_id,
+        idempotency_key=run.idempotency_key,
+        counts=dict(run.counts),
+        tasks_total=len(s.tasks),
+        failed_tasks=tuple(s.failed_tasks),
+        cancel_requested=s.cancel_requested,
+        cancel_reason=s.cancel_reason,
+        cancelled_by=run.cancelled_by,
+        scheduled_at=s.scheduled_at,
+        started_at=run.started_at,
+        ended_at=s.ended_at,
+        scheduled_seq=run.scheduled_seq,
+        last_seq=seq,
+    )

@@ -1,0 +1,145 @@
+"""The pure projection (projections.rows): which rows one event changes, and which it leaves."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import msgspec
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.events import (
+    AnyEvent,
+    EvaluationResult,
+    GraphExtended,
+    RunSucceeded,
+    TaskFailed,
+    TaskQueued,
+    TaskRetryScheduled,
+    TaskStarted,
+    TaskSucceeded,
+)
+from core.run import RunStatus, TaskStatus
+from projections import rows
+from projections.views import AttemptStatus
+from tests.unit.core.runkit import T0, node, scheduled
+from tests.unit.core.test_run_properties import simulate
+
+RUN = "run-1"
+
+
+class Projector:
+    """The smallest store: the cache of open runs and nothing else."""
+
+    def __init__(self) -> None:
+        self.known: dict[str, rows.OpenRun | rows.Finished] = {}
+        self.seq = 0
+
+    def lookup(self, run_id: str) -> rows.OpenRun | rows.Finished | None:
+        return self.known.get(run_id)
+
+    def __call__(self, event: AnyEvent | None) -> rows.Changes:
+        self.seq += 1
+        changes = rows.apply(self.lookup, self.seq, event)
+        if changes.opened is not None:
+            self.known[changes.opened.state.run_id] = changes.opened
+        if changes.closed and event is not None:
+            self.known[event.run_id] = rows.FINISHED
+        return changes
+
+
+def only_the_event(changes: rows.Changes) -> bool:
+    return changes.event is not None and changes == rows.Changes(
+        seq=changes.seq, event=changes.event
+    )
+
+
+def test_a_new_run_gives_its_row_its_tasks_and_its_graph() -> None:
+    project = Projector()
+    changes = project(scheduled(node("a"), node("b", "a")))
+    assert changes.opened is not None and changes.run is not None
+    assert changes.run.status == RunStatus.SCHEDULED
+    assert changes.run.counts[TaskStatus.PENDING] == 2
+    assert [t.task_id for t in changes.tasks] == ["a", "b"]
+    assert [n.id for n in changes.graph] == ["a", "b"]
+    assert changes.event is not None and changes.event.type == "RunScheduled"
+
+
+def test_events_core_ignores_change_no_row() -> None:
+    project = Projector()
+    project(scheduled(node("a", retries=1)))
+    queued = TaskQueued(run_id=RUN, ts=T0, task_id="a", attempt=1, queue="default")
+    assert not only_the_event(project(queued))
+    assert only_the_event(project(queued))  # a duplicate stored past the dedup window
+    project(TaskFailed(run_id=RUN, ts=T0, task_id="a", attempt=1))
+    project(TaskRetryScheduled(run_id=RUN, ts=T0, task_id="a", attempt=2, not_before=T0))
+    stale = TaskSucceeded(run_id=RUN, ts=T0, task_id="a", attempt=1)
+    assert only_the_event(project(stale))  # fenced: attempt 1 is no longer current
+    started = TaskStarted(run_id=RUN, ts=T0, task_id="a", attempt=2, agent_id="x")
+    first = project(started)
+    assert first.attempt is not None and first.attempt.status == AttemptStatus.RUNNING
+    assert only_the_event(project(started))  # the same delivery again
+    moved = project(msgspec.structs.replace(started, agent_id="y", delivery=2))
+    assert [t.agent_id for t in moved.tasks] == ["y"]
+    assert project(RunSucceeded(run_id=RUN, ts=T0)).closed
+    assert only_the_event(project(queued))  # nothing changes a finished run
+    assert only_the_event(project(scheduled(node("a"))))  # nor schedules it again
+
+
+def test_unknown_runs_and_skipped_entries_change_no_row() -> None:
+    project = Projector()
+    assert only_the_event(project(TaskQueued(run_id="x", ts=T0, task_id="a", attempt=1, queue="q")))
+    assert project(None) == rows.Changes(seq=2)
+
+
+def test_an_evaluation_point_adds_pending_tasks() -> None:
+    project = Projector()
+    ev = node("ev", evaluation_point=True)
+    project(scheduled(ev))
+    project(TaskQueued(run_id=RUN, ts=T0, task_id="ev", attempt=1, queue="default"))
+    result = EvaluationResult(next_tasks=("x",))
+    done = project(TaskSucceeded(run_id=RUN, ts=T0, task_id="ev", attempt=1, evaluation=result))
+    assert [t.status for t in done.tasks] == [TaskStatus.EVALUATING]
+    assert done.attempt is not None and done.attempt.status == AttemptStatus.EVALUATING
+    grown = project(
+        GraphExtended(run_id=RUN, ts=T0, task_id="ev", attempt=1, nodes=(node("x", "ev"),))
+    )
+    assert [(t.task_id, t.status) for t in grown.tasks] == [
+        ("ev", TaskStatus.SUCCEEDED),
+        ("x", TaskStatus.PENDING),
+    ]
+    assert [n.id for n in grown.graph] == ["x"]
+    assert grown.run is not None and grown.run.tasks_total == 2
+    assert grown.run.counts[TaskStatus.PENDING] == 1
+    assert grown.attempt is not None and grown.attempt.status == AttemptStatus.SUCCEEDED
+
+
+@given(seed=st.integers(0, 2**32), data=st.data())
+def test_a_run_rebuilt_from_its_history_projects_as_the_one_kept(
+    seed: int, data: st.DataObject
+) -> None:
+    rnd = random.Random(seed)
+    log = simulate(seed, rnd.randint(1, 8), rnd.choice((0.0, 0.3)), 100).log
+    cut = data.draw(st.integers(1, len(log)))
+    kept = Projector()
+    for event in log[:cut]:
+        kept(event)
+    history = list(enumerate(log[:cut], start=1))
+    rebuilt = Projector()
+    found = rows.rebuild(history)
+    assert found is not None
+    rebuilt.known[RUN], rebuilt.seq = found, cut
+    assert (found is rows.FINISHED) == (kept.known[RUN] is rows.FINISHED)
+    for event in log[cut:]:
+        assert rebuilt(event) == kept(event)
+
+
+def test_the_run_started_when_its_first_task_did() -> None:
+    project = Projector()
+    project(scheduled(node("a"), node("b")))
+    at = T0 + dt.timedelta(seconds=5)
+    project(TaskQueued(run_id=RUN, ts=T0, task_id="a", attempt=1, queue="default"))
+    changes = project(TaskStarted(run_id=RUN, ts=at, task_id="a", attempt=1, agent_id="x"))
+    assert changes.run is not None and changes.run.started_at == at
+    assert changes.run.status == RunStatus.RUNNING
