@@ -169,6 +169,10 @@ def msg_id(event: AnyEvent) -> str:
     name = type(event).__name__
     if isinstance(event, TaskStarted):
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}/{event.delivery}"
+    if isinstance(event, TaskCancelled):
+        # The orchestrator's cancellation of a queued attempt (agent "") and an agent's report of
+        # killing a late start of that attempt are two facts.
+        return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}/{event.agent_id}"
     if isinstance(event, TaskEvent):
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}"
     return f"{event.run_id}/{name}"

@@ -110,6 +110,7 @@ class RunSnapshot(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     retry_wait: tuple[str, ...]
     evaluating: tuple[str, ...]
     deadlines: dict[str, dt.datetime]
+    late_starts: dict[str, dt.datetime] = {}  # (absent in snapshots from before it)
 
 
 class StateSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -191,6 +192,7 @@ def snapshot_run(state: RunState, *, first_seq: int, last_seq: int) -> RunSnapsh
         retry_wait=tuple(state.retry_wait),
         evaluating=tuple(state.evaluating),
         deadlines=dict(state.deadlines),
+        late_starts=dict(state.late_starts),
     )
 
 
@@ -309,6 +311,7 @@ def restore_run(run: RunSnapshot) -> RunState:
     state.retry_wait = dict.fromkeys(run.retry_wait)
     state.evaluating = dict.fromkeys(run.evaluating)
     state.deadlines = dict(run.deadlines)
+    state.late_starts = dict(run.late_starts)
     return state
 
 

@@ -100,6 +100,10 @@ RUN_CANCELLED = RunStatus.CANCELLED
 # How long past its own timeout a running task may stay silent before the orchestrator fails it
 # (the agent enforces the timeout; this catches an agent that vanished with the task).
 TIMEOUT_GRACE = dt.timedelta(seconds=60)
+# How long a cancelled run waits at most for the report of an attempt started after its
+# cancellation (RunState.late_starts): its agent is told to kill it at once, but the report can
+# be lost (a dead agent, or deduplicated against an earlier result of that attempt).
+LATE_START_GRACE = dt.timedelta(seconds=15)
 
 # Extends a run's graph for an evaluation point: (existing nodes, node id, result, the run's
 # schedule-time parameter overrides) -> new nodes. Raises an exception with a one-line message
@@ -162,6 +166,7 @@ class RunState:
         "failed_tasks",
         "failing",
         "kind",
+        "late_starts",
         "name",
         "open_tasks",
         "params",
@@ -201,6 +206,9 @@ class RunState:
         self.retry_wait: dict[str, None] = {}
         self.evaluating: dict[str, None] = {}
         self.deadlines: dict[str, dt.datetime] = {}  # running tasks with a timeout
+        # Attempts an agent started after they were cancelled (it could not see that yet): task
+        # -> until when the run waits for its report (LATE_START_GRACE after the start).
+        self.late_starts: dict[str, dt.datetime] = {}
         self._add_nodes(event.graph)
 
     @property
@@ -324,10 +332,22 @@ def _queued_implicitly(state: RunState, e: TaskEvent) -> None:
         )
 
 
+def _settle_late_start(state: RunState, e: TaskEvent) -> None:
+    """A result of a late-started attempt (see RunState.late_starts): its command is over."""
+    task = state.tasks.get(e.task_id)
+    if task is not None and e.attempt == task.attempt:
+        state.late_starts.pop(e.task_id, None)
+
+
 def _on_started(state: RunState, e: TaskStarted) -> None:
     _queued_implicitly(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
+        return
+    if task.status == CANCELLED:
+        # Cancelled while queued, or a redelivery of an attempt its agent cancelled: the start
+        # landed after the cancellation, so a command runs that the run must wait for.
+        state.late_starts[e.task_id] = e.ts + LATE_START_GRACE
         return
     if task.status == QUEUED:
         task.status = RUNNING
@@ -345,6 +365,7 @@ def _on_started(state: RunState, e: TaskStarted) -> None:
 
 def _on_succeeded(state: RunState, e: TaskSucceeded) -> None:
     _queued_implicitly(state, e)
+    _settle_late_start(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt or task.status not in (QUEUED, RUNNING):
         return
@@ -365,6 +386,7 @@ def _on_succeeded(state: RunState, e: TaskSucceeded) -> None:
 
 def _on_failed(state: RunState, e: TaskFailed | TaskLost) -> None:
     _queued_implicitly(state, e)
+    _settle_late_start(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
@@ -416,6 +438,7 @@ def _on_skipped(state: RunState, e: TaskSkipped) -> None:
 
 def _on_cancelled(state: RunState, e: TaskCancelled) -> None:
     _queued_implicitly(state, e)
+    _settle_late_start(state, e)
     task = state.tasks.get(e.task_id)
     if task is None or e.attempt != task.attempt:
         return
@@ -582,9 +605,15 @@ def decide(
             )
             out.append(_verdict(state, task_id, now, "timeout", message))
 
-    if not out and state.open_tasks == 0:  # (racing decisions never leave open_tasks at 0)
+    late = any(until > now for until in state.late_starts.values())
+    if not out and state.open_tasks == 0 and not late:
+        # (racing decisions never leave open_tasks at 0)
         if state.cancel_requested:
-            out.append(RunCancelled(run_id=run_id, ts=now, reason=state.cancel_reason))
+            # Races with an agent's start of an attempt cancelled while queued (the agent
+            # judges by the run's newest event, which other cancellations may hide): appended
+            # only if nothing came since, and a late start keeps the run open (late_starts).
+            if racing:
+                out.append(RunCancelled(run_id=run_id, ts=now, reason=state.cancel_reason))
         elif state.failed_tasks:
             failed = tuple(state.failed_tasks)
             out.append(
@@ -631,7 +660,7 @@ def advance(
 
 def is_racing(event: AnyEvent) -> bool:
     """A decision that races with agents' events (see `decide`): append it conditionally."""
-    return isinstance(event, TaskCancelled) or (
+    return isinstance(event, TaskCancelled | RunCancelled) or (
         isinstance(event, TaskFailed) and event.reason == "timeout"
     )
 
@@ -642,6 +671,7 @@ def next_wakeup(state: RunState) -> dt.datetime | None:
         return None
     times = [t for t in (state.tasks[i].not_before for i in state.retry_wait) if t is not None]
     times.extend(state.deadlines.values())
+    times.extend(state.late_starts.values())
     return min(times, default=None)
 
 

@@ -54,8 +54,10 @@ from core.agents import AgentInfo
 from core.attempts import held_elsewhere, why_not_current
 from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
+    TERMINAL,
     Dispatch,
     FailureReason,
+    RunCancelRequested,
     TaskCancelled,
     TaskFailed,
     TaskStarted,
@@ -81,6 +83,7 @@ ERROR_BACKOFF = 1.0  # after a failed fetch / append, before trying again
 # How long a write of the shutdown (the heartbeat's delete, a result, a hand-back) may wait for
 # NATS: stopping takes the grace periods plus this, not a publish's full retry deadline.
 SHUTDOWN_WRITE_S = 2.0
+REPORT_TIMEOUT_S = 10.0  # reporting a dispatch of a cancelled run as cancelled, at most
 KILL_MARGIN_S = 1.5  # after kill_grace: a killed command's group is reaped (services.process)
 # A start is retried for this share of the ack_wait at most: its dispatch must be handed back
 # (or run) before JetStream could redeliver it to another agent.
@@ -357,9 +360,13 @@ class Agent:
                     log.warning("task.held_elsewhere", reason=str(exc), delivery=delivery)
                     running.settled = True
                     return
-                except NotCurrent as exc:  # nothing ran; no result for it, ever
+                except NotCurrent as exc:  # nothing ran; no result for it, ever...
                     log.info("task.not_current", reason=str(exc), delivery=delivery)
                     running.settled = True
+                    if exc.cancelling:
+                        # ...but the cancellation waits for this attempt if an agent that died
+                        # had started it: report it cancelled (a no-op for the log otherwise).
+                        await self._report_cancelled(d)
                     with contextlib.suppress(Unavailable):
                         await item.term()
                     return
@@ -409,7 +416,7 @@ class Agent:
                     if why := held_elsewhere(d, start.delivery, self.id, newest):
                         raise HeldElsewhere(why)
                     if why := why_not_current(d, newest):
-                        raise NotCurrent(why)
+                        raise NotCurrent(why, cancelling=isinstance(newest, RunCancelRequested))
                     if last is None and await events.first_seq(d.run_id) is not None:
                         # The newest event does not decode (a newer writer): nothing to
                         # expect, and nothing it says can be judged here.
@@ -458,13 +465,7 @@ class Agent:
         d = running.item.dispatch
         event: TaskSucceeded | TaskFailed | TaskCancelled
         if running.cancelled and result.reason == "killed":
-            event = TaskCancelled(
-                run_id=d.run_id,
-                ts=dt.datetime.now(dt.UTC),
-                task_id=d.task_id,
-                attempt=d.attempt,
-                agent_id=self.id,
-            )
+            event = self._cancelled(d)
         else:
             event = self._result_event(d, result)
         # Pipelined behind this task's log chunks, so the log is complete once the result shows.
@@ -498,6 +499,31 @@ class Agent:
             outcome=outcome,
             exit_code=result.exit_code,
             duration_ms=round(result.duration_ms, 1),
+        )
+
+    async def _report_cancelled(self, d: Dispatch) -> None:
+        """Append TaskCancelled for an attempt of a run being cancelled, unless the run ends
+        first (nothing may follow its end): conditional on the newest event read."""
+        cancelled = self._cancelled(d)
+        events = self.backplane.events
+        try:
+            async with asyncio.timeout(REPORT_TIMEOUT_S):
+                while (last := await events.last_event(d.run_id)) is not None:
+                    if isinstance(last[1], TERMINAL):
+                        return
+                    with contextlib.suppress(Conflict):  # someone appended: read again
+                        await events.append_expected(cancelled, last[0])
+                        return
+        except (Unavailable, TimeoutError) as exc:  # the dispatch is terminated regardless
+            log.warning("task.cancel_not_reported", error=str(exc))
+
+    def _cancelled(self, d: Dispatch) -> TaskCancelled:
+        return TaskCancelled(
+            run_id=d.run_id,
+            ts=dt.datetime.now(dt.UTC),
+            task_id=d.task_id,
+            attempt=d.attempt,
+            agent_id=self.id,
         )
 
     def _result_event(self, d: Dispatch, r: CommandResult) -> TaskSucceeded | TaskFailed:
@@ -644,7 +670,12 @@ class _Slots:
 
 
 class NotCurrent(Exception):
-    """The dispatch's attempt must not start (core.attempts): fails the held start's gate."""
+    """The dispatch's attempt must not start (core.attempts): fails the held start's gate.
+    `cancelling`: because its run is being cancelled (not ended yet)."""
+
+    def __init__(self, why: str, *, cancelling: bool = False) -> None:
+        super().__init__(why)
+        self.cancelling = cancelling
 
 
 class HeldElsewhere(NotCurrent):

@@ -46,6 +46,7 @@ from core.events import (
     RunScheduled,
     TaskLost,
     TaskQueued,
+    TaskStarted,
 )
 from core.graph import Overrides, TaskNode, extend_graph
 from core.run import (
@@ -340,7 +341,12 @@ class Orchestrator:
             self.forget(run_id)
             return
         self.dirty[run_id] = None
-        if isinstance(event, RunCancelRequested) and self.live:
+        if (
+            state.cancel_requested
+            and self.live
+            and isinstance(event, RunCancelRequested | TaskStarted)
+        ):
+            # (again for a start that landed after the cancellation: its agent kills it)
             self.spawn(self.backplane.cancels.announce(run_id))
 
     # ------------------------------------------------------------------ lease and checkpoint
@@ -469,8 +475,8 @@ class Orchestrator:
             self.wake.set()
 
     def may_race(self, state: RunState, now: dt.datetime) -> bool:
-        if state.cancel_requested and state.queued:
-            return True
+        if state.cancel_requested and (state.queued or state.open_tasks == 0):
+            return True  # cancel queued attempts, or end the run (both race with agents)
         return any(deadline <= now for deadline in state.deadlines.values())
 
     async def append_racing(self, state: RunState) -> None:

@@ -334,6 +334,7 @@ GOLDEN: dict[str, Any] = {
             "retry_wait": [],
             "evaluating": [],
             "deadlines": {},
+            "late_starts": {},  # (added later: snapshots without it decode to {})
         }
     ],
 }

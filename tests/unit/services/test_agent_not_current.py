@@ -19,6 +19,7 @@ from core.events import (
     AnyEvent,
     Dispatch,
     RunCancelled,
+    RunCancelRequested,
     RunScheduled,
     TaskCancelled,
     TaskFailed,
@@ -237,3 +238,125 @@ async def test_a_cancellation_between_the_read_and_the_start_wins(tmp_path: Path
         history = [e for _, e in await bp.events.history("r")]
     assert not list(tmp_path.glob("ran-*"))
     assert not any(isinstance(e, TaskStarted | TaskSucceeded) for e in history)
+
+
+async def test_a_cancelled_run_waits_for_a_start_that_landed_after_its_cancellation(
+    tmp_path: Path,
+) -> None:
+    """The chaos suite's case: the orchestrator cancelled a queued attempt, other events hid
+    that from an agent, and the agent's start landed after it. The run stays open until that
+    attempt reports (the orchestrator announces the cancellation again, so its agent kills it),
+    and nothing is stored after the run's end."""
+    server = MemoryServer()
+    definitions = Definitions(
+        dags={
+            "pair": DagDef(
+                id="pair",
+                tasks=(DagTask(id="held", command="true"), DagTask(id="late", command="true")),
+            )
+        }
+    )
+
+    async def connect() -> Backplane:
+        return server.connect("orchestrator")
+
+    async with server.connect("client") as bp, running_orchestrator(connect):
+        announced: list[str] = []
+
+        async def listen() -> None:
+            async for run_id in bp.cancels.listen():
+                announced.append(run_id)
+
+        listening = asyncio.create_task(listen())
+
+        async def announcements(more_than: int) -> bool | None:
+            return True if len(announced) > more_than else None
+
+        await bp.definitions.put(definitions)
+        run_id = (
+            await schedule(bp.events, definitions, ScheduleRequest(kind="dag", target="pair"))
+        ).run_id
+
+        async def queued(task_id: str) -> TaskQueued | None:
+            for _, e in await bp.events.history(run_id):
+                if isinstance(e, TaskQueued) and e.task_id == task_id:
+                    return e
+            return None
+
+        held = await eventually(lambda: queued("held"), what="held queued")
+        late = await eventually(lambda: queued("late"), what="late queued")
+        # `held` runs (its agent is slow), so the cancelled run waits for it.
+        await bp.events.append(
+            TaskStarted(run_id=run_id, ts=NOW, task_id="held", attempt=1, agent_id="slow")
+        )
+        await cancel(bp.events, run_id, reason="test")
+
+        async def late_cancelled() -> bool | None:
+            return (
+                True
+                if any(
+                    isinstance(e, TaskCancelled) and e.task_id == "late"
+                    for _, e in await bp.events.history(run_id)
+                )
+                else None
+            )
+
+        await eventually(late_cancelled, what="the queued attempt cancelled")
+        await eventually(lambda: announcements(0), what="the cancellation announced")
+        before = len(announced)
+        # The late start, and the slow task's end: the run must not end yet.
+        await bp.events.append(
+            TaskStarted(
+                run_id=run_id,
+                ts=dt.datetime.now(dt.UTC),
+                task_id="late",
+                attempt=late.attempt,
+                agent_id="hidden",
+            )
+        )
+        await eventually(lambda: announcements(before), what="announced again")
+        await bp.events.append(
+            TaskSucceeded(
+                run_id=run_id, ts=NOW, task_id="held", attempt=held.attempt, agent_id="slow"
+            )
+        )
+        with pytest.raises(TimeoutError):
+            await until_end(bp, run_id, timeout=0.5)
+        # Its agent killed it on the announcement: the report lets the run end.
+        await bp.events.append(
+            TaskCancelled(
+                run_id=run_id, ts=NOW, task_id="late", attempt=late.attempt, agent_id="hidden"
+            )
+        )
+        history = await until_end(bp, run_id)
+        listening.cancel()
+
+    assert isinstance(history[-1], RunCancelled)
+    assert [type(e).__name__ for e in history[-2:]] == ["TaskCancelled", "RunCancelled"]
+
+
+async def test_a_redelivery_of_a_run_being_cancelled_reports_its_attempt_cancelled(
+    tmp_path: Path,
+) -> None:
+    """The agent that started the attempt died while the run was being cancelled; the next
+    delivery is not run, but reported cancelled: nobody else would end that attempt."""
+    server = MemoryServer()
+    async with server.connect("client") as bp:
+        for event in (
+            SCHEDULED,
+            QUEUED,
+            started_by("dead", delivery=1),
+            RunCancelRequested(run_id="r", ts=NOW),
+        ):
+            await bp.events.append(event)
+        await bp.work.dispatch(
+            Dispatch(run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path))
+        )
+        await handed_back_once(bp)
+        async with running_agent(server, workdir=tmp_path) as agent:
+            await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        history = [e for _, e in await bp.events.history("r")]
+    assert not list(tmp_path.glob("ran-*"))
+    assert history[-1] == TaskCancelled(
+        run_id="r", ts=history[-1].ts, task_id="t", attempt=1, agent_id=agent.id
+    )
