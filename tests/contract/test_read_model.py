@@ -45,6 +45,7 @@ from core.events import (
     RunFailed,
     RunScheduled,
     RunSucceeded,
+    TaskCancelled,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
@@ -161,6 +162,8 @@ async def everything(store: ReadModel) -> dict[str, Any]:
         }
         events: list[Any] = []
         while page := await store.recent_events(row.run_id, events[-1].seq if events else 0, 9):
+            seqs = [e.seq for e in page]
+            assert seqs == sorted(set(seqs)) and seqs[0] > (events[-1].seq if events else 0)
             events.extend(page)
         out[row.run_id] = (detail, attempts, events)
     return out
@@ -363,6 +366,7 @@ class ReadModelContract:
             queued("r1", "a"),
             RunCancelRequested(run_id="r1", ts=T0, reason="enough", by="alice"),
             RunCancelRequested(run_id="r1", ts=T0, reason="again", by="bob"),
+            TaskCancelled(run_id="r1", ts=T0, task_id="a", attempt=1),
         ]
         await read_model.apply_batch(list(enumerate(events, start=1)))
         detail = await read_model.get_run("r1")
@@ -373,7 +377,11 @@ class ReadModelContract:
             "enough",
             "alice",
         )
-        assert run.last_seq == 3  # the second request changed nothing
+        assert run.last_seq == 5  # (the second request changed nothing)
+        assert (run.counts[TaskStatus.CANCELLED], run.status) == (1, RunStatus.RUNNING)
+        [attempt] = await read_model.task_attempts("r1", "a")
+        assert (attempt.status, attempt.reason) == ("cancelled", "cancelled")
+        assert [e.seq for e in await read_model.recent_events("r1", 2)] == [3, 4, 5]
 
     # -- lists ---------------------------------------------------------------------------------
 
