@@ -3,8 +3,10 @@
 `ReadModelContract` is the suite; it is collected once per store through a subclass that
 provides the `stores` fixture: an object whose `async open()` returns a new `ReadModel` over one
 storage private to the test (the first one opened finds it empty; each later one is another
-connection to the same rows, with a cold cache, as a restarted projector would be). The fixture
-closes what it opened. Adding a store is a few lines at the end of this module, e.g.:
+connection to the same rows, with a cold cache, as a restarted projector would be). Property
+examples close the stores they open (`stores.close(store)`); the fixture closes the rest.
+Adding a store is a subclass, here or in a module of its own (`ReadModelContract` is not
+collected by itself), e.g.:
 
     class TestReadModelOnRedis(ReadModelContract):
         @pytest.fixture
@@ -75,6 +77,11 @@ class Opened:
         store = self._factory()
         self._opened.append(store)
         return store
+
+    async def close(self, store: ReadModel) -> None:
+        """Close one store now (a property example closes what it opened)."""
+        self._opened.remove(store)
+        await store.close()
 
     async def __aenter__(self) -> Opened:
         return self
@@ -253,6 +260,7 @@ class ReadModelContract:
         # Killed mid-batch: what it had committed stays, the batch in flight is lost...
         cut = data.draw(st.integers(0, len(entries)), label="committed")
         await apply_all(first, splits(random.Random(seed), entries[:cut]))
+        await stores.close(first)
         # ...and a new one (a cold cache) resumes from its checkpoint, or a little before.
         restarted = await stores.open()
         checkpoint = await restarted.checkpoint()
@@ -260,6 +268,7 @@ class ReadModelContract:
         back = data.draw(st.integers(0, min(cut, 5)), label="redelivered")
         await apply_all(restarted, splits(random.Random(seed + 1), entries[cut - back :]))
         assert await everything(restarted) == fresh
+        await stores.close(restarted)
 
     async def test_entries_at_or_below_the_checkpoint_change_nothing(
         self, read_model: ReadModel
