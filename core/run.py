@@ -506,8 +506,9 @@ def decide(
     Most decisions concern tasks no agent is touching, so they commute with events the
     orchestrator has not received yet and may be folded eagerly. Decisions about attempts an
     agent may hold (cancelling a queued attempt, failing a silent one) race with that agent's own
-    events; they are made only with `racing=True`, which the caller passes when it has seen the
-    run's whole log and appends them conditionally (expected last subject sequence).
+    events, and so does the run's end (nothing may follow it); they are made only with
+    `racing=True`, which the caller passes when it has seen the run's whole log (its own appends
+    included) and appends them conditionally (expected last subject sequence).
     """
     if state.finished:
         return []
@@ -606,14 +607,13 @@ def decide(
             out.append(_verdict(state, task_id, now, "timeout", message))
 
     late = any(until > now for until in state.late_starts.values())
-    if not out and state.open_tasks == 0 and not late:
-        # (racing decisions never leave open_tasks at 0)
+    if racing and not out and state.open_tasks == 0 and not late:
+        # The end is appended only when nothing came since the state it was judged on, so
+        # nothing lands after it: no start that a cancellation's other events hid from its
+        # agent (a late start keeps the run open instead, see late_starts), and none of the
+        # orchestrator's own decisions still being retried (it waits for those first).
         if state.cancel_requested:
-            # Races with an agent's start of an attempt cancelled while queued (the agent
-            # judges by the run's newest event, which other cancellations may hide): appended
-            # only if nothing came since, and a late start keeps the run open (late_starts).
-            if racing:
-                out.append(RunCancelled(run_id=run_id, ts=now, reason=state.cancel_reason))
+            out.append(RunCancelled(run_id=run_id, ts=now, reason=state.cancel_reason))
         elif state.failed_tasks:
             failed = tuple(state.failed_tasks)
             out.append(
@@ -660,7 +660,7 @@ def advance(
 
 def is_racing(event: AnyEvent) -> bool:
     """A decision that races with agents' events (see `decide`): append it conditionally."""
-    return isinstance(event, TaskCancelled | RunCancelled) or (
+    return isinstance(event, TaskCancelled | RunSucceeded | RunFailed | RunCancelled) or (
         isinstance(event, TaskFailed) and event.reason == "timeout"
     )
 

@@ -124,7 +124,7 @@ class MemoryEventLog:
         self._faults = faults
 
     def _publish(self, run_id: str, data: bytes, mid: str, expected: int | None) -> int:
-        if self._faults.take("failing_appends"):
+        if self._faults.append_fault(self._conn.name):
             raise self._faults.unavailable(f"append to run {run_id!r} was not acknowledged")
         writer = self._conn.name
         if expected is None:

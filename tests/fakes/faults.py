@@ -24,12 +24,21 @@ class Faults:
         self.failing_lease_calls = 0
         self.failing_snapshot_calls = 0
         self._lease_fault_connection: str | None = None
+        self._append_fault_connection: str | None = None
         self._lease_fault_error: type[BaseException] | None = None
 
-    def fail_appends(self, n: int = 1) -> None:
+    def fail_appends(self, n: int = 1, *, connection: str | None = None) -> None:
         """The next `n` event appends raise Unavailable and store nothing (the server was
-        unreachable until the publish deadline)."""
+        unreachable until the publish deadline). With `connection`, only appends through the
+        connection of that name (one process's writes stuck in a stream leader election)."""
         self.failing_appends += n
+        self._append_fault_connection = connection
+
+    def append_fault(self, connection: str) -> bool:
+        """Whether an append through `connection` must fail now (using up one fault)."""
+        if self._append_fault_connection not in (None, connection):
+            return False
+        return self.take("failing_appends")
 
     def lose_append_acks(self, n: int = 1) -> None:
         """The next `n` event appends are stored, but the caller gets Unavailable (the ack was
