@@ -1,0 +1,650 @@
+"""The Postgres read model (asyncpg): rows a projector writes and every process can query.
+
+Schema: the numbered files in `projections/migrations/`, applied in order when a store first
+connects (`schema_migrations` records them; an advisory lock keeps concurrent starters from both
+applying one). Rows mirror `projections.views`; `events` keeps the raw history of every run.
+
+Writes follow `projections.rows` exactly as `projections.memory` does, in one Postgres
+transaction per batch: it locks the checkpoint row and reads it (entries at or below it are
+skipped, whoever wrote them), loads the open runs the batch touches and the cache lacks (rebuilt
+from their `events` rows), folds, and writes. Each chunk of the batch is one statement: the
+chunk's events and its last run, task and attempt rows travel as one array per column
+(`INSERT ... SELECT FROM unnest(...) ON CONFLICT`, a data-modifying CTE per table), with the
+status counts and the checkpoint; the next chunk folds while the server writes one. A failed
+transaction drops the cache of open runs (they are rebuilt from what was committed).
+
+When Postgres cannot be reached, or the connection dies mid-transaction, every method raises
+`core.errors.Unavailable` with one line; the caller retries and the store catches up.
+"""
+
+# SQL here is assembled from this module's constants and a validated schema name only; every
+# value travels as a query parameter.
+# ruff: noqa: S608
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import asyncpg  # type: ignore[import-untyped]  # (no stubs: asyncpg is Any to mypy)
+import msgspec
+from msgspec.structs import astuple
+
+from core.errors import Unavailable
+from core.events import decode
+from core.run import RunStatus, TaskStatus
+from core.snapshots import TaskNode
+from projections import rows
+from projections.protocol import Entry, all_statuses, parse_cursor
+from projections.views import (
+    ALL_RUNS,
+    TERMINAL_RUN_STATUSES,
+    AttemptRow,
+    EventRow,
+    Page,
+    RunDetail,
+    RunFilter,
+    RunRow,
+    TaskRunRow,
+)
+
+MIGRATIONS: Final = Path(__file__).with_name("migrations")
+POLL_SECONDS: Final = 0.05  # how often `wait_for` reads a checkpoint another process advances
+
+# What a lost or unreachable server looks like from asyncpg: all become `Unavailable`.
+_DOWN: Final = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # 08xxx, and the connection vanishing
+    asyncpg.exceptions.OperatorInterventionError,  # 57xxx: terminated, shutting down, starting
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
+    asyncpg.InterfaceError,  # the connection or pool is closed under us
+)
+
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every numbered migration, in order."""
+    found = []
+    for path in sorted(MIGRATIONS.glob("[0-9]*.sql")):
+        version = int(path.name.split("_", 1)[0])
+        found.append((version, path.stem, path.read_text()))
+    versions = [v for v, _, _ in found]
+    if versions != list(range(1, len(found) + 1)):
+        raise RuntimeError(f"migrations in {MIGRATIONS} are not numbered 1..n: {versions}")
+    return found
+
+
+def _insert(table: str, columns: str, first: int, key: str = "", keep: str = "") -> str:
+    """`INSERT ... SELECT FROM unnest(one array per column, from parameter $first)`; with a
+    `key`, `ON CONFLICT (key) DO UPDATE` every column but the key and `keep` (set on insert
+    only). The `definitions` of a run are kept when the new value is the placeholder '[]'."""
+    cols = [c.split() for c in columns.split(",")]
+    names = [n for n, _ in cols]
+    arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(cols, first))
+    sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+    if not key:
+        return sql
+    fixed = {*key.split(","), *keep.split(",")} - {""}
+    sets = ", ".join(
+        f"{n} = CASE WHEN excluded.{n} = '[]' THEN {table}.{n} ELSE excluded.{n} END"
+        if n == "definitions"
+        else f"{n} = excluded.{n}"
+        for n in names
+        if n not in fixed
+    )
+    return f"{sql} ON CONFLICT ({key}) DO UPDATE SET {sets}"
+
+
+# Columns in the field order of the views' rows (a record is `astuple(row)`), extras last.
+_EVENT_COLUMNS = (
+    "seq bigint, run_id text, type text, ts timestamptz, task_id text, attempt int, body json"
+)
+_RUN_COLUMNS = (
+    "run_id text, kind text, target text, name text, status text, trigger text, context_id text,"
+    " idempotency_key text, counts jsonb, tasks_total int, failed_tasks jsonb,"
+    " cancel_requested bool, cancel_reason text, cancelled_by text, scheduled_at timestamptz,"
+    " started_at timestamptz, ended_at timestamptz, scheduled_seq bigint, last_seq bigint,"
+    " definitions jsonb"
+)
+_TASK_COLUMNS = (
+    "run_id text, task_id text, definition text, name text, queue text, status text,"
+    " attempt int, max_attempts int, agent_id text, delivery int, queued_at timestamptz,"
+    " started_at timestamptz, ended_at timestamptz, not_before timestamptz, exit_code int,"
+    " duration_ms float8, reason text, message text, evaluation_point bool, last_seq bigint,"
+    " position int, node jsonb"
+)
+_ATTEMPT_COLUMNS = (
+    "run_id text, task_id text, attempt int, status text, queue text, agent_id text, host text,"
+    " delivery int, queued_at timestamptz, started_at timestamptz, ended_at timestamptz,"
+    " exit_code int, duration_ms float8, reason text, message text, last_seq bigint"
+)
+
+
+def _write_statement() -> str:
+    """One statement for all of a chunk's rows, the status counts they move and the
+    checkpoint (one round trip): a data-modifying CTE per table, fed one array per column."""
+    tables = [
+        ("events", _EVENT_COLUMNS, "", ""),
+        ("runs", _RUN_COLUMNS, "run_id", "scheduled_seq"),
+        ("task_runs", _TASK_COLUMNS, "run_id,task_id", "position,node"),
+        ("attempts", _ATTEMPT_COLUMNS, "run_id,task_id,attempt", ""),
+    ]
+    parts, first = [], 1
+    for table, columns, key, keep in tables:
+        if table == "runs":  # the runs' statuses before, and the counts moved by the change
+            run_ids, statuses = f"${first}::text[]", f"${first + 4}::text[]"
+            parts.append(f"runs_before AS (SELECT status FROM runs WHERE run_id = ANY({run_ids}))")
+            parts.append(
+                "counts_written AS (INSERT INTO run_counts (status, runs)"
+                f" SELECT status, sum(delta) FROM (SELECT unnest({statuses}) AS status, 1 AS delta"
+                " UNION ALL SELECT status, -1 FROM runs_before) AS moved GROUP BY status"
+                " ON CONFLICT (status) DO UPDATE SET runs = run_counts.runs + excluded.runs)"
+            )
+        parts.append(f"{table}_written AS ({_insert(table, columns, first, key, keep)})")
+        first += columns.count(",") + 1
+    return f"WITH {', '.join(parts)} UPDATE checkpoint SET last_seq = ${first}"
+
+
+WRITE: Final = _write_statement()
+EVENT_COLUMNS: Final = tuple(c.split()[0] for c in _EVENT_COLUMNS.split(","))
+CHUNK: Final = 500  # entries folded per statement (the next chunk folds while one is written)
+
+_json = msgspec.json.Encoder()
+_counts = msgspec.json.Decoder(dict[str, int])
+_strings = msgspec.json.Decoder(tuple[str, ...])
+_node = msgspec.json.Decoder(TaskNode)
+
+
+class PostgresReadModel:
+    """`projections.protocol.ReadModel` in Postgres: one pool, its own cache of open runs.
+
+    `schema` keeps one installation's tables apart from another's in one database (tests use a
+    fresh one each); the connection is made, and the migrations applied, on first use. A
+    connection idle for `idle_seconds` is closed (and made again when needed).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "public",
+        max_connections: int = 4,
+        idle_seconds: float = 300.0,
+        timeout: float = 10.0,
+    ) -> None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"not a schema name for the read model: {schema!r}")
+        self.dsn = dsn
+        self.schema = schema
+        self._max_connections = max_connections
+        self._idle_seconds = idle_seconds
+        self._timeout = timeout
+        self._pool: asyncpg.Pool | None = None
+        self._starting = asyncio.Lock()
+        self._writing = asyncio.Lock()
+        self._applied = asyncio.Condition()
+        self._open: dict[str, rows.OpenRun] = {}  # cache of open runs' projection state
+        self._cache_at: tuple[int, int] | None = None  # (checkpoint, epoch) the cache reflects
+        where = urlsplit(dsn)
+        self._where = f"{where.hostname or 'localhost'}:{where.port or 5432}{where.path}"
+
+    @classmethod
+    def from_url(cls, url: str, *, schema: str = "public") -> PostgresReadModel:
+        """A store for `postgresql://user@host:port/db` (`postgres://` too)."""
+        if urlsplit(url).scheme not in ("postgresql", "postgres"):
+            raise ValueError(f"not a Postgres URL: {url!r}")
+        return cls(url, schema=schema)
+
+    # -- connecting ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect and apply missing migrations (every other method does it when needed)."""
+        async with self._guard():
+            await self._connected()
+
+    async def _connected(self) -> asyncpg.Pool:
+        if self._pool is not None:
+            return self._pool
+        async with self._starting:
+            if self._pool is None:
+                pool = await asyncpg.create_pool(
+                    self.dsn,
+                    min_size=0,  # idle connections close (idle_seconds)
+                    max_size=self._max_connections,
+                    timeout=self._timeout,
+                    command_timeout=self._timeout * 6,
+                    max_inactive_connection_lifetime=self._idle_seconds,
+                    server_settings={
+                        "search_path": self.schema,
+                        "application_name": "cyclonetix-read-model",
+                        # A crash of the server may lose the last commits, never part of one:
+                        # rows and checkpoint go together and the projector resumes from it.
+                        "synchronous_commit": "off",
+                    },
+                )
+                try:
+                    async with pool.acquire() as con:
+                        await migrate(con, self.schema)
+                except BaseException:
+                    pool.terminate()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _guard(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except _DOWN as exc:
+            first = exc
+            while isinstance(first, asyncpg.InterfaceError) and isinstance(
+                first.__context__, _DOWN
+            ):
+                first = first.__context__  # ("the connection is closed": say what closed it)
+            detail = str(first).strip().splitlines()
+            why = f"{type(first).__name__}: {detail[0]}" if detail else type(first).__name__
+            raise Unavailable(f"Postgres read model at {self._where} unavailable ({why})") from exc
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._guard():
+            pool = await self._connected()
+            async with pool.acquire() as con:
+                yield con
+
+    # -- writing ---------------------------------------------------------------------------
+
+    async def apply_batch(self, entries: Sequence[Entry]) -> int:
+        async with self._writing:
+            try:
+                async with self._connection() as con, con.transaction():
+                    last = await self._write(con, entries)
+            except BaseException:
+                self._open.clear()  # folded past what is committed: rebuild from the rows
+                self._cache_at = None
+                raise
+        async with self._applied:
+            self._applied.notify_all()
+        return last
+
+    async def _write(self, con: asyncpg.Connection, entries: Sequence[Entry]) -> int:
+        found = await con.fetchrow("SELECT last_seq, epoch FROM checkpoint FOR UPDATE")
+        assert found is not None
+        last, epoch = int(found[0]), int(found[1])
+        if self._cache_at != (last, epoch):
+            self._open.clear()  # another writer (or a reset) moved the store: start cold
+        todo = [(seq, event) for seq, event in entries if seq > last]
+        if not todo:
+            self._cache_at = (last, epoch)
+            return last
+        known = await self._load(
+            con, {e.run_id for _, e in todo if e is not None} - set(self._open)
+        )
+        closed: set[str] = set()
+
+        def lookup(run_id: str) -> rows.OpenRun | rows.Finished | None:
+            found = self._open.get(run_id)
+            if found is not None:
+                return found
+            if run_id in closed:
+                return rows.FINISHED
+            return known.get(run_id)
+
+        # Chunks are folded while the server writes the previous one (one statement each).
+        writing: asyncio.Future[None] | None = None
+        try:
+            for start in range(0, len(todo), CHUNK):
+                staged = _Staged()
+                for seq, event in todo[start : start + CHUNK]:
+                    if seq <= last:
+                        continue  # a sequence repeated within the batch
+                    changes = rows.apply(lookup, seq, event)
+                    if changes.opened is not None:
+                        self._open[changes.opened.state.run_id] = changes.opened
+                    if changes.graph:
+                        assert changes.run is not None
+                        staged.graph(changes, self._open[changes.run.run_id])
+                    staged.add(changes)
+                    if changes.closed and event is not None:
+                        self._open.pop(event.run_id, None)
+                        closed.add(event.run_id)
+                    last = seq
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(staged.write(con, last))
+                await asyncio.sleep(0)  # sent: the server works while the next chunk folds
+            assert writing is not None
+            await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(BaseException):
+                    await writing
+        self._cache_at = (last, epoch)
+        return last
+
+    async def _load(
+        self, con: asyncpg.Connection, run_ids: set[str]
+    ) -> dict[str, rows.OpenRun | rows.Finished | None]:
+        """What `rows.apply`'s lookup answers for runs missing from the cache."""
+        if not run_ids:
+            return {}
+        known: dict[str, rows.OpenRun | rows.Finished | None] = dict.fromkeys(run_ids)
+        stored = await con.fetch(
+            "SELECT run_id, status FROM runs WHERE run_id = ANY($1::text[])", list(run_ids)
+        )
+        reopen = []
+        for run_id, status in stored:
+            if RunStatus(status) in TERMINAL_RUN_STATUSES:
+                known[run_id] = rows.FINISHED
+            else:
+                reopen.append(run_id)
+        if reopen:
+            history: dict[str, list[tuple[int, Any]]] = {r: [] for r in reopen}
+            for run_id, seq, body in await con.fetch(
+                "SELECT run_id, seq, body FROM events WHERE run_id = ANY($1::text[])"
+                " ORDER BY run_id, seq",
+                reopen,
+            ):
+                history[run_id].append((seq, decode(body.encode())))
+            for run_id, events in history.items():
+                state = rows.rebuild(events)
+                known[run_id] = state
+                if isinstance(state, rows.OpenRun):
+                    self._open[run_id] = state
+        return known
+
+    async def checkpoint(self) -> int:
+        async with self._connection() as con:
+            return int(await con.fetchval("SELECT last_seq FROM checkpoint"))
+
+    async def wait_for(self, seq: int, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while await self.checkpoint() < seq:
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            # Woken at once by this instance's commits; another process's, by polling.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, POLL_SECONDS)), self._applied:
+                    await self._applied.wait()
+        return True
+
+    async def reset(self) -> None:
+        async with self._writing:
+            self._open.clear()
+            self._cache_at = None
+            async with self._connection() as con, con.transaction():
+                # the writers' lock order (checkpoint first): no deadlock with a batch
+                await con.execute("LOCK TABLE checkpoint IN EXCLUSIVE MODE")
+                await con.execute(
+                    "TRUNCATE runs, run_counts, task_runs, attempts, events;"
+                    " UPDATE checkpoint SET last_seq = 0, epoch = epoch + 1"
+                )
+
+    async def close(self) -> None:
+        self._open.clear()
+        self._cache_at = None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), self._timeout)
+            except (*_DOWN, asyncpg.PostgresError):
+                pool.terminate()
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def list_runs(
+        self, filter: RunFilter = ALL_RUNS, limit: int = 50, cursor: str | None = None
+    ) -> Page[RunRow]:
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+        sql, args = list_runs_query(filter, limit, cursor)
+        async with self._connection() as con:
+            found = [_run_row(r) for r in await con.fetch(sql, *args)]
+        items = tuple(found[:limit])
+        more = len(found) > limit
+        return Page(items=items, next_cursor=str(items[-1].scheduled_seq) if more else None)
+
+    async def count_runs(self, filter: RunFilter = ALL_RUNS) -> dict[RunStatus, int]:
+        args: list[Any] = []
+        if filter == RunFilter(status=filter.status):  # every run: the counts kept with them
+            sql = "SELECT status, runs FROM run_counts"
+        else:
+            where, args = _where(filter, with_status=False)
+            sql = (
+                f"SELECT status, count(*) FROM runs WHERE {' AND '.join(where) or 'true'}"
+                " GROUP BY status"
+            )
+        counts = all_statuses()
+        async with self._connection() as con:
+            for status, n in await con.fetch(sql, *args):
+                counts[RunStatus(status)] = n
+        return counts
+
+    async def get_run(self, run_id: str) -> RunDetail | None:
+        async with (
+            self._connection() as con,
+            con.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await con.fetchrow(f"SELECT {_RUN_SELECT} FROM runs WHERE run_id = $1", run_id)
+            if row is None:
+                return None
+            tasks = await con.fetch(
+                f"SELECT node, {_TASK_SELECT} FROM task_runs WHERE run_id = $1 ORDER BY position",
+                run_id,
+            )
+            as_of = await con.fetchval("SELECT last_seq FROM checkpoint")
+        return RunDetail(
+            run=_run_row(row),
+            tasks=tuple(_task_row(t) for t in tasks),
+            graph=tuple(_node.decode(t["node"]) for t in tasks),
+            as_of_seq=as_of,
+        )
+
+    async def task_attempts(self, run_id: str, task_id: str) -> tuple[AttemptRow, ...]:
+        async with self._connection() as con:
+            found = await con.fetch(
+                f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE run_id = $1 AND task_id = $2"
+                " ORDER BY attempt",
+                run_id,
+                task_id,
+            )
+        return tuple(_attempt_row(r) for r in found)
+
+    async def recent_events(
+        self, run_id: str, after_seq: int = 0, limit: int = 100
+    ) -> tuple[EventRow, ...]:
+        async with self._connection() as con:
+            found = await con.fetch(
+                "SELECT seq, run_id, type, ts, task_id, attempt, body FROM events"
+                " WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                run_id,
+                after_seq,
+                limit,
+            )
+        return tuple(
+            EventRow(
+                seq=r[0],
+                run_id=r[1],
+                type=r[2],
+                ts=r[3],
+                task_id=r[4],
+                attempt=r[5],
+                body=r[6],
+            )
+            for r in found
+        )
+
+
+async def migrate(con: asyncpg.Connection, schema: str = "public") -> list[int]:
+    """Apply the migrations `schema` lacks, under an advisory lock; returns those applied."""
+    applied = []
+    async with con.transaction():
+        await con.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('cyclonetix.read_model'), hashtext($1))",
+            schema,
+        )
+        await con.execute(
+            f"CREATE SCHEMA IF NOT EXISTS {schema};"
+            f" CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r[0] for r in await con.fetch(f"SELECT version FROM {schema}.schema_migrations")}
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            await con.execute(f"SET LOCAL search_path = {schema}; {sql}")
+            await con.execute(
+                f"INSERT INTO {schema}.schema_migrations (version, name) VALUES ($1, $2)",
+                version,
+                name,
+            )
+            applied.append(version)
+    return applied
+
+
+# -- rows <-> records ---------------------------------------------------------------------------
+
+
+class _Staged:
+    """A batch's changes, the last row per key (an upsert may touch a row once per statement)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+        self.runs: dict[str, RunRow] = {}
+        self.tasks: dict[tuple[str, str], TaskRunRow] = {}
+        self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
+        self.nodes: dict[tuple[str, str], tuple[int, str]] = {}  # new nodes: position, json
+        self.definitions: dict[str, str] = {}  # run -> its graph's definitions, when they grew
+
+    def graph(self, c: rows.Changes, run: rows.OpenRun) -> None:
+        assert c.run is not None
+        first = c.run.tasks_total - len(c.graph)
+        for i, node in enumerate(c.graph, first):
+            self.nodes[c.run.run_id, node.id] = (i, _json.encode(node).decode())
+        defs = sorted({t.node.task_id for t in run.state.tasks.values()})
+        self.definitions[c.run.run_id] = _json.encode(defs).decode()
+
+    def add(self, c: rows.Changes) -> None:
+        if (e := c.event) is not None:
+            self.events.append((e.seq, e.run_id, e.type, e.ts, e.task_id, e.attempt, e.body))
+        if c.run is not None:
+            self.runs[c.run.run_id] = c.run
+        for t in c.tasks:
+            self.tasks[t.run_id, t.task_id] = t
+        if (a := c.attempt) is not None:
+            self.attempts[a.run_id, a.task_id, a.attempt] = a
+
+    async def write(self, con: asyncpg.Connection, checkpoint: int) -> None:
+        await con.execute(
+            WRITE,
+            *_columns(self.events, len(EVENT_COLUMNS)),
+            *_columns(map(self._run, self.runs.values()), len(_RUN_COLUMNS.split(","))),
+            *_columns(map(self._task, self.tasks.values()), len(_TASK_COLUMNS.split(","))),
+            *_columns(map(astuple, self.attempts.values()), len(_ATTEMPT_COLUMNS.split(","))),
+            checkpoint,
+        )
+
+    def _run(self, r: RunRow) -> tuple[Any, ...]:
+        record = list(astuple(r))
+        record[8] = _json.encode(r.counts).decode()
+        record[10] = _json.encode(r.failed_tasks).decode()
+        record.append(self.definitions.get(r.run_id, "[]"))
+        return tuple(record)
+
+    def _task(self, t: TaskRunRow) -> tuple[Any, ...]:
+        # A node joins the graph once (an insert); later rows of it keep position and node.
+        return (*astuple(t), *self.nodes.get((t.run_id, t.task_id), (-1, "null")))
+
+
+def _columns(records: Iterable[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
+    """Rows to one list per column (the arrays `unnest` zips back); `width` empty lists when
+    there are no rows."""
+    columns = [list(column) for column in zip(*records, strict=True)]
+    return columns or [[] for _ in range(width)]
+
+
+_RUN_SELECT: Final = (
+    "run_id, kind, target, name, status, trigger, context_id, idempotency_key, counts,"
+    " tasks_total, failed_tasks, cancel_requested, cancel_reason, cancelled_by, scheduled_at,"
+    " started_at, ended_at, scheduled_seq, last_seq"
+)
+_TASK_SELECT: Final = (
+    "run_id, task_id, definition, name, queue, status, attempt, max_attempts, agent_id,"
+    " delivery, queued_at, started_at, ended_at, not_before, exit_code, duration_ms, reason,"
+    " message, evaluation_point, last_seq"
+)
+_ATTEMPT_SELECT: Final = (
+    "run_id, task_id, attempt, status, queue, agent_id, host, delivery, queued_at, started_at,"
+    " ended_at, exit_code, duration_ms, reason, message, last_seq"
+)
+
+
+def list_runs_query(f: RunFilter, limit: int, cursor: str | None) -> tuple[str, list[Any]]:
+    """`list_runs`' SQL and arguments: one page (and one row more) newest first, from the
+    keyset cursor on; `EXPLAIN` it to see which index serves a filter."""
+    before = parse_cursor(cursor)
+    where, args = _where(f, with_status=True)
+    if before is not None:
+        args.append(before)
+        where.append(f"scheduled_seq < ${len(args)}")
+    args.append(limit + 1)
+    sql = (
+        f"SELECT {_RUN_SELECT} FROM runs WHERE {' AND '.join(where) or 'true'}"
+        f" ORDER BY scheduled_seq DESC LIMIT ${len(args)}"
+    )
+    return sql, args
+
+
+def _where(f: RunFilter, *, with_status: bool) -> tuple[list[str], list[Any]]:
+    """SQL conditions (and their arguments) selecting `f`'s runs: `protocol.matches`."""
+    where: list[str] = []
+    args: list[Any] = []
+
+    def add(condition: str, value: object) -> None:
+        args.append(value)
+        where.append(condition.format(f"${len(args)}"))
+
+    if with_status and f.status is not None:
+        add("status = {}", f.status.value)
+    if f.kind is not None:
+        add("kind = {}", f.kind)
+    if f.target is not None:
+        add("target = {}", f.target)
+    if f.trigger is not None:
+        add("trigger = {}", f.trigger)
+    if f.since is not None:
+        add("scheduled_at >= {}", f.since)
+    if f.until is not None:
+        add("scheduled_at < {}", f.until)
+    if f.task is not None:
+        add("definitions @> {}::jsonb", _json.encode([f.task]).decode())
+    return where, args
+
+
+def _run_row(r: asyncpg.Record) -> RunRow:
+    fields = dict(r)
+    counts = _counts.decode(fields["counts"])  # (jsonb reorders keys: put back the views')
+    fields["counts"] = {s.value: counts.get(s.value, 0) for s in TaskStatus}
+    fields["failed_tasks"] = _strings.decode(fields["failed_tasks"])
+    return msgspec.convert(fields, RunRow)
+
+
+def _task_row(r: asyncpg.Record) -> TaskRunRow:
+    fields = dict(r)
+    del fields["node"]
+    return msgspec.convert(fields, TaskRunRow)
+
+
+def _attempt_row(r: asyncpg.Record) -> AttemptRow:
+    return msgspec.convert(dict(r), AttemptRow)
