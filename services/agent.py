@@ -85,6 +85,7 @@ ERROR_BACKOFF = 1.0  # after a failed fetch / append, before trying again
 SHUTDOWN_WRITE_S = 2.0
 REPORT_TIMEOUT_S = 10.0  # reporting a dispatch of a cancelled run as cancelled, at most
 KILL_MARGIN_S = 1.5  # after kill_grace: a killed command's group is reaped (services.process)
+CANCELLED_RUNS_KEPT = 10_000  # announced cancellations remembered
 # A start is retried for this share of the ack_wait at most: its dispatch must be handed back
 # (or run) before JetStream could redeliver it to another agent.
 CLAIM_SHARE = 0.6
@@ -139,6 +140,9 @@ class Agent:
         self._stopping = asyncio.Event()  # no new work
         self._eval_dir: Path | None = None
         self._guardian: Guardian | None = None
+        # Runs whose cancellation was announced (the newest, in order): a dispatch of one is not
+        # started even when the run's newest event does not tell (other events came after).
+        self._cancelled_runs: dict[str, None] = {}
         # A snapshot: reading os.environ decodes every variable again (measurable per task).
         self._base_env = dict(os.environ)
 
@@ -148,6 +152,9 @@ class Agent:
 
         Called when the orchestrator announces a cancellation (CancelSignals.listen).
         """
+        self._cancelled_runs[run_id] = None  # (its dispatches still to come: not started)
+        while len(self._cancelled_runs) > CANCELLED_RUNS_KEPT:
+            del self._cancelled_runs[next(iter(self._cancelled_runs))]
         hits = [r for r in self._running.values() if r.run_id == run_id and not r.kill.is_set()]
         for running in hits:
             running.cancelled = True
@@ -363,7 +370,7 @@ class Agent:
                 except NotCurrent as exc:  # nothing ran; no result for it, ever...
                     log.info("task.not_current", reason=str(exc), delivery=delivery)
                     running.settled = True
-                    if exc.cancelling:
+                    if exc.cancelling and delivery > 1:
                         # ...but the cancellation waits for this attempt if an agent that died
                         # had started it: report it cancelled (a no-op for the log otherwise).
                         await self._report_cancelled(d)
@@ -417,6 +424,8 @@ class Agent:
                         raise HeldElsewhere(why)
                     if why := why_not_current(d, newest):
                         raise NotCurrent(why, cancelling=isinstance(newest, RunCancelRequested))
+                    if d.run_id in self._cancelled_runs:
+                        raise NotCurrent("its run is being cancelled (announced)", cancelling=True)
                     if last is None and await events.first_seq(d.run_id) is not None:
                         # The newest event does not decode (a newer writer): nothing to
                         # expect, and nothing it says can be judged here.

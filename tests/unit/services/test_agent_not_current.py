@@ -360,3 +360,30 @@ async def test_a_redelivery_of_a_run_being_cancelled_reports_its_attempt_cancell
     assert history[-1] == TaskCancelled(
         run_id="r", ts=history[-1].ts, task_id="t", attempt=1, agent_id=agent.id
     )
+
+
+async def test_a_dispatch_of_a_run_whose_cancellation_was_announced_does_not_start(
+    tmp_path: Path,
+) -> None:
+    """The run's newest event does not tell (other tasks' events came after its cancellation),
+    but the agent heard the announcement: it starts nothing of that run."""
+    server = MemoryServer()
+    async with server.connect("client") as bp:
+        for event in (SCHEDULED, QUEUED):
+            await bp.events.append(event)
+        async with running_agent(server, workdir=tmp_path) as agent:
+
+            async def heard() -> bool | None:
+                await bp.cancels.announce("r")
+                return True if "r" in agent._cancelled_runs else None
+
+            await eventually(heard, what="the announcement heard")
+            await bp.work.dispatch(
+                Dispatch(
+                    run_id="r", task_id="t", attempt=1, queue="default", command=marker(tmp_path)
+                )
+            )
+            await eventually(lambda: queue_emptied(server), what="the dispatch settled")
+        history = [e for _, e in await bp.events.history("r")]
+    assert not list(tmp_path.glob("ran-*"))
+    assert history == [SCHEDULED, QUEUED]
