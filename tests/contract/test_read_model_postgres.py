@@ -98,11 +98,7 @@ async def admin(postgres_db: str) -> AsyncIterator[Any]:
 class TestReadModelOnPostgres(ReadModelContract):
     @pytest.fixture
     async def stores(self, postgres_db: str, schema: str) -> AsyncIterator[Stores]:
-        # Property examples open stores without closing them: idle ones drop their connection.
-        def factory() -> PostgresReadModel:
-            return PostgresReadModel(postgres_db, schema=schema, idle_seconds=0.5)
-
-        async with Opened(factory) as stores:
+        async with Opened(lambda: PostgresReadModel(postgres_db, schema=schema)) as stores:
             yield stores
 
 
