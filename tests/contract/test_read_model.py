@@ -38,7 +38,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tests.unit.conftest  # noqa: F401  (the Hypothesis profiles)
 from core.events import (
     AnyEvent,
     EvaluationResult,
@@ -60,10 +59,16 @@ from core.snapshots import RetrySpec, TaskNode
 from projections.memory import MemoryReadModel, MemoryTables
 from projections.protocol import Entry, ReadModel, decode_entry
 from projections.views import RunFilter, RunRow
+from tests import hypothesis_profiles  # noqa: F401 - the profile, before PROPERTY reads it
 from tests.unit.core.test_run_properties import simulate
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-PROPERTY = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+# A fifth of the profile's examples (dev 30, ci 300): an example costs a store with I/O about
+# a millisecond per event, and the suite runs once per store.
+PROPERTY = settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    max_examples=max(10, settings.default.max_examples // 5),
+)
 
 
 class Opened:

@@ -7,7 +7,7 @@ of stale attempts (of every kind) and deliver duplicates. Then the invariants ar
 was written. Fencing (invariant 2) is checked as the events are folded: every result for an attempt
 that is no longer current, in the orchestrator's live state and on replay, must change nothing.
 
-`max_examples` comes from the Hypothesis profile (tests/unit/conftest.py: HYPOTHESIS_PROFILE).
+`max_examples` comes from the Hypothesis profile (tests/hypothesis_profiles.py: HYPOTHESIS_PROFILE).
 """
 
 from __future__ import annotations
