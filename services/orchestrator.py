@@ -504,8 +504,10 @@ class Orchestrator:
                 try:
                     expected = await self.events.append_expected(event, expected)
                 except Conflict:
+                    # Decided again below: the newer events may have been folded already
+                    # (our own, say), and then nothing else would wake this run up.
                     log.info("orchestrator.racing_conflict", run_id=run_id)
-                    return  # the newer events will be folded and we decide again then
+                    break
                 self.own_seq[run_id] = max(self.own_seq.get(run_id, 0), expected)
                 fold(state, event)
             self.dirty[run_id] = None

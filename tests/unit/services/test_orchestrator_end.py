@@ -4,13 +4,26 @@ after it, even when that decision's append had to be retried (seen in the chaos 
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from core.definitions import Definitions, TaskDef
-from core.events import TERMINAL, RunSucceeded, TaskQueued
+from core.events import TERMINAL, AnyEvent, RunCancelled, RunSucceeded, TaskQueued, TaskSucceeded
 from services import orchestrator as orchestrator_module
+from services.commands import cancel
 from tests.fakes import MemoryBackplane, MemoryServer
-from tests.rolekit import Connect, plan, running_orchestrator, stand_in_agent, until_end
+from tests.rolekit import (
+    Connect,
+    history,
+    plan,
+    running_orchestrator,
+    stand_in_agent,
+    until_end,
+)
+from tests.waiting import eventually
+
+T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,3 +46,44 @@ async def test_the_end_waits_for_the_runs_own_decisions_still_being_retried(
     assert isinstance(events[-1], RunSucceeded)
     assert sum(isinstance(e, TERMINAL) for e in events) == 1
     assert any(isinstance(e, TaskQueued) for e in events[:-1])
+
+
+async def test_a_racing_decision_that_conflicts_is_made_again_even_with_nothing_new_to_fold(
+    bp: MemoryBackplane, connect: Connect
+) -> None:
+    """Seen in the chaos suite: the conflicting event had been folded already (the
+    orchestrator's own skip, stored while it appended a racing cancel), so no later event
+    would wake the run up again; it stayed open forever."""
+    definitions = Definitions(
+        tasks={t: TaskDef(id=t, command="true") for t in ("a", "b")}
+        | {"end": TaskDef(id="end", command="true", dependencies=("a", "b"))}
+    )
+    async with running_orchestrator(connect) as orch:
+        real = orch.events.append_expected
+        interfered: list[int] = []
+
+        async def append_after_someone_else(event: AnyEvent, expected: int) -> int:
+            if not interfered:  # once: an event lands (and is folded) before ours
+                noise = TaskSucceeded(run_id=event.run_id, ts=T0, task_id="a", attempt=0)
+                interfered.append(await bp.events.append(noise))
+
+                async def folded() -> bool | None:
+                    return True if orch.last_seq.get(event.run_id, 0) >= interfered[0] else None
+
+                await eventually(folded, what="the other event folded")
+            return await real(event, expected)
+
+        orch.events.append_expected = append_after_someone_else  # type: ignore[method-assign]
+        await bp.definitions.put(definitions)
+        scheduled = plan(definitions, "end")
+        await bp.events.schedule_run(scheduled)
+
+        async def both_queued() -> bool | None:
+            queued = [e for e in await history(bp, scheduled.run_id) if isinstance(e, TaskQueued)]
+            return True if len(queued) == 2 else None
+
+        await eventually(both_queued, what="a and b queued")
+        await cancel(bp.events, scheduled.run_id, reason="test")
+        events = await until_end(bp, scheduled.run_id)
+    assert interfered
+    assert isinstance(events[-1], RunCancelled)
