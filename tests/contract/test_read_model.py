@@ -67,7 +67,7 @@ T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 # a millisecond per event, and the suite runs once per store.
 PROPERTY = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture],
-    max_examples=max(10, settings.default.max_examples // 5),
+    max_examples=max(10, settings().max_examples // 5),
 )
 
 
