@@ -64,7 +64,7 @@ test-integration *args:
 chaos *args:
     {{py}} -m pytest tests/chaos -m chaos "$@"
 
-[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery")]
+[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery and takeover, read-model replay and lists")]
 [group("bench")]
 bench:
     {{py}} -m bench.definitions_bench
@@ -74,6 +74,8 @@ bench:
     {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
     {{bin}}/cyclonetix bench recovery --runs 1000 --json
     {{bin}}/cyclonetix bench takeover --rounds 5 --json
+    {{py}} -m bench.read_model_redis_bench --runs 10000
+    {{py}} -m bench.read_model_postgres_bench --runs 10000
 
 [doc("Everything CI runs")]
 [group("test")]

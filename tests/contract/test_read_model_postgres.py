@@ -361,3 +361,12 @@ def plan_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", ()):
         yield from plan_nodes(child)
+
+
+async def test_the_postgres_read_model_benchmark_runs_on_a_tiny_size(postgres_db: str) -> None:
+    from bench import read_model_postgres_bench
+
+    server = postgres_db.rsplit("/", 1)[0]  # (the bench makes a database of its own there)
+    figures = await read_model_postgres_bench.run(server, 5, 10, 100, 1000)
+    assert figures["replay_events"] == 55 and figures["list_runs"] == 1000
+    assert isinstance(figures["list_failed_50"], dict) and figures["list_failed_50"]["p50_ms"] > 0

@@ -515,3 +515,11 @@ async def commands_sent(
             return seen
     finally:
         await watcher.aclose()
+
+
+async def test_the_redis_read_model_benchmark_runs_on_a_tiny_size(redis_url: str) -> None:
+    from bench import read_model_redis_bench
+
+    figures = await read_model_redis_bench.run(redis_url, 5, 10, 100, 1000)
+    assert figures["replay_events"] == 55 and figures["list_runs"] == 1000
+    assert isinstance(figures["list_failed_50"], dict) and figures["list_failed_50"]["p50_ms"] > 0
