@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -107,7 +108,11 @@ class Projector:
         if checkpoint is None:
             return
         self.applied = self.seen = checkpoint
-        log.info("projector.started", from_seq=checkpoint + 1)
+        with contextlib.suppress(Unavailable):  # (only for the lag figures: the tail waits)
+            self.seen = max(checkpoint, await self.events.last_seq())
+        if self.seen == checkpoint:
+            self.live.set()  # nothing to catch up with
+        log.info("projector.started", from_seq=checkpoint + 1, log_ends_at=self.seen)
         started = time.monotonic()
         feed = Feed(self.events.tail(from_seq=checkpoint + 1, stop=stop), self.batch * 4)
         try:

@@ -140,6 +140,9 @@ class Spy:
         self.starts.append(from_seq)
         return self.events.tail(from_seq=from_seq, **options)
 
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.events, name)
+
 
 async def test_a_restarted_projector_resumes_after_its_checkpoint(server: MemoryServer) -> None:
     entries = stream(seed=2, runs=8)
@@ -162,7 +165,7 @@ async def test_a_restarted_projector_resumes_after_its_checkpoint(server: Memory
     store = MemoryReadModel(tables)
     async with server.connect("second") as conn:
         spy = Spy(conn.events)
-        second = Projector(spy, store)  # type: ignore[arg-type]
+        second = Projector(spy, store)
         stop = asyncio.Event()
         task = asyncio.ensure_future(second.run(stop))
         await applied_up_to(store, last)
