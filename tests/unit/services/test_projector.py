@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
+import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ import msgspec
 import pytest
 import structlog
 
-from core.errors import Unavailable
+from core.errors import Invalid, Unavailable
 from core.events import RunScheduled, encode
 from core.run import RunStatus
 from projections.memory import MemoryReadModel, MemoryTables
@@ -339,6 +340,38 @@ async def test_verify_leaves_out_runs_changed_after_the_checkpoint(server: Memor
     assert await differences(live, replayed, upto=1) == ([], 1)
 
 
-@pytest.mark.parametrize("url", ["memory://", "memory://a"])
-def test_memory_urls(url: str) -> None:
-    assert isinstance(open_read_model(url), MemoryReadModel)
+# -- opening a store by URL ----------------------------------------------------------------------
+
+
+def test_memory_urls_name_a_store_of_this_process() -> None:
+    private = open_read_model("memory://")
+    assert isinstance(private, MemoryReadModel)
+    assert private.tables is not open_read_model("memory://").tables  # type: ignore[attr-defined]
+    named = open_read_model("memory://shared-by-name")
+    assert isinstance(named, MemoryReadModel)
+    assert named.tables is open_read_model("memory://shared-by-name/").tables  # type: ignore[attr-defined]
+
+
+def test_a_url_of_no_store_is_one_clear_line() -> None:
+    with pytest.raises(Invalid, match=r"^not a read-model URL: mysql://h/db \(use memory://"):
+        open_read_model("mysql://h/db")
+
+
+@pytest.mark.parametrize(
+    ("url", "module"), [("redis://h:6379/0", "redis"), ("postgresql://h/d", "postgres")]
+)
+def test_a_store_whose_adapter_is_missing_is_one_clear_line(
+    url: str, module: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, f"projections.{module}", None)
+    with pytest.raises(Invalid, match=r"read model is not available in this version$"):
+        open_read_model(url)
+
+
+def test_a_postgres_url_takes_the_schema_from_its_query_and_hides_its_password() -> None:
+    store = open_read_model("postgresql://u:pw@127.0.0.1:5432/cx?schema=s1")
+    assert (store.dsn, store.schema) == ("postgresql://u:pw@127.0.0.1:5432/cx", "s1")  # type: ignore[attr-defined]
+    with pytest.raises(Invalid) as bad:
+        open_read_model("postgresql://u:pw@h/db?schema=no-such-name")
+    assert "pw" not in str(bad.value)
+    assert str(bad.value).startswith("read model postgresql://u:***@h/db?schema=no-such-name: ")
