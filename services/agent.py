@@ -55,6 +55,7 @@ from core.attempts import held_elsewhere, why_not_current
 from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
     TERMINAL,
+    AnyEvent,
     Dispatch,
     FailureReason,
     RunCancelRequested,
@@ -143,6 +144,7 @@ class Agent:
         # Runs whose cancellation was announced (the newest, in order): a dispatch of one is not
         # started even when the run's newest event does not tell (other events came after).
         self._cancelled_runs: dict[str, None] = {}
+        self._claims: dict[str, _RunClaims] = {}  # runs with a claim in progress
         # A snapshot: reading os.environ decodes every variable again (measurable per task).
         self._base_env = dict(os.environ)
 
@@ -411,14 +413,34 @@ class Agent:
         acknowledgement was lost from being recorded without running.
         """
         d = item.dispatch
-        events = self.backplane.events
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.ack_wait * CLAIM_SHARE
+        claims = self._claims.get(d.run_id)
+        if claims is None:
+            claims = self._claims[d.run_id] = _RunClaims()
+        claims.users += 1
+        try:
+            async with claims.lock:
+                return await self._claim_in_turn(d, start, claims, deadline)
+        finally:
+            claims.users -= 1
+            if not claims.users:
+                del self._claims[d.run_id]
+
+    async def _claim_in_turn(
+        self, d: Dispatch, start: TaskStarted, claims: _RunClaims, deadline: float
+    ) -> int:
+        events = self.backplane.events
+        loop = asyncio.get_running_loop()
         delays = backoff(0.05, ERROR_BACKOFF)
         while True:
             try:
                 async with asyncio.timeout_at(deadline):
-                    last = await events.last_event(d.run_id)
+                    # Our own previous start of this run, if nothing is known to have come
+                    # since (a conflict says otherwise), else a read.
+                    last, claims.newest = claims.newest, None
+                    if last is None:
+                        last = await events.last_event(d.run_id)
                     newest = None if last is None else last[1]
                     if why := held_elsewhere(d, start.delivery, self.id, newest):
                         raise HeldElsewhere(why)
@@ -430,7 +452,9 @@ class Agent:
                         # The newest event does not decode (a newer writer): nothing to
                         # expect, and nothing it says can be judged here.
                         return await events.append(start)
-                    return await events.append_expected(start, 0 if last is None else last[0])
+                    seq = await events.append_expected(start, 0 if last is None else last[0])
+                    claims.newest = (seq, start)
+                    return seq
             except Conflict:
                 continue  # someone appended after the read: judge again
             except (Unavailable, TimeoutError) as exc:
@@ -639,6 +663,17 @@ class _Running:
     kill: asyncio.Event = field(default_factory=asyncio.Event)  # SIGTERM, SIGKILL after grace
     cancelled: bool = False  # killed because its run was cancelled (else: handed back)
     settled: bool = False  # acked: the result is stored, nothing to hand back
+
+
+@dataclass(eq=False)
+class _RunClaims:
+    """The claims of one run's dispatches on this agent, made one at a time: concurrent claims
+    of one run would void each other's expected sequence (each conflict costs two round trips,
+    so a wide fan-out would spend most of its time re-judging)."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # claims holding or waiting for the lock (the entry goes at 0)
+    newest: tuple[int, AnyEvent] | None = None  # our last start: the next claim's expectation
 
 
 class _Slots:
