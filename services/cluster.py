@@ -24,8 +24,11 @@ from typing import TYPE_CHECKING
 import structlog
 
 from core.definitions import Definitions
+from core.errors import Unavailable
 from services.embedded_nats import EmbeddedNats, die_with_parent
-from services.nats import connect
+from services.nats import NatsBackplane, connect
+from services.nats.queries import NatsReadModelQueries
+from services.read_model_client import is_memory
 
 if TYPE_CHECKING:
     from services.ports import AgentRegistry
@@ -72,6 +75,9 @@ class LocalCluster:
     restart: bool = True  # bring a role that died back (dev); off for benchmarks
     shutdown_grace: float = 30.0  # given to every role (--shutdown-grace), see `stop`
     agent_args: Sequence[str] = ()
+    # Given: a projector role keeps this read model up to date; for memory:// it also answers
+    # queries over NATS (the store lives in that process: services/read_model_client.py).
+    read_model: str | None = None
     roles: list[Role] = field(default_factory=list)
     nats: EmbeddedNats | None = None
     stopping: bool = False
@@ -91,6 +97,8 @@ class LocalCluster:
             for role in self.roles:
                 await self._spawn(role)
             await self._wait_for_agents(backplane.agents)
+            if self.read_model is not None and is_memory(self.read_model):
+                await self._wait_for_queries(backplane)
         self.supervisor = asyncio.ensure_future(self._supervise())
         return self.nats_url
 
@@ -108,6 +116,12 @@ class LocalCluster:
                 argv += ["--queue", queue]
             argv += list(self.agent_args)
             self.roles.append(Role(f"agent-{i + 1}", argv))
+        if self.read_model is not None:
+            argv = [*cli, "projector", "--nats-url", self.nats_url]
+            argv += ["--log-format", self.log_format, "--read-model", self.read_model]
+            if is_memory(self.read_model):
+                argv.append("--serve-queries")
+            self.roles.append(Role("projector", argv))
 
     async def _spawn(self, role: Role) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -137,6 +151,26 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"agents did not register within {timeout:.0f}s")
             await asyncio.sleep(0.05)
+
+    async def _wait_for_queries(self, backplane: NatsBackplane, timeout: float = 30.0) -> None:
+        """Until the projector answers read-model queries (`runs list` works from then on)."""
+        queries = NatsReadModelQueries(backplane.connection, timeout=1.0)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await queries.checkpoint()
+                return
+            except Unavailable:
+                projector = self.role("projector").process
+                if projector is not None and projector.returncode is not None:
+                    raise RuntimeError(
+                        f"projector exited with code {projector.returncode}"
+                    ) from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"the projector did not answer within {timeout:.0f}s"
+                    ) from None
+                await asyncio.sleep(0.05)
 
     async def _supervise(self) -> None:
         """A role that dies is started again: its state comes back from the log."""

@@ -1,7 +1,8 @@
 """Where a local Cyclonetix runs: `cyclonetix dev` records it, every other command reads it.
 
-`./.cyclonetix/runtime.json` holds `{"nats_url": ..., "ui_url": ..., "pid": ...}`, so commands run
-from the same folder find the system without flags.
+`./.cyclonetix/runtime.json` holds `{"nats_url", "ui_url", "pid", "read_model"}`, so commands run
+from the same folder find the system without flags (`read_model` is `nats+memory://` for dev's
+in-memory store: services/read_model_client.py).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """`cyclonetix dev`: the whole system on this machine, in one command.
 
 Starts an embedded NATS server (data in ./.cyclonetix/), publishes the definitions, and runs
-the orchestrator and agents as separate processes whose logs share this console. Records where
-it runs in ./.cyclonetix/runtime.json so other commands in this folder find it. Ctrl-C stops
+the orchestrator, agents and a projector (into --read-model, memory:// by default) as separate
+processes whose logs share this console. Records where it runs (NATS, the read model) in
+./.cyclonetix/runtime.json so other commands in this folder find it. Ctrl-C stops
 everything cleanly and in order (services.cluster: agents, which finish or hand back their
 running tasks within the shutdown grace, then the orchestrator, then NATS); a second Ctrl-C
 cuts the graces short. The data folder keeps the event log for the next start.
@@ -16,7 +17,9 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from projections.stores import SCHEMES, open_read_model
 from services.cli.common import (
     add_shutdown_grace_option,
     load_definitions_or_fail,
@@ -27,6 +30,7 @@ from services.cli.common import (
 from services.cli.main import CliError
 from services.cluster import LocalCluster, queues_of
 from services.definitions_files import default_definitions_dir
+from services.read_model_client import recorded_url
 from services.runtime_info import (
     clear_runtime_info,
     read_runtime_info,
@@ -40,7 +44,7 @@ COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "dev",
-        help="run everything locally: NATS, orchestrator, agents",
+        help="run everything locally: NATS, orchestrator, agents, projector",
         description="Run the whole system on this machine with an embedded NATS server. "
         "Without --definitions it runs the examples in infra/examples/.",
     )
@@ -70,6 +74,13 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="use this NATS server instead of starting an embedded one",
     )
+    parser.add_argument(
+        "--read-model",
+        default="memory://",
+        metavar="URL",
+        help=f"the read model a projector keeps up to date: {SCHEMES} (default memory://, "
+        "held by the projector and read over NATS); recorded in runtime.json for 'runs list'",
+    )
     add_shutdown_grace_option(
         parser, "how long the agents' running tasks may finish (given to every role)"
     )
@@ -84,6 +95,8 @@ def main(args: argparse.Namespace) -> int:
     if args.agents < 1:
         raise CliError("--agents must be at least 1")
     grace = shutdown_grace(args)
+    store = open_read_model(args.read_model)  # a bad URL: one line, before anything starts
+    run(store.close())
     kill = asyncio.Event()  # a second Ctrl-C
     running = read_runtime_info(args.data_dir)
     if running:
@@ -111,11 +124,21 @@ def main(args: argparse.Namespace) -> int:
             replicas=settings.nats.stream_replicas,
             printer=printer,
             shutdown_grace=grace,
+            read_model=args.read_model,
         )
         try:
             url = await cluster.start()
-            write_runtime_info(args.data_dir, nats_url=url, ui_url=None, pid=os.getpid())
+            read_model = recorded_url(args.read_model)
+            write_runtime_info(
+                args.data_dir, nats_url=url, ui_url=None, pid=os.getpid(), read_model=read_model
+            )
             printer("dev", f"NATS at {url}; data in {args.data_dir.resolve()}")
+            where = urlsplit(args.read_model)
+            printer(
+                "dev",
+                f"projector into {where.scheme}://{where.hostname or where.path or ''}; "
+                "try: cyclonetix runs list",
+            )
             printer(
                 "dev",
                 f"{len(defs.tasks)} tasks, {len(defs.dags)} dags from {folder}; "

@@ -19,11 +19,11 @@ from services.cli.common import (
     until_stopped,
 )
 from services.cli.main import CliError
+from services.nats.queries import serve_read_model
 from services.projector import BATCH, Projector
+from services.read_model_client import READ_MODEL_ENV
 
 log = structlog.get_logger("cyclonetix.projector")
-
-READ_MODEL_ENV = "CYCLONETIX_READ_MODEL"
 
 
 def register(sub: Any) -> None:
@@ -41,6 +41,12 @@ def register(sub: Any) -> None:
         default=BATCH,
         metavar="N",
         help=f"events per store write, at most (default {BATCH})",
+    )
+    parser.add_argument(
+        "--serve-queries",
+        action="store_true",
+        help="also answer read-model queries over NATS (what 'cyclonetix dev' does for a "
+        "memory:// store, which no other process can open)",
     )
     add_nats_option(parser)
     add_log_options(parser)
@@ -80,7 +86,11 @@ def main(args: argparse.Namespace) -> int:
     async def serve(stop: asyncio.Event) -> None:
         backplane = await connect(args, "cyclonetix-projector")
         try:
-            await Projector(backplane.events, store, batch=args.batch).run(stop)
+            projector = Projector(backplane.events, store, batch=args.batch).run(stop)
+            if args.serve_queries:
+                await asyncio.gather(projector, serve_read_model(backplane.connection, store, stop))
+            else:
+                await projector
         finally:
             await store.close()
             await backplane.close()

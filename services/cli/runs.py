@@ -1,14 +1,30 @@
-"""`cyclonetix runs show|cancel|rerun`: look at one run, stop it, or run it again."""
+"""`cyclonetix runs list|show|cancel|rerun`: list runs, look at one, stop it, or run it again.
+
+`list` reads the read model (services/read_model_client.py says which and how); `show`,
+`cancel` and `rerun` work from the event log.
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
 from typing import Any
 
-from core.run import summary
+import msgspec
+
+from core.run import RunStatus, summary
+from projections.views import Page, RunFilter, RunRow
 from services import commands
-from services.cli.common import add_nats_option, connect, human_duration, run
+from services.cli.common import add_nats_option, connect, human_duration, nats_url, run
+from services.cli.main import CliError
+from services.read_model_client import READ_MODEL_ENV, open_reader, resolve_read_model_url
+from services.settings import load_settings
+
+LIST_LIMIT = 50
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 
 def register(sub: Any) -> None:
@@ -17,7 +33,41 @@ def register(sub: Any) -> None:
         help="show, cancel or rerun runs",
         description="Show, cancel or rerun runs.",
     )
-    actions = parser.add_subparsers(dest="action", metavar="show|cancel|rerun", required=True)
+    actions = parser.add_subparsers(dest="action", metavar="list|show|cancel|rerun", required=True)
+    listing = actions.add_parser(
+        "list",
+        help="runs from the read model, newest first",
+        description="List runs, newest first, from the read model: --read-model URL, else "
+        f"${READ_MODEL_ENV}, else the one 'cyclonetix dev' recorded in ./.cyclonetix/. "
+        "Pass the printed --cursor for the next page.",
+    )
+    listing.add_argument("--status", metavar="S", help=f"only runs in this status ({_statuses()})")
+    listing.add_argument("--dag", metavar="D", help="only runs of this DAG")
+    listing.add_argument(
+        "--task", metavar="T", help="only runs whose graph holds this task (not with --dag)"
+    )
+    listing.add_argument(
+        "--since", metavar="T", help="scheduled at or after T: ISO time, or 30m, 1h, 2d ago"
+    )
+    listing.add_argument("--until", metavar="T", help="scheduled before T (as --since)")
+    listing.add_argument(
+        "--limit",
+        metavar="N",
+        default=str(LIST_LIMIT),
+        help=f"runs per page (default {LIST_LIMIT})",
+    )
+    listing.add_argument("--cursor", metavar="C", help="the next page after a previous one")
+    listing.add_argument(
+        "--json", action="store_true", help='print the page: {"items": [...], "next_cursor"}'
+    )
+    listing.add_argument(
+        "--read-model",
+        metavar="URL",
+        help="redis://..., postgresql://..., or nats+memory:// (the memory store of "
+        "'cyclonetix dev', asked over NATS)",
+    )
+    add_nats_option(listing)
+    listing.set_defaults(func=lambda args: run(list_runs(args)))
     show = actions.add_parser(
         "show",
         help="status of a run and its tasks",
@@ -108,4 +158,120 @@ async def rerun_run(args: argparse.Namespace) -> int:
         print(json.dumps({"run_id": scheduled.run_id, "status": "scheduled"}))
     else:
         print(scheduled.run_id)
+    return 0
+
+
+# -- runs list ------------------------------------------------------------------------------
+
+
+def _statuses() -> str:
+    return ", ".join(RunStatus)
+
+
+def parse_time(text: str, now: dt.datetime) -> dt.datetime:
+    """An ISO time (local time when it names no zone) or `N` + s/m/h/d/w: that long before
+    `now`. CliError (one line) for anything else."""
+    value = text.strip()
+    relative = _RELATIVE.fullmatch(value)
+    if relative:
+        amount, unit = relative.groups()
+        return now - dt.timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        when = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise CliError(
+            f"not a time: {text!r} (use an ISO time like 2026-01-31T12:00, or 30m, 1h, 2d)"
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as people write it
+    return when.astimezone(dt.UTC)
+
+
+def list_query(args: argparse.Namespace, now: dt.datetime) -> tuple[RunFilter, int, str | None]:
+    """The filter, page size and cursor of `runs list`; CliError (one line) for bad input."""
+    status: RunStatus | None = None
+    if args.status is not None:
+        try:
+            status = RunStatus(args.status.lower())
+        except ValueError:
+            raise CliError(
+                f"not a run status: {args.status!r} (use one of {_statuses()})"
+            ) from None
+    if args.dag and args.task:
+        raise CliError("--dag and --task exclude each other: give one")
+    try:
+        limit = int(args.limit)
+    except ValueError:
+        raise CliError(f"--limit must be a whole number, not {args.limit!r}") from None
+    if limit < 1:
+        raise CliError(f"--limit must be at least 1, not {limit}")
+    since = parse_time(args.since, now) if args.since else None
+    until = parse_time(args.until, now) if args.until else None
+    if since is not None and until is not None and since >= until:
+        raise CliError("--since must be before --until")
+    cursor: str | None = args.cursor
+    if cursor is not None and (not cursor.isdigit() or int(cursor) < 1):
+        raise CliError(f"not a cursor of this list: {cursor!r} (pass the one a page printed)")
+    filter = RunFilter(
+        status=status,
+        kind="dag" if args.dag else None,
+        target=args.dag or None,
+        task=args.task or None,
+        since=since,
+        until=until,
+    )
+    return filter, limit, cursor
+
+
+def _counts(row: RunRow) -> str:
+    return " ".join(f"{status}={n}" for status, n in row.counts.items() if n)
+
+
+def _duration(row: RunRow) -> str:
+    if row.ended_at is None:
+        return ""
+    return human_duration(max(0.0, (row.ended_at - row.scheduled_at).total_seconds()))
+
+
+def format_page(page: Page[RunRow]) -> list[str]:
+    """The lines `runs list` prints for a page: a table, and how to get the next page."""
+    if not page.items:
+        return ["no runs"]
+    rows = [
+        (
+            row.run_id,
+            str(row.status),
+            f"{row.kind}:{row.target}",
+            row.trigger,
+            f"{row.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S}",
+            _duration(row),
+            _counts(row),
+        )
+        for row in page.items
+    ]
+    header = ("RUN", "STATUS", "TARGET", "TRIGGER", "SCHEDULED", "DURATION", "TASKS")
+    widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header) - 1)]
+    lines = [
+        "  ".join(
+            [*(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True)), r[-1]]
+        ).rstrip()
+        for r in (header, *rows)
+    ]
+    if page.next_cursor is not None:
+        lines.append(f"more: --cursor {page.next_cursor}")
+    return lines
+
+
+async def list_runs(args: argparse.Namespace) -> int:
+    filter, limit, cursor = list_query(args, dt.datetime.now(dt.UTC))
+    url = resolve_read_model_url(args.read_model, load_settings().data_path)
+    async with open_reader(url, lambda: nats_url(args)) as reader:
+        try:
+            page = await reader.list_runs(filter, limit, cursor)
+        except ValueError as exc:  # a cursor no store knows
+            raise CliError(str(exc)) from None
+    if args.json:
+        print(msgspec.json.encode(page).decode())
+    else:
+        print("\n".join(format_page(page)))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,10 +37,18 @@ def cli(*args: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProce
 @pytest.fixture
 def dev(tmp_path: Path) -> Iterator[Path]:
     """`cyclonetix dev` started the way the README's first line does, in an empty folder."""
+    with running_dev(tmp_path) as folder:
+        yield folder
+
+
+@contextlib.contextmanager
+def running_dev(tmp_path: Path, *options: str) -> Iterator[Path]:
+    """`cyclonetix dev [options]` in `tmp_path`, until it recorded runtime.json; stopped with
+    Ctrl-C after, which must exit 0 and remove the file."""
     env = child_env(PYTHONPATH=str(EXAMPLES.parents[1]))
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen(
-        [*CLI, "dev"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
+        [*CLI, "dev", *options], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
     )
     runtime = tmp_path / ".cyclonetix" / "runtime.json"
     deadline = time.monotonic() + 60
