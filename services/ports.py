@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Protocol
+from typing import Literal, Protocol, overload
 
 import msgspec
 
@@ -137,16 +137,40 @@ class EventLog(Protocol):
         the newest does not decode. One direct read, cheap enough to make per task."""
         ...
 
+    @overload
     def tail(
         self,
         *,
         from_seq: int = 1,
         run_id: str | None = None,
         stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[tuple[int, AnyEvent, int]]:
+        skipped: Literal[False] = False,
+    ) -> AsyncIterator[tuple[int, AnyEvent, int]]: ...
+
+    @overload
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: Literal[True],
+    ) -> AsyncIterator[tuple[int, AnyEvent | None, int]]: ...
+
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: bool = False,
+    ) -> AsyncIterator[tuple[int, AnyEvent | None, int]]:
         """Events from `from_seq` on (of one run, or all), then live, as
         (sequence, event, pending): `pending == 0` means caught up. Runs until `stop` is set
-        or the backplane closes. Events that do not decode are logged and skipped."""
+        or the backplane closes. A message that does not decode (an event type of a newer
+        writer, bytes that are no event) is logged with its sequence and skipped; with
+        `skipped=True` it is also yielded, as `(sequence, None, pending)`, so that a reader
+        which keeps a checkpoint (the projector) can move it past the message."""
         ...
 
     def follow_run(

@@ -15,8 +15,10 @@ What it does, in order:
 5. stops on its stop event: the write under way finishes, what was not yet applied is read
    again from the checkpoint next time.
 
-An event that cannot be read (a newer writer's event type, bytes that are no event) is skipped by
-the EventLog port, which logs its sequence. `lag` tells how far the store is behind the log.
+A message that cannot be read (a newer writer's event type, bytes that are no event) is logged
+with its sequence by the EventLog port and given to the store as a skipped entry (`None`): it
+changes no row but moves the checkpoint past it, so it is never read again, and a log that ends
+in one is caught up with all the same. `lag` tells how far the store is behind the log.
 
 `replay` is the same reading, bounded: the replay tool (`cyclonetix replay`) rebuilds a store
 with it, up to a sequence, with progress reports.
@@ -54,7 +56,6 @@ LINGER_S = 0.005  # how long a batch waits for events the log has but that are s
 RETRY_FIRST_S = 0.1  # a store that cannot be reached is tried again after this, doubling ...
 RETRY_CAP_S = 5.0  # ... up to this
 REPLAY_BATCH = 2000
-REPLAY_IDLE_S = 3.0  # nothing readable arrives for this long: the rest of the log is unreadable
 PROGRESS_EVERY_S = 0.5
 
 
@@ -114,7 +115,8 @@ class Projector:
             self.live.set()  # nothing to catch up with
         log.info("projector.started", from_seq=checkpoint + 1, log_ends_at=self.seen)
         started = time.monotonic()
-        feed = Feed(self.events.tail(from_seq=checkpoint + 1, stop=stop), self.batch * 4)
+        tail = self.events.tail(from_seq=checkpoint + 1, stop=stop, skipped=True)
+        feed = Feed(tail, self.batch * 4)
         try:
             while not stop.is_set():
                 entries = await feed.take(self.batch, linger=self.linger)
@@ -202,7 +204,7 @@ class Replayed:
     applied: int  # events given to the store (those at or below its checkpoint change nothing)
     checkpoint: int  # the store's checkpoint after
     seconds: float
-    complete: bool  # False: the log ended in messages that could not be read before `upto`
+    complete: bool  # False: the log ended before `upto` (its last messages were deleted)
 
     @property
     def rate(self) -> float:
@@ -251,21 +253,25 @@ async def replay(
     total = max(0, upto - from_seq + 1)
     position = from_seq - 1
     ended = asyncio.Event()
-    feed = Feed(events.tail(from_seq=from_seq, stop=ended), batch * 4)
+    feed = Feed(events.tail(from_seq=from_seq, stop=ended, skipped=True), batch * 4)
     try:
         while position < upto:
-            got = await feed.take(batch, linger=LINGER_S, idle=REPLAY_IDLE_S)
-            if not got:
-                # None: the connection closed; []: nothing readable came for a while
-                log.warning("replay.log_ended", at=position, upto=upto)
+            got = await feed.take(batch, linger=LINGER_S)
+            if got is None:
+                log.warning("replay.log_closed", at=position, upto=upto)
                 break
             position = got[-1][0]
             if position > upto:
                 got = [e for e in got if e[0] <= upto]
             if got:
                 await store.apply_batch(got)
-                applied += len(got)
+                applied += sum(1 for _, event in got if event is not None)
             report(max(0, min(position, upto) - from_seq + 1), total)
+            if feed.caught_up and position < upto:
+                # Every stored message was read (unreadable ones too), and `upto` was not
+                # among them: the messages up to it were deleted since it was chosen.
+                log.warning("replay.log_ended", at=position, upto=upto)
+                break
     finally:
         ended.set()
         await feed.close()
@@ -280,8 +286,8 @@ class Feed:
     """Reads a tail of the log ahead of the store, in a task of its own, up to `limit` events:
     while one batch is written the next one arrives."""
 
-    def __init__(self, tail: AsyncIterator[tuple[int, AnyEvent, int]], limit: int) -> None:
-        self._items: collections.deque[tuple[int, AnyEvent, int]] = collections.deque()
+    def __init__(self, tail: AsyncIterator[tuple[int, AnyEvent | None, int]], limit: int) -> None:
+        self._items: collections.deque[tuple[int, AnyEvent | None, int]] = collections.deque()
         self._limit = limit
         self._more = asyncio.Event()  # something was added, or the tail ended
         self._room = asyncio.Event()  # below the limit again
@@ -290,7 +296,7 @@ class Feed:
         self.caught_up = False  # the last event taken was the newest the log held
         self._task = asyncio.ensure_future(self._pump(tail))
 
-    async def _pump(self, tail: AsyncIterator[tuple[int, AnyEvent, int]]) -> None:
+    async def _pump(self, tail: AsyncIterator[tuple[int, AnyEvent | None, int]]) -> None:
         try:
             async for seq, event, pending in tail:
                 self._items.append((seq, event, pending))
@@ -302,22 +308,16 @@ class Feed:
         finally:
             self._more.set()
 
-    async def take(
-        self, most: int, *, linger: float, idle: float | None = None
-    ) -> list[Entry] | None:
-        """Up to `most` entries, waiting for the first: None when the tail ended with nothing
-        left, [] when nothing came within `idle` seconds. After the first it takes what is
-        there, and waits up to `linger` seconds for more only while the log has more."""
+    async def take(self, most: int, *, linger: float) -> list[Entry] | None:
+        """Up to `most` entries (at least one), waiting for the first: None when the tail ended
+        with nothing left. After the first it takes what is there, and waits up to `linger`
+        seconds for more only while the log has more."""
         while not self._items:
             if self._task.done():
                 self._task.result()  # the tail's error, if it had one
                 return None
             self._more.clear()
-            try:
-                async with asyncio.timeout(idle):
-                    await self._more.wait()
-            except TimeoutError:
-                return []
+            await self._more.wait()
         out: list[Entry] = []
         pending = 0
         deadline: float | None = None

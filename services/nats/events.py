@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal, overload
 
 import msgspec
 import nats.js.errors
@@ -153,17 +153,38 @@ class NatsEventLog:
                 out.append((seq, event))
         return out
 
+    @overload
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: Literal[False] = False,
+    ) -> AsyncIterator[tuple[int, AnyEvent, int]]: ...
+
+    @overload
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: Literal[True],
+    ) -> AsyncIterator[tuple[int, AnyEvent | None, int]]: ...
+
     async def tail(
         self,
         *,
         from_seq: int = 1,
         run_id: str | None = None,
         stop: asyncio.Event | None = None,
-    ) -> AsyncIterator[tuple[int, AnyEvent, int]]:
+        skipped: bool = False,
+    ) -> AsyncIterator[tuple[int, AnyEvent | None, int]]:
         subject = ALL_EVENTS if run_id is None else event_subject(run_id)
         async for seq, pending, msg in follow(self._conn, EVENTS_STREAM, subject, from_seq, stop):
             event = _decode(seq, msg)
-            if event is not None:
+            if event is not None or skipped:
                 yield seq, event, pending
 
     async def follow_run(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, overload
 
 import msgspec
 import structlog
@@ -191,13 +191,34 @@ class MemoryEventLog:
                 out.append((message.seq, event))
         return out
 
+    @overload
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: Literal[False] = False,
+    ) -> AsyncGenerator[tuple[int, AnyEvent, int], None]: ...
+
+    @overload
+    def tail(
+        self,
+        *,
+        from_seq: int = 1,
+        run_id: str | None = None,
+        stop: asyncio.Event | None = None,
+        skipped: Literal[True],
+    ) -> AsyncGenerator[tuple[int, AnyEvent | None, int], None]: ...
+
     async def tail(
         self,
         *,
         from_seq: int = 1,
         run_id: str | None = None,
         stop: asyncio.Event | None = None,
-    ) -> AsyncGenerator[tuple[int, AnyEvent, int], None]:
+        skipped: bool = False,
+    ) -> AsyncGenerator[tuple[int, AnyEvent | None, int], None]:
         store = self._store
         next_seq = max(from_seq, 1)
         while not self._conn.ended(stop):
@@ -209,7 +230,7 @@ class MemoryEventLog:
                 i += 1
                 next_seq = message.seq + 1
                 event = _decoded(message)
-                if event is None:
+                if event is None and not skipped:
                     continue
                 # pending: what the server still had for this reader when it delivered this
                 yield message.seq, event, len(messages) - i

@@ -115,3 +115,24 @@ async def test_gets_past_messages_that_are_no_event(backplane: NatsBackplane) ->
     assert detail is not None
     assert detail.run.status == RunStatus.SCHEDULED
     assert await verify(backplane.events, store) == ([], 0)
+
+
+async def test_a_message_that_is_no_event_at_the_end_of_the_log_is_applied_past(
+    backplane: NatsBackplane,
+) -> None:
+    run_id = await schedule(backplane, DIAMOND, "d")
+    js = backplane.connection.js
+    last = (await js.publish(event_subject("r-junk"), b"\xff not json")).seq
+    tables = MemoryTables()
+    async with projecting(backplane.url, MemoryReadModel(tables)) as first:
+        await asyncio.wait_for(first.live.wait(), 10)
+        assert await applied_up_to(backplane, MemoryReadModel(tables)) == last
+    assert tables.checkpoint == last
+    async with projecting(backplane.url, MemoryReadModel(tables)) as second:
+        await asyncio.wait_for(second.live.wait(), 10)  # nothing to catch up with
+        await asyncio.sleep(0.2)
+    assert second.batches == 0
+    assert tables.checkpoint == last
+    detail = await MemoryReadModel(tables).get_run(run_id)
+    assert detail is not None
+    assert await verify(backplane.events, MemoryReadModel(tables)) == ([], 0)

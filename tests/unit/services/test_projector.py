@@ -261,6 +261,34 @@ async def test_an_unreadable_event_is_skipped_with_its_sequence_logged(
     await assert_same_as_fresh_replay(server, store)
 
 
+async def test_an_unreadable_message_at_the_end_of_the_log_moves_the_checkpoint_past_it(
+    server: MemoryServer,
+) -> None:
+    store_log(server, stream(seed=8, runs=3))
+    last = server.inject_event_bytes("junk", b"{not json")  # nothing readable after it
+    tables = MemoryTables()
+    async with projecting(server, MemoryReadModel(tables)) as first:
+        await asyncio.wait_for(first.live.wait(), 10)  # caught up with the log's last message
+        await applied_up_to(MemoryReadModel(tables), last)
+    assert tables.checkpoint == last
+    assert first.lag.events == 0
+    # A restart starts after it: the message is not read (nor logged) again.
+    with structlog.testing.capture_logs() as logs:
+        async with server.connect("second") as conn:
+            spy = Spy(conn.events)
+            second = Projector(spy, MemoryReadModel(tables))
+            stop = asyncio.Event()
+            task = asyncio.ensure_future(second.run(stop))
+            await asyncio.wait_for(second.live.wait(), 10)
+            await asyncio.sleep(0.05)  # (time to read the message, were it read again)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert spy.starts == [last + 1]
+    assert not [e for e in logs if "undecodable" in e["event"]]
+    assert second.batches == 0
+    await assert_same_as_fresh_replay(server, MemoryReadModel(tables))
+
+
 # -- replay -------------------------------------------------------------------------------------
 
 
@@ -284,6 +312,21 @@ async def test_replay_rebuilds_the_store_up_to_a_sequence(server: MemoryServer) 
         )
         assert (await everything(part))["runs"] == (await everything(oracle))["runs"]
         assert await differences(oracle, part, upto) == ([], 0)
+
+
+async def test_replay_of_a_log_that_ends_in_unreadable_messages_completes_at_once(
+    server: MemoryServer,
+) -> None:
+    store_log(server, stream(seed=9, runs=3))
+    server.inject_event_bytes("junk", b"{not json")
+    last = server.inject_event_bytes("r-new", as_a_newer_writer("r-new"))
+    async with server.connect("replay") as conn:
+        store = MemoryReadModel()
+        done = await asyncio.wait_for(replay(conn.events, store, batch=4), 2)
+    assert (done.checkpoint, done.complete) == (last, True)
+    unreadable = [m.seq for m in server.events.messages if decode_entry(m.seq, m.data)[1] is None]
+    assert done.applied == last - len(unreadable)  # unreadable messages are no events applied
+    await assert_same_as_fresh_replay(server, store)
 
 
 async def test_replay_of_one_run(server: MemoryServer) -> None:
