@@ -18,6 +18,7 @@ from tests.chaos.harness import (
     wait_for_agents,
     wall,
 )
+from tests.chaos.projection import catch_up, checkpoint, projector
 from tests.waiting import eventually
 
 
@@ -159,3 +160,44 @@ async def replicas_current(chaos: Chaos, timeout: float = 90.0) -> None:
         return True
 
     await eventually(current, timeout=timeout, what="every stream's replicas current")
+
+
+async def kill_projector(chaos: Chaos) -> Fault:
+    """kill -9 of the projector (mid-batch or idle, wherever it is), restarted after a random
+    pause; half the time killed once more as soon as the restarted one has written its first
+    batch (while it catches up), and restarted again. Returns once the store's checkpoint has
+    reached the log's last sequence as of the (last) restart, and moved at least once since;
+    the recovery is that catch-up, counted from the restart (a process start included)."""
+    assert chaos.read_model_url is not None
+    role = projector(chaos)
+    if not role.alive:
+        raise AssertionError(f"the projector exited by itself:\n{role.tail()}")
+    kills = 2 if chaos.rng.random() < 0.5 else 1
+    at = time.monotonic()
+    at_wall = chaos.roles.kill(role)
+    killed_at = await checkpoint(chaos)
+    await chaos.pause(0.0, 1.5)
+    role = chaos.roles.projector(chaos.read_model_url)
+    if kills == 2:
+        await wrote_past(chaos, killed_at, timeout=15.0)
+        chaos.roles.kill(role)
+        await chaos.pause(0.0, 1.0)
+        chaos.roles.projector(chaos.read_model_url)
+    # What the log held at the restart, and at least one event more: a store that had it all
+    # already must still see the new process apply something to count as recovered.
+    target = max(await chaos.backplane.events.last_seq(), await checkpoint(chaos) + 1)
+    took = await catch_up(chaos, target)
+    return Fault(
+        "projector kill -9",
+        f"{kills}x, checkpoint {killed_at} at the kill, caught up to {target}",
+        at,
+        at_wall,
+        lambda _observer: took,
+    )
+
+
+async def wrote_past(chaos: Chaos, seq: int, timeout: float) -> None:
+    """Until the store's checkpoint moves past `seq` (or `timeout` seconds passed)."""
+    deadline = time.monotonic() + timeout
+    while await checkpoint(chaos) <= seq and time.monotonic() < deadline:
+        await asyncio.sleep(0.005)

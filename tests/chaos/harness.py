@@ -1,6 +1,6 @@
 """The moving parts of a chaos scenario: NATS (one server or a three-node cluster), the role
-processes (`python -m services.cli orchestrator|agent`, as the e2e tests start them), a live
-observer of the event log, the workload driver and the faults.
+processes (`python -m services.cli orchestrator|agent|projector`, as the e2e tests start them),
+a live observer of the event log, the workload driver and the faults.
 
 Every process started here dies with the test: roles and servers get SIGTERM when the test
 process dies (PR_SET_PDEATHSIG), and `Roles.stop` / `Chaos.close` end them in `finally`.
@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from core.errors import Conflict, CyclonetixError
 from core.events import (
@@ -37,6 +37,7 @@ from core.events import (
     TaskSucceeded,
 )
 from core.scheduling import plan_run
+from projections.stores import open_read_model
 from services.commands import cancel
 from services.embedded_nats import EmbeddedNats, EmbeddedNatsCluster, die_with_parent
 from services.nats import NatsBackplane, connect
@@ -45,6 +46,10 @@ from tests.chaos.workload import AGENT_ENV, LEDGER_ENV, QUEUES, Workload
 from tests.e2e.conftest import child_env
 from tests.waiting import eventually
 
+if TYPE_CHECKING:
+    from projections.protocol import ReadModel
+
+RoleKind = Literal["orchestrator", "agent", "projector"]
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "orchestrator"  # services.orchestrator.LEASE
 ORCHESTRATOR_EVENTS = (
@@ -66,7 +71,7 @@ def wall() -> float:
 
 @dataclass
 class Role:
-    kind: Literal["orchestrator", "agent"]
+    kind: RoleKind
     label: str
     proc: subprocess.Popen[bytes]
     log_path: Path
@@ -90,7 +95,7 @@ class Role:
 
 
 class Roles:
-    """Orchestrators and agents as `python -m services.cli ...` processes."""
+    """Orchestrators, agents and projectors as `python -m services.cli ...` processes."""
 
     def __init__(
         self, workdir: Path, nats_url: str, *, replicas: int, ledger: Path, concurrency: int
@@ -103,9 +108,9 @@ class Roles:
         self.all: list[Role] = []
         self._count: dict[str, int] = defaultdict(int)
 
-    def _spawn(self, kind: Literal["orchestrator", "agent"], args: list[str]) -> Role:
+    def _spawn(self, kind: RoleKind, args: list[str]) -> Role:
         self._count[kind] += 1
-        label = f"{kind[:5]}-{self._count[kind]}"
+        label = f"{kind[:5] if kind != 'projector' else 'proj'}-{self._count[kind]}"
         log_path = self.workdir / f"{label}.log"
         log = log_path.open("wb")
         argv = [sys.executable, "-m", "services.cli", kind, "--nats-url", self.nats_url]
@@ -141,6 +146,9 @@ class Roles:
             args += ["--queue", queue]
         return self._spawn("agent", args)
 
+    def projector(self, read_model: str) -> Role:
+        return self._spawn("projector", ["--read-model", read_model])
+
     def living(self, kind: str) -> list[Role]:
         return [r for r in self.all if r.kind == kind and r.alive]
 
@@ -161,7 +169,8 @@ class Roles:
 
     async def stop(self, timeout: float = 30.0) -> None:
         """SIGTERM the agents (they finish or hand back their work), then the orchestrators;
-        SIGKILL whatever is still there after `timeout`."""
+        SIGKILL whatever is still there after `timeout`. A projector is left running: it has
+        the last events to apply (`tests.chaos.projection` stops it)."""
         for kind in ("agent", "orchestrator"):
             group = [r for r in self.all if r.kind == kind and r.alive]
             for role in group:
@@ -347,6 +356,8 @@ class Chaos:
     unscheduled: list[str] = field(default_factory=list)  # schedules that never got an ack
     cancelled: set[str] = field(default_factory=set)  # runs whose cancellation was requested
     faults: list[Fault] = field(default_factory=list)
+    read_model_url: str | None = None  # the projector's store (None: no projector)
+    read_model: ReadModel | None = None  # the same store, opened by the test to watch it
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _scheduling: set[asyncio.Task[Any]] = field(default_factory=set)
@@ -487,6 +498,9 @@ class Chaos:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.roles.kill_all()
+        if self.read_model is not None:
+            with contextlib.suppress(Exception):
+                await self.read_model.close()
         with contextlib.suppress(Exception):
             await self.backplane.close()
         await asyncio.to_thread(self.nats.stop)
@@ -510,9 +524,10 @@ async def start_chaos(
     workload: Workload,
     cluster: bool,
     orchestrators: int,
+    read_model: str | None = None,
 ) -> Chaos:
-    """NATS, the definitions, the roles and the observer; returns once every agent is
-    registered and an orchestrator holds the lease."""
+    """NATS, the definitions, the roles and the observer (and a projector into `read_model`,
+    when given); returns once every agent is registered and an orchestrator holds the lease."""
     workdir.mkdir(parents=True, exist_ok=True)
     nats: EmbeddedNats | EmbeddedNatsCluster
     nats = EmbeddedNatsCluster(workdir / "nats") if cluster else EmbeddedNats(workdir / "nats")
@@ -537,6 +552,7 @@ async def start_chaos(
         roles=roles,
         observer=Observer(backplane),
         ledger=ledger,
+        read_model_url=read_model,
     )
     try:
         await backplane.definitions.put(workload.definitions)
@@ -544,6 +560,9 @@ async def start_chaos(
             roles.orchestrator()
         for _ in range(size.agents):
             roles.agent()
+        if read_model is not None:
+            chaos.read_model = open_read_model(read_model)
+            roles.projector(read_model)
         chaos._spawn(chaos.observer.follow(chaos.stop))
         await wait_for_agents(chaos, size.agents)
         await leader(chaos)

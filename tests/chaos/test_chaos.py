@@ -1,5 +1,6 @@
 """The chaos suite: a mixed workload over real processes while faults are injected at random
-moments, then the event log (and the commands' own ledger) is checked.
+moments, then the event log (and the commands' own ledger) is checked; with a projector, its
+read model too.
 
 Each scenario starts NATS (one embedded server, or the three-node cluster), one or two
 orchestrators and three agents as `python -m services.cli` processes, keeps `open_runs` runs of
@@ -8,6 +9,10 @@ faults one after another at random moments while runs are open. Then it waits fo
 end, stops the roles, and checks the invariants of tests/chaos/invariants.py. The table row it
 prints (and `pytest` prints the whole table at the end) reports what it did; lost, stuck and
 duplicated must be 0, and every other invariant must hold.
+
+`projector-kill` also runs a projector process into a Redis read model of its own and kills it
+with SIGKILL, repeatedly; its recovery is how long the restarted projector took to catch up with
+the log, and at the end the store must equal a fresh replay of the whole log.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos import faults
+from tests.chaos import faults, projection
 from tests.chaos.conftest import is_long
 from tests.chaos.harness import Chaos, Fault, Size, start_chaos
 from tests.chaos.invariants import check, parse_ledger
@@ -50,6 +55,7 @@ class Scenario:
     orchestrators: int
     injections: tuple[Inject, ...]  # drawn at random for each fault...
     once_each: bool = False  # ...but each of them at least once
+    read_model: bool = False  # a projector into a Redis store runs beside the roles
 
     def plan(self, rng: random.Random, count: int) -> list[Inject]:
         chosen = list(self.injections) if self.once_each else []
@@ -63,6 +69,7 @@ SCENARIOS = (
     Scenario("leader-kill-standby", False, 2, (faults.kill_leader_with_standby,)),
     Scenario("orchestrator-kill-restart", False, 1, (faults.kill_lone_orchestrator,)),
     Scenario("nats-restart", False, 1, (faults.restart_nats,)),
+    Scenario("projector-kill", False, 1, (faults.kill_projector,), read_model=True),
     Scenario(
         "cluster-node-kill",
         True,
@@ -107,10 +114,24 @@ async def test_nothing_is_lost_stuck_or_done_twice(
     chaos_rows: list[Row],
     tmp_path: Path,
 ) -> None:
+    if not scenario.read_model:
+        await run_scenario(scenario, chaos_size, chaos_seed, chaos_rows, tmp_path, None)
+        return
+    async with projection.redis_store(scenario.name) as url:
+        await run_scenario(scenario, chaos_size, chaos_seed, chaos_rows, tmp_path, url)
+
+
+async def run_scenario(
+    scenario: Scenario,
+    size: Size,
+    chaos_seed: int,
+    chaos_rows: list[Row],
+    tmp_path: Path,
+    read_model: str | None,
+) -> None:
     rng = random.Random(f"{chaos_seed}:{scenario.name}")
     replay = f"replay: just chaos --chaos-seed {chaos_seed} -k {scenario.name}"
     print(f"chaos scenario {scenario.name!r}, seed {chaos_seed} ({replay})")
-    size = chaos_size
     began = time.monotonic()
 
     def phase(name: str) -> None:
@@ -124,6 +145,7 @@ async def test_nothing_is_lost_stuck_or_done_twice(
         workload=workload(rng, graphs=size.graphs, max_tasks=size.max_tasks),
         cluster=scenario.cluster,
         orchestrators=scenario.orchestrators,
+        read_model=read_model,
     )
     phase("started")
     try:
@@ -148,6 +170,10 @@ async def test_nothing_is_lost_stuck_or_done_twice(
         phase("commands gone")
         events = await chaos.read_log()
         phase(f"log read ({len(events)} events)")
+        projected = None
+        if chaos.read_model is not None:
+            projected = await projection.check(chaos)
+            phase(f"read model checked ({len(projected.problems)} problems)")
         verdict = check(
             events,
             parse_ledger(chaos.ledger.read_text()),
@@ -171,6 +197,8 @@ async def test_nothing_is_lost_stuck_or_done_twice(
                 f"commands that ran on after their agent's SIGKILL: {len(verdict.orphans)}, "
                 f"longest {max(verdict.orphans):.2f}s"
             )
+        if projected is not None:
+            notes.append(projected.note())
         row = Row(
             scenario=scenario.name,
             runs=verdict.runs,
@@ -190,6 +218,8 @@ async def test_nothing_is_lost_stuck_or_done_twice(
         if still_running:
             problems.append(f"commands still running after the roles stopped: {still_running}")
         problems += [f"could not schedule: {failure}" for failure in chaos.unscheduled]
+        if projected is not None:
+            problems += projected.problems
         if problems:
             (chaos.workdir / "problems.txt").write_text("\n".join(problems) + "\n")
             kept = keep_artifacts(chaos.workdir, f"{scenario.name}-{chaos_seed}")
