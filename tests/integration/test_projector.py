@@ -19,7 +19,7 @@ from services.cli.replay import verify
 from services.nats import NatsBackplane, connect
 from services.nats.names import event_subject
 from services.ports import Backplane
-from services.projector import Projector
+from services.projector import Projector, replay
 from tests.rolekit import (
     DIAMOND,
     Connect,
@@ -136,3 +136,17 @@ async def test_a_message_that_is_no_event_at_the_end_of_the_log_is_applied_past(
     detail = await MemoryReadModel(tables).get_run(run_id)
     assert detail is not None
     assert await verify(backplane.events, MemoryReadModel(tables)) == ([], 0)
+
+
+async def test_replay_ends_when_the_log_does_not_hold_its_target(
+    backplane: NatsBackplane,
+) -> None:
+    """A target past what the log holds (its last messages gone, or asked beyond its end): the
+    replay stops once it has read what is stored, at once, and says it did not complete. An
+    unreadable last message is read past, not waited on."""
+    run_id = await schedule(backplane, DIAMOND, "d")
+    last = (await backplane.connection.js.publish(event_subject(run_id), b"\xff not json")).seq
+    store = MemoryReadModel()
+    done = await asyncio.wait_for(replay(backplane.events, store, upto=last + 3), 5)
+    assert (done.complete, done.checkpoint, done.applied) == (False, last, last - 1)
+    assert [r.run_id for r in (await store.list_runs()).items] == [run_id]
