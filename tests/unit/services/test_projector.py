@@ -56,7 +56,8 @@ def store_log(server: MemoryServer, entries: Sequence[Entry]) -> int:
 
 
 def ending(run_id: str) -> RunScheduled:
-    """A readable last event, so that every store's checkpoint ends at the log's last one."""
+    """A readable last event for a log to end in (one that ends in an unreadable message is
+    tested on its own)."""
     return RunScheduled(
         run_id=run_id, ts=T0, kind="outcome", target="t", name="t", graph=(), trigger="cli"
     )
