@@ -111,7 +111,10 @@ async def _into(args: argparse.Namespace) -> int:
         counts = await store.count_runs()
         print("runs: " + (", ".join(f"{s.value} {n}" for s, n in counts.items() if n) or "none"))
         if not done.complete:
-            print("warning: the log ended in messages that could not be read", file=sys.stderr)
+            print(
+                "warning: the log ended before the sequence to replay up to (messages deleted?)",
+                file=sys.stderr,
+            )
     finally:
         await store.close()
         await backplane.close()
