@@ -205,14 +205,16 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Agents first (they finish or hand back their work), then the orchestrator (it decides
-        what their results call for), then NATS; each role gets SIGTERM and its grace."""
+        what their results call for), then the projector (it applies what the orchestrator
+        wrote last), then NATS; each role gets SIGTERM and its grace."""
         self.stopping = True
         if self.supervisor is not None:
             self.supervisor.cancel()
         agents = [r for r in self.roles if r.name.startswith("agent")]
-        others = [r for r in self.roles if not r.name.startswith("agent")]
+        readers = [r for r in self.roles if r.name.startswith("projector")]
+        others = [r for r in self.roles if r not in agents and r not in readers]
         timeout = self.shutdown_grace + STOP_MARGIN_S
-        for group in (agents, others):
+        for group in (agents, others, readers):
             await asyncio.gather(*(self._terminate(role, timeout) for role in group))
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)

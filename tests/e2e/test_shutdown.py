@@ -1,7 +1,7 @@
 """Stopping gracefully, with real processes: `cyclonetix dev` stops its agents first (a running
 task finishes within the shutdown grace, or is handed back), then the orchestrator (which still
-decides what the agents' last results call for), then NATS; the grace comes from the flag or
-the setting; a second signal cuts it short. The order shows in the outcome: a task that finished
+decides what the agents' last results call for), then the projector, then NATS; the grace comes
+from the flag or the setting; a second signal cuts it short. The order shows in the outcome: a task that finished
 during the agents' grace has its run ended, which needs the orchestrator and NATS still up."""
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ async def test_dev_stops_agents_then_the_orchestrator_then_nats_and_a_running_ta
     finally:
         dev.proc.kill()
     assert "grace_seconds=120.0" in dev.log  # the flag reached the agent
-    assert dev.stop_order() == ["agent-1", "orchestrator", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
     events = await stored_history(folder, run_id)
     done = [e for e in events if isinstance(e, TaskSucceeded)]
     assert [d.output_tail for d in done] == ["finished\n"]
@@ -154,7 +154,7 @@ async def test_a_task_still_running_after_the_grace_is_handed_back(folder: Path)
         dev.proc.kill()
     assert "grace_seconds=0.5" in dev.log
     assert "task.handed_back" in dev.log
-    assert dev.stop_order() == ["agent-1", "orchestrator", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
 
     (folder / "go").touch()
     again = Dev(folder)
@@ -186,6 +186,6 @@ async def test_a_second_signal_cuts_the_grace_short(folder: Path) -> None:
     finally:
         dev.proc.kill()
     assert "task.handed_back" in dev.log
-    assert dev.stop_order() == ["agent-1", "orchestrator", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
     events = await stored_history(folder, run_id)
     assert not any(isinstance(e, TaskSucceeded) for e in events)
