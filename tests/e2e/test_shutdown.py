@@ -1,8 +1,9 @@
 """Stopping gracefully, with real processes: `cyclonetix dev` stops its agents first (a running
 task finishes within the shutdown grace, or is handed back), then the orchestrator (which still
 decides what the agents' last results call for), then the projector, then NATS; the grace comes
-from the flag or the setting; a second signal cuts it short. The order shows in the outcome: a task that finished
-during the agents' grace has its run ended, which needs the orchestrator and NATS still up."""
+from the flag or the setting; a second signal cuts it short. The order shows in the outcome: a
+task that finished during the agents' grace has its run ended, which needs the orchestrator and
+NATS still up."""
 
 from __future__ import annotations
 
