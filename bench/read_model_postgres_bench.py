@@ -14,34 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
-import gc
 import json
 import os
-import random
-import statistics
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
 
 import asyncpg  # type: ignore[import-untyped]
 
 from bench.fold_bench import build_log
-from core.events import (
-    AnyEvent,
-    RunFailed,
-    RunScheduled,
-    RunSucceeded,
-    TaskQueued,
-    TaskStarted,
-)
-from core.graph import TaskNode
+from bench.read_model_common import apply, many_runs, timed
 from core.run import RunStatus
 from projections.postgres import PostgresReadModel
 from projections.protocol import Entry
 from projections.views import RunFilter
 
-T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 SERVER_ENV = "CYCLONETIX_BENCH_POSTGRES"
 
 
@@ -51,60 +36,6 @@ async def _admin(server: str, sql: str) -> None:
         await con.execute(sql)
     finally:
         await con.close()
-
-
-async def apply(store: PostgresReadModel, entries: Sequence[Entry], batch: int) -> float:
-    """Seconds to apply `entries` in batches of `batch`."""
-    gc.collect()
-    t = time.perf_counter()
-    for i in range(0, len(entries), batch):
-        await store.apply_batch(entries[i : i + batch])
-    return time.perf_counter() - t
-
-
-def many_runs(n: int) -> list[Entry]:
-    """`n` small runs: a tenth failed, four tenths succeeded, the rest running or scheduled."""
-    rnd = random.Random(n)
-    graph = (TaskNode(id="a", task_id="a", command="true"),)
-    events: list[AnyEvent] = []
-    for i in range(n):
-        run_id = f"run-{i:06}"
-        ts = T0 + dt.timedelta(seconds=i)
-        events.append(
-            RunScheduled(
-                run_id=run_id,
-                ts=ts,
-                kind="dag",
-                target=rnd.choice(("etl", "report", "train")),
-                name=run_id,
-                graph=graph,
-                trigger=rnd.choice(("cli", "cron", "api")),
-            )
-        )
-        fate = rnd.random()
-        if fate < 0.8:
-            events.append(TaskQueued(run_id=run_id, ts=ts, task_id="a", attempt=1, queue="q"))
-            events.append(TaskStarted(run_id=run_id, ts=ts, task_id="a", attempt=1, agent_id="x"))
-        if fate < 0.1:
-            events.append(RunFailed(run_id=run_id, ts=ts))
-        elif fate < 0.5:
-            events.append(RunSucceeded(run_id=run_id, ts=ts))
-    return list(enumerate(events, start=1))
-
-
-async def timed(call: Callable[[], Awaitable[object]], repeat: int) -> dict[str, float]:
-    """p50 and p99 of `call` in milliseconds (after one warm-up call)."""
-    await call()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        await call()
-        samples.append((time.perf_counter() - t) * 1000)
-    samples.sort()
-    return {
-        "p50_ms": round(statistics.median(samples), 3),
-        "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3),
-    }
 
 
 async def run(
