@@ -70,6 +70,7 @@ class LocalCluster:
     queues: Sequence[str] | None = None
     nats_url: str | None = None  # given: use that server instead of an embedded one
     replicas: int = 1  # copies of each stream and bucket (3 on a three-node NATS cluster)
+    events_max_age: float = 0.0  # seconds CX_EVENTS keeps an event (0: forever)
     printer: Printer | None = None
     log_format: str = "console"
     restart: bool = True  # bring a role that died back (dev); off for benchmarks
@@ -90,7 +91,12 @@ class LocalCluster:
             self.nats_url = await asyncio.to_thread(self.nats.start)
         # Publish the definitions before any role starts, so a run can be scheduled the moment
         # start() returns.
-        connecting = connect(self.nats_url, name="cyclonetix-cluster", replicas=self.replicas)
+        connecting = connect(
+            self.nats_url,
+            name="cyclonetix-cluster",
+            replicas=self.replicas,
+            events_max_age=self.events_max_age,
+        )
         async with await connecting as backplane:
             await backplane.definitions.put(self.definitions)
             self._plan_roles()

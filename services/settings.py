@@ -8,6 +8,7 @@ path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 |------------------------|------------------------------|--------------------|------------------|
 | `nats.url`             | `CYCLONETIX_NATS_URL`        | `--nats-url`       | (none)           |
 | `nats.stream_replicas` | `CYCLONETIX_STREAM_REPLICAS` |                    | 1                |
+| `nats.events_max_age`  | `CYCLONETIX_EVENTS_MAX_AGE`  |                    | 0 (forever)      |
 | `definitions`          | `CYCLONETIX_DEFINITIONS`     | `-d DIR`           | bundled examples |
 | `data_dir`             | `CYCLONETIX_DATA_DIR`        | `--data-dir`       | `.cyclonetix`    |
 | `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`     | `console`        |
@@ -17,6 +18,12 @@ path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 Validation is strict, as for definitions: unknown keys in the file are errors, and a bad value
 is one line naming where it came from (`cyclonetix.yaml: nats.url: expected a string, got a
 list`, `$CYCLONETIX_STREAM_REPLICAS: expected 1, 3 or 5, got 'x'`), raised as `SettingsError`.
+`nats.events_max_age` is how long `CX_EVENTS` keeps an event: seconds, or a number with a unit
+(`2h`, `12h`, `30d`, `2w`); 0 keeps everything. It must be at least `MIN_EVENTS_MAX_AGE` (an
+hour), and in practice longer than any run stays open: the orchestrator, `runs show` and
+`replay` rebuild a run from its events, so a run whose first events aged out while it was still
+open cannot be rebuilt (README, "Retention").
+
 Other `CYCLONETIX_*` variables (the ones agents give task commands, say) are not settings and
 are ignored here. Relative folders in the file are relative to the file's folder.
 """
@@ -39,6 +46,9 @@ CONFIG_FILE = "cyclonetix.yaml"
 CONFIG_ENV = "CYCLONETIX_CONFIG"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_GRACE_S = 86_400.0
+MIN_EVENTS_MAX_AGE = 3600.0  # seconds; below it, an open run's first events could age out
+MAX_EVENTS_MAX_AGE = 36_500 * 86_400.0  # 100 years: still fits JetStream's int64 nanoseconds
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w": 604_800.0}
 
 T = TypeVar("T")
 
@@ -54,6 +64,8 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class NatsSettings(_Section, frozen=True):
     url: str | None = None  # comma-separated URLs for a cluster
     stream_replicas: Literal[1, 3, 5] = 1  # copies of each stream and bucket when created
+    # Seconds CX_EVENTS keeps an event (0: forever); durations are parsed by the loader.
+    events_max_age: Annotated[float, msgspec.Meta(ge=0, le=MAX_EVENTS_MAX_AGE)] = 0.0
 
 
 class LogSettings(_Section, frozen=True):
@@ -122,6 +134,13 @@ def _as_float(text: str) -> object:
 FIELDS = (
     _Field(("nats", "url"), "CYCLONETIX_NATS_URL", "nats_url", "a string", str),
     _Field(("nats", "stream_replicas"), "CYCLONETIX_STREAM_REPLICAS", None, "1, 3 or 5", _as_int),
+    _Field(
+        ("nats", "events_max_age"),
+        "CYCLONETIX_EVENTS_MAX_AGE",
+        None,
+        "0 (keep forever) or a duration from 1h to 36500d, like 12h, 30d or 86400 (seconds)",
+        str,
+    ),
     _Field(("definitions",), "CYCLONETIX_DEFINITIONS", "definitions", "a folder path", str),
     _Field(("data_dir",), "CYCLONETIX_DATA_DIR", "data_dir", "a folder path", str),
     _Field(("log", "format"), "CYCLONETIX_LOG_FORMAT", "log_format", "console or json", str),
@@ -144,6 +163,8 @@ _BY_PATH = {f.path: f for f in FIELDS}
 _FLAGS = {f.flag: f for f in FIELDS if f.flag is not None}
 _SECTIONS = {("nats",): NatsSettings, ("log",): LogSettings, (): Settings}
 _PATH_KEYS = {("definitions",), ("data_dir",)}  # relative to the settings file's folder
+_MAX_AGE = ("nats", "events_max_age")
+_DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhdw]?)\s*$")
 
 
 def load_settings(
@@ -220,6 +241,13 @@ def _read_file(path: Path, shown: str) -> dict[str, Any]:
         return {}  # an empty file: every default
     if not isinstance(data, dict):
         raise SettingsError(f"{shown}: expected a mapping of settings, got {_show(data)}")
+    if isinstance(data.get("nats"), dict) and data["nats"].get("events_max_age") is not None:
+        max_age = _BY_PATH[_MAX_AGE]  # a duration: seconds before msgspec checks the rest
+        _set(
+            data,
+            _MAX_AGE,
+            _checked(max_age, _get(data, _MAX_AGE), f"{shown}: {'.'.join(_MAX_AGE)}"),
+        )
     try:
         msgspec.convert(data, Settings)
     except msgspec.ValidationError as exc:
@@ -237,11 +265,32 @@ def _checked(field: _Field, value: object, where: str, got: str | None = None) -
         if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
             return value.strip().upper()
         raise SettingsError(problem)
+    if field.path == _MAX_AGE:
+        seconds = duration_seconds(value)
+        if seconds is None or not (
+            seconds == 0 or MIN_EVENTS_MAX_AGE <= seconds <= MAX_EVENTS_MAX_AGE
+        ):
+            raise SettingsError(problem)
+        return seconds
     try:
         msgspec.convert({field.path[-1]: value}, _SECTIONS[field.path[:-1]])
     except msgspec.ValidationError:
         raise SettingsError(problem) from None
     return value
+
+
+def duration_seconds(value: object) -> float | None:
+    """Seconds in `value` (a number, or text like `3600`, `90m`, `12h`, `30d`, `2w`), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    match = _DURATION_RE.match(value.lower())
+    if match is None:
+        return None
+    return float(match["number"]) * DURATION_UNITS[match["unit"]]
 
 
 def _convert(raw: dict[str, Any], where: str) -> Settings:

@@ -98,8 +98,13 @@ def nats_url(args: argparse.Namespace, data_dir: Path | None = None) -> str:
 
 async def connect(args: argparse.Namespace, name: str) -> NatsBackplane:
     """Connect to the NATS the settings name; Unavailable (exit code 3) when it cannot be."""
-    replicas = load_settings().nats.stream_replicas
-    return await connect_nats(nats_url(args), name=name, replicas=replicas)
+    settings = load_settings().nats
+    return await connect_nats(
+        nats_url(args),
+        name=name,
+        replicas=settings.stream_replicas,
+        events_max_age=settings.events_max_age,
+    )
 
 
 def run(coro: Awaitable[T]) -> T:

@@ -122,6 +122,7 @@ def main(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             nats_url=args.nats_url,
             replicas=settings.nats.stream_replicas,
+            events_max_age=settings.nats.events_max_age,
             printer=printer,
             shutdown_grace=grace,
             read_model=args.read_model,

@@ -47,10 +47,14 @@ __all__ = ["NatsBackplane", "connect", "hand_back"]
 class NatsBackplane:
     """Every port over one NATS connection (`services.ports.Backplane`)."""
 
-    def __init__(self, conn: Connection, *, replicas: int, provision: bool) -> None:
+    def __init__(
+        self, conn: Connection, *, replicas: int, provision: bool, events_max_age: float = 0.0
+    ) -> None:
         self.connection = conn
         self.publisher = Publisher(conn)
-        self.provisioner = Provisioner(conn, replicas=replicas, enabled=provision)
+        self.provisioner = Provisioner(
+            conn, replicas=replicas, events_max_age=events_max_age, enabled=provision
+        )
         self.events = NatsEventLog(conn, self.publisher)
         self.work = NatsWorkQueue(conn, self.publisher, self.provisioner)
         self.cancels = NatsCancelSignals(conn)
@@ -107,6 +111,7 @@ async def connect(
     name: str,
     replicas: int = 1,
     provision: bool = True,
+    events_max_age: float = 0.0,
     connect_timeout: float = 2.0,
     publish_timeout: float = 5.0,
     publish_deadline: float = 60.0,
@@ -115,11 +120,15 @@ async def connect(
     and buckets with `replicas` copies (3 on a three-node cluster) unless `provision=False`,
     and reconnect forever after that.
 
+    `events_max_age` is how long CX_EVENTS keeps an event, in seconds (0: forever); an existing
+    stream is updated to it (the setting `nats.events_max_age` checks it is at least an hour).
     `url` may list several servers separated by commas. `publish_timeout` bounds one attempt
     of a publish, `publish_deadline` all its retries.
     """
     if replicas < 1:
         raise Invalid(f"stream replicas must be at least 1, not {replicas}")
+    if events_max_age < 0:
+        raise Invalid(f"events max age must be 0 (forever) or more seconds, not {events_max_age}")
     conn = await Connection.open(
         url,
         name=name,
@@ -127,7 +136,9 @@ async def connect(
         publish_timeout=publish_timeout,
         publish_deadline=publish_deadline,
     )
-    backplane = NatsBackplane(conn, replicas=replicas, provision=provision)
+    backplane = NatsBackplane(
+        conn, replicas=replicas, provision=provision, events_max_age=events_max_age
+    )
     if provision:
         try:
             await backplane.provisioner.provision_at_start()

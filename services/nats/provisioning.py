@@ -1,6 +1,9 @@
 """Streams, buckets and durable consumers: created idempotently on connect, and again after
 every reconnect, so a server that lost its store gets them back without a restart of ours.
-Our configuration is the source of truth: a stream whose config drifted is updated to it.
+Our configuration is the source of truth: a stream whose config drifted is updated to it, so a
+changed `nats.events_max_age` setting takes effect on the existing `CX_EVENTS` the next time a
+role connects (JetStream allows changing a stream's max_age in place; shortening it removes the
+events already older than the new age).
 """
 
 from __future__ import annotations
@@ -59,7 +62,9 @@ LEASE_TTL: Final = 6.0  # a lease its holder stops renewing is free after this l
 ERR_STREAM_CONFIG_DIFFERS: Final = 10058
 
 
-def stream_configs(replicas: int) -> list[StreamConfig]:
+def stream_configs(replicas: int, *, events_max_age: float = 0.0) -> list[StreamConfig]:
+    """Every stream's config; `events_max_age` is how long CX_EVENTS keeps an event, in seconds
+    (0: forever; the settings refuse less than an hour, see services.settings)."""
     return [
         StreamConfig(
             name=EVENTS_STREAM,
@@ -72,6 +77,7 @@ def stream_configs(replicas: int) -> list[StreamConfig]:
             duplicate_window=DUPLICATE_WINDOW,
             deny_delete=True,
             allow_direct=True,
+            max_age=events_max_age,
         ),
         StreamConfig(
             name=WORK_STREAM,
@@ -138,9 +144,12 @@ LOST_CONSUMER_CONFIG: Final = ConsumerConfig(
 class Provisioner:
     """Creates or converges everything Cyclonetix needs on the server (idempotent)."""
 
-    def __init__(self, conn: Connection, *, replicas: int, enabled: bool = True) -> None:
+    def __init__(
+        self, conn: Connection, *, replicas: int, events_max_age: float = 0.0, enabled: bool = True
+    ) -> None:
         self.conn = conn
         self.replicas = replicas
+        self.events_max_age = events_max_age
         self.enabled = enabled  # False: the caller trusts the server to be provisioned
         self._kv: dict[str, KeyValue] = {}
         self._objects: dict[str, ObjectStore] = {}
@@ -150,7 +159,7 @@ class Provisioner:
     async def provision(self) -> None:
         """Create or update every stream, bucket and known work consumer."""
         async with self._lock:
-            for cfg in stream_configs(self.replicas):
+            for cfg in stream_configs(self.replicas, events_max_age=self.events_max_age):
                 await self._ensure_stream(cfg)
             for kv_cfg in kv_configs(self.replicas):
                 self._kv[kv_cfg.bucket] = await self._ensure_kv(kv_cfg)
@@ -212,7 +221,7 @@ class Provisioner:
                     f"stream {cfg.name} exists with a config that cannot be changed to ours: "
                     f"{update_exc.description}"
                 ) from None
-            log.info("nats.stream_updated", stream=cfg.name)
+            log.info("nats.stream_updated", stream=cfg.name, max_age=cfg.max_age)
 
     async def _ensure_kv(self, cfg: KeyValueConfig) -> KeyValue:
         js = self.conn.js

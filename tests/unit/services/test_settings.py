@@ -36,6 +36,7 @@ log:
 
 LEVELS = "DEBUG, INFO, WARNING, ERROR or CRITICAL"
 GRACE = "seconds from 0 to 86400"
+MAX_AGE = "0 (keep forever) or a duration from 1h to 36500d, like 12h, 30d or 86400 (seconds)"
 
 FULL_ENV = {
     "CYCLONETIX_NATS_URL": "nats://env:4222,nats://env2:4222",
@@ -141,6 +142,44 @@ def test_shutdown_grace_from_the_file_the_environment_and_the_flag(tmp_path: Pat
     assert str(info.value) == f"--shutdown-grace: expected {GRACE}, got -1.0"
 
 
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [
+        ("0", 0.0),
+        ("3600", 3600.0),
+        ("1h", 3600.0),
+        ("90m", 5400.0),
+        ("12h", 43_200.0),
+        ("1.5d", 129_600.0),
+        ("30d", 2_592_000.0),
+        ("2w", 1_209_600.0),
+        (" 7D ", 604_800.0),
+        ("36500d", 36_500 * 86_400.0),
+    ],
+)
+def test_events_max_age_from_the_environment_and_the_file(
+    tmp_path: Path, given: str, seconds: float
+) -> None:
+    env = {"CYCLONETIX_EVENTS_MAX_AGE": given}
+    assert load_settings(env, tmp_path).nats.events_max_age == seconds
+    write(tmp_path, f"nats:\n  events_max_age: {given.strip()}\n")
+    assert load_settings({}, tmp_path).nats.events_max_age == seconds
+
+
+def test_events_max_age_defaults_to_forever_and_the_environment_beats_the_file(
+    tmp_path: Path,
+) -> None:
+    assert load_settings({}, tmp_path).nats.events_max_age == 0.0
+    write(tmp_path, "nats: {events_max_age: 7200, url: nats://file:4222}\n")
+    settings = load_settings({}, tmp_path)
+    assert settings.nats == NatsSettings(url="nats://file:4222", events_max_age=7200.0)
+    env = {"CYCLONETIX_EVENTS_MAX_AGE": "30d"}
+    assert load_settings(env, tmp_path).nats.events_max_age == 30 * 86_400.0
+    assert load_settings(env, tmp_path).override(log_level="debug").nats.events_max_age == (
+        30 * 86_400.0
+    )
+
+
 def test_pick_prefers_a_given_flag() -> None:
     assert pick("flag", "setting") == "flag"
     assert pick(None, "setting") == "setting"
@@ -222,6 +261,17 @@ def test_the_process_environment_and_folder_by_default(
         ("shutdown_grace: 100000", f"shutdown_grace: expected {GRACE}, got 100000"),
         ("shutdown_grace: soon", f"shutdown_grace: expected {GRACE}, got 'soon'"),
         ("shutdown_grace: true", f"shutdown_grace: expected {GRACE}, got true"),
+        ("nats: {events_max_age: 10m}", f"nats.events_max_age: expected {MAX_AGE}, got '10m'"),
+        ("nats: {events_max_age: 3599}", f"nats.events_max_age: expected {MAX_AGE}, got 3599"),
+        ("nats: {events_max_age: -1}", f"nats.events_max_age: expected {MAX_AGE}, got -1"),
+        ("nats: {events_max_age: 1y}", f"nats.events_max_age: expected {MAX_AGE}, got '1y'"),
+        (
+            "nats: {events_max_age: 36501d}",
+            f"nats.events_max_age: expected {MAX_AGE}, got '36501d'",
+        ),
+        ("nats: {events_max_age: .inf}", f"nats.events_max_age: expected {MAX_AGE}, got inf"),
+        ("nats: {events_max_age: true}", f"nats.events_max_age: expected {MAX_AGE}, got true"),
+        ("nats: {events_max_age: [1h]}", f"nats.events_max_age: expected {MAX_AGE}, got a list"),
     ],
 )
 def test_every_bad_file_value_is_one_line_naming_file_and_key(
@@ -243,6 +293,12 @@ def test_every_bad_file_value_is_one_line_naming_file_and_key(
         ("CYCLONETIX_SHUTDOWN_GRACE", "-0.5", GRACE),
         ("CYCLONETIX_SHUTDOWN_GRACE", "inf", GRACE),
         ("CYCLONETIX_SHUTDOWN_GRACE", "nan", GRACE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "30m", MAX_AGE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "59m", MAX_AGE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "1h30m", MAX_AGE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "-2h", MAX_AGE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "forever", MAX_AGE),
+        ("CYCLONETIX_EVENTS_MAX_AGE", "nan", MAX_AGE),
     ],
 )
 def test_every_bad_variable_is_one_line_naming_the_variable(
@@ -256,6 +312,7 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
     strings = {"nats.url", "definitions", "data_dir"}
     assert {".".join(f.path) for f in FIELDS} - strings == {
         "nats.stream_replicas",
+        "nats.events_max_age",
         "log.format",
         "log.level",
         "shutdown_grace",
