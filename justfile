@@ -71,6 +71,9 @@ bench:
     {{py}} -m bench.fold_bench
     {{bin}}/cyclonetix bench latency --tasks 200 --json
     {{bin}}/cyclonetix bench throughput --tasks 5000 --agents 2 --json
+    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json
+    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json --read-model redis://127.0.0.1:6379/0
+    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json --read-model postgresql://postgres@127.0.0.1:5432/postgres
     {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
     {{bin}}/cyclonetix bench recovery --runs 1000 --json
     {{bin}}/cyclonetix bench takeover --rounds 5 --json

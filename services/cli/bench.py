@@ -1,5 +1,5 @@
-"""`cyclonetix bench latency|throughput|agent-kill|recovery|takeover`: measure the running
-system, print JSON."""
+"""`cyclonetix bench latency|throughput|agent-kill|recovery|takeover|projector-lag`: measure
+the running system, print JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import Any
 
-from services import bench, bench_recovery
+from services import bench, bench_projector, bench_recovery
 from services.cli.common import run
 from services.cli.main import CliError
 from services.settings import load_settings
@@ -17,12 +17,14 @@ def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "bench",
         help="measure hop latency, throughput, recovery from a killed agent or orchestrator, "
-        "standby takeover",
+        "standby takeover, the live projector's lag",
         description="Start a private NATS server, orchestrator and agents (real processes), "
         "run a benchmark workload through them and print the figures.",
     )
     kinds = parser.add_subparsers(
-        dest="which", metavar="latency|throughput|agent-kill|recovery|takeover", required=True
+        dest="which",
+        metavar="latency|throughput|agent-kill|recovery|takeover|projector-lag",
+        required=True,
     )
     lat = kinds.add_parser(
         "latency",
@@ -68,7 +70,25 @@ def register(sub: Any) -> None:
         "orchestrator is started again as the next standby).",
     )
     take.add_argument("--rounds", type=int, default=5, help="kills (default 5)")
-    for p in (lat, thr, kill, rec, take):
+    lag = kinds.add_parser(
+        "projector-lag",
+        help="the live projector's lag behind the log, under the throughput workload",
+        description="Run the throughput workload (M independent `true` tasks, K agents) with a "
+        "projector following the log into a read model (in this process, to time each write) "
+        "and report how long after each event's timestamp it was applied (p50/p90/p99/max: the "
+        "task results, stamped as they are appended; all_*: every event of the run). A Redis "
+        "store gets a fresh key prefix, a Postgres one a fresh schema; both are removed after.",
+    )
+    lag.add_argument("--tasks", type=int, default=5000, help="tasks (default 5000)")
+    lag.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
+    lag.add_argument("--concurrency", type=int, default=8, help="tasks per agent at once")
+    lag.add_argument(
+        "--read-model",
+        metavar="URL",
+        default="memory://",
+        help="memory:// (default), redis://host:port/db or postgresql://user@host:port/db",
+    )
+    for p in (lat, thr, kill, rec, take, lag):
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
         p.set_defaults(func=main)
@@ -103,6 +123,17 @@ def main(args: argparse.Namespace) -> int:
                     args.runs,
                     steps=args.steps,
                     repeat=args.repeat,
+                    nats_url=args.nats_url,
+                    replicas=replicas,
+                )
+            )
+        elif args.which == "projector-lag":
+            figures = run(
+                bench_projector.projector_lag(
+                    args.tasks,
+                    agents=args.agents,
+                    concurrency=args.concurrency,
+                    read_model=args.read_model,
                     nats_url=args.nats_url,
                     replicas=replicas,
                 )

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services import bench, bench_recovery
+from services import bench, bench_projector, bench_recovery
 from tests.e2e.conftest import child_env
 
 pytestmark = pytest.mark.e2e
@@ -23,6 +23,18 @@ async def test_latency_bench_runs_on_a_short_chain() -> None:
 async def test_throughput_bench_runs_on_a_few_tasks() -> None:
     figures = await bench.throughput(20, agents=2, concurrency=2)
     assert figures["tasks"] == 20 and figures["tasks_per_s"] > 0
+
+
+async def test_projector_lag_bench_runs_on_a_few_tasks() -> None:
+    """`bench projector-lag` into memory, tiny: every event of the run is applied and timed (no
+    timing asserted, only that the figures are there)."""
+    figures = await bench_projector.projector_lag(20, agents=2, concurrency=2)
+    assert figures["tasks"] == 20 and figures["read_model"] == "memory"
+    # RunScheduled, then per task TaskQueued, TaskStarted, TaskSucceeded, then RunSucceeded
+    assert figures["events"] == 2 + 3 * 20 and figures["timed_events"] == 20
+    assert figures["events_per_s"] > 0 and figures["batches"] > 0
+    assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert 0 < figures["all_p50_ms"] <= figures["all_p99_ms"] <= figures["all_max_ms"]
 
 
 async def test_agent_kill_bench_runs_one_round() -> None:
