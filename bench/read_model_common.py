@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from core.events import AnyEvent, RunFailed, RunScheduled, RunSucceeded, TaskQueued, TaskStarted
 from core.graph import TaskNode
+from core.run import RunStatus
 from projections.protocol import Entry, ReadModel
+from projections.views import RunFilter
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -68,4 +70,24 @@ async def timed(call: Callable[[], Awaitable[object]], repeat: int) -> dict[str,
     return {
         "p50_ms": round(statistics.median(samples), 3),
         "p99_ms": round(samples[min(len(samples) - 1, int(len(samples) * 0.99))], 3),
+    }
+
+
+async def list_figures(lists: ReadModel, entries: int, seconds: float) -> dict[str, object]:
+    """The list queries every store is measured on, over the runs of `many_runs` (applied in
+    `seconds`): a first page of failed runs, one 20 pages deep, by target, and the counts."""
+    failed = RunFilter(status=RunStatus.FAILED)
+    deep = None
+    for _ in range(20):  # 20 pages in: a cursor 1,000 failed runs deep
+        deep = (await lists.list_runs(failed, 50, deep)).next_cursor
+    first_page = await lists.list_runs(failed, 50)
+    assert len(first_page.items) == 50
+    assert all(r.status == RunStatus.FAILED for r in first_page.items)
+    return {
+        "list_events": entries,
+        "list_load_events_per_s": round(entries / seconds),
+        "list_failed_50": await timed(lambda: lists.list_runs(failed, 50), 200),
+        "list_failed_50_deep": await timed(lambda: lists.list_runs(failed, 50, deep), 200),
+        "list_target_50": await timed(lambda: lists.list_runs(RunFilter(target="train"), 50), 200),
+        "count_runs": await timed(lists.count_runs, 50),
     }

@@ -21,11 +21,10 @@ import uuid
 import asyncpg  # type: ignore[import-untyped]
 
 from bench.fold_bench import build_log
-from bench.read_model_common import apply, many_runs, timed
+from bench.read_model_common import apply, list_figures, many_runs
 from core.run import RunStatus
 from projections.postgres import PostgresReadModel
 from projections.protocol import Entry
-from projections.views import RunFilter
 
 SERVER_ENV = "CYCLONETIX_BENCH_POSTGRES"
 
@@ -71,24 +70,7 @@ async def run(
                 await con.execute("ANALYZE lists.runs")
             finally:
                 await con.close()
-            failed = RunFilter(status=RunStatus.FAILED)
-            deep = None
-            for _ in range(20):  # 20 pages in: a cursor 1,000 failed runs deep
-                deep = (await lists.list_runs(failed, 50, deep)).next_cursor
-            first_page = await lists.list_runs(failed, 50)
-            assert len(first_page.items) == 50
-            assert all(r.status == RunStatus.FAILED for r in first_page.items)
-            out |= {
-                "list_runs": list_runs,
-                "list_events": len(entries),
-                "list_load_events_per_s": round(len(entries) / seconds),
-                "list_failed_50": await timed(lambda: lists.list_runs(failed, 50), 200),
-                "list_failed_50_deep": await timed(lambda: lists.list_runs(failed, 50, deep), 200),
-                "list_target_50": await timed(
-                    lambda: lists.list_runs(RunFilter(target="train"), 50), 200
-                ),
-                "count_runs": await timed(lists.count_runs, 50),
-            }
+            out |= {"list_runs": list_runs} | await list_figures(lists, len(entries), seconds)
         finally:
             await lists.close()
     finally:

@@ -19,7 +19,7 @@ import os
 import uuid
 
 from bench.fold_bench import build_log
-from bench.read_model_common import apply, many_runs, timed
+from bench.read_model_common import apply, list_figures, many_runs, timed
 from core.run import RunStatus
 from projections.protocol import Entry
 from projections.redis import RedisReadModel
@@ -54,27 +54,12 @@ async def run(
     try:
         entries = many_runs(list_runs)
         seconds = await apply(lists, entries, batch)
-        failed = RunFilter(status=RunStatus.FAILED)
-        deep = None
-        for _ in range(20):  # 20 pages in: a cursor 1,000 failed runs deep
-            deep = (await lists.list_runs(failed, 50, deep)).next_cursor
-        first_page = await lists.list_runs(failed, 50)
-        assert len(first_page.items) == 50
-        assert all(r.status == RunStatus.FAILED for r in first_page.items)
+        out |= {"list_runs": list_runs} | await list_figures(lists, len(entries), seconds)
         out |= {
-            "list_runs": list_runs,
-            "list_events": len(entries),
-            "list_load_events_per_s": round(len(entries) / seconds),
-            "list_failed_50": await timed(lambda: lists.list_runs(failed, 50), 200),
-            "list_failed_50_deep": await timed(lambda: lists.list_runs(failed, 50, deep), 200),
-            "list_target_50": await timed(
-                lambda: lists.list_runs(RunFilter(target="train"), 50), 200
-            ),
             "list_failed_train_50": await timed(
                 lambda: lists.list_runs(RunFilter(status=RunStatus.FAILED, target="train"), 50),
                 200,
             ),
-            "count_runs": await timed(lists.count_runs, 50),
             "count_runs_target": await timed(
                 lambda: lists.count_runs(RunFilter(target="train")), 50
             ),
