@@ -457,10 +457,12 @@ class Agent:
                     return seq
             except Conflict:
                 continue  # someone appended after the read: judge again
-            except (Unavailable, TimeoutError) as exc:
+            except (HeldElsewhere, NotCurrent):
+                raise
+            except Exception as exc:  # NATS away, or a rejection we do not know
                 if self.backplane.closed or loop.time() >= deadline:
-                    raise Unavailable(f"the start was not confirmed: {exc}") from exc
-                log.warning("task.start_retrying", error=str(exc))
+                    raise Unavailable(f"the start was not confirmed: {exc!r}") from exc
+                log.warning("task.start_retrying", error=repr(exc))
                 await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
 
     def _environment(self, d: Dispatch, eval_path: Path | None) -> dict[str, str]:

@@ -71,6 +71,7 @@ log = structlog.get_logger("cyclonetix.orchestrator")
 DEFINITIONS_REFRESH_S = 2.0
 LEASE = "orchestrator"  # one lease for all shards until orchestrators split them
 LEASE_RETRY_S = 0.25  # a standby asks this often: takes over within 0.25 s of the expiry
+RACING_RETRY_S = 0.25  # a racing append that failed (not a conflict) is decided again after this
 LEASE_RENEW_S = 2.0  # well inside LEASE_TTL_S
 LEASE_TTL_S = 6.0  # a lease not renewed is free this long after its last renewal (services/nats)
 # A leader whose last successful renewal is LEASE_TTL_S - LEASE_MARGIN_S old stops deciding:
@@ -507,6 +508,12 @@ class Orchestrator:
                     # Decided again below: the newer events may have been folded already
                     # (our own, say), and then nothing else would wake this run up.
                     log.info("orchestrator.racing_conflict", run_id=run_id)
+                    break
+                except Exception as exc:  # noqa: BLE001 - NATS away, or a rejection we do not know
+                    # Not stored, or stored with its ack lost: either way decided again, after
+                    # a pause (a run left undecided here would never end).
+                    log.warning("orchestrator.racing_retry", run_id=run_id, error=repr(exc))
+                    await asyncio.sleep(RACING_RETRY_S)
                     break
                 self.own_seq[run_id] = max(self.own_seq.get(run_id, 0), expected)
                 fold(state, event)

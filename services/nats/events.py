@@ -33,7 +33,9 @@ __all__ = ["NatsEventLog"]
 
 log = structlog.get_logger("cyclonetix.nats")
 
-ERR_WRONG_LAST_SEQUENCE: Final = 10071  # nats-server `server/errors.json`
+# nats-server `server/errors.json`: "wrong last sequence: {seq}", and the same without the
+# number (2.12+: the clustered check when the leader has proposals in flight).
+ERRS_WRONG_LAST_SEQUENCE: Final = frozenset({10071, 10164})
 
 
 def _decode(seq: int, msg: Msg) -> AnyEvent | None:
@@ -86,7 +88,7 @@ class NatsEventLog:
         try:
             ack = await self._publisher.publish(subject, payload, headers)
         except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != ERR_WRONG_LAST_SEQUENCE:
+            if exc.err_code not in ERRS_WRONG_LAST_SEQUENCE:
                 raise
             # The expected-sequence check runs before dedup, so our own stored-but-unacked
             # append lands here too: it is ours if the first event after `expected` is this

@@ -75,6 +75,41 @@ async def test_a_start_stored_without_its_ack_is_recognised_and_runs_once(tmp_pa
     assert (tmp_path / "count").read_text() == "x\n"
 
 
+async def test_a_start_rejected_for_a_reason_the_adapter_does_not_know_is_retried(
+    tmp_path: Path,
+) -> None:
+    """Seen in the chaos suite: a clustered server answered a conditional append with an error
+    code the adapter did not translate; the agent's task crashed with the dispatch unsettled."""
+    server = MemoryServer()
+    backplane = server.connect("agent")
+    real = backplane.events.append_expected
+    rejected: list[AnyEvent] = []
+
+    async def reject_once(event: AnyEvent, expected: int) -> int:
+        if not rejected:
+            rejected.append(event)
+            raise RuntimeError("code=400 err_code=99999")
+        return await real(event, expected)
+
+    backplane.events.append_expected = reject_once  # type: ignore[method-assign]
+    agent = Agent(backplane, AgentConfig(workdir=tmp_path, guardian=False))
+    stop = asyncio.Event()
+    running = asyncio.create_task(agent.run(stop))
+    try:
+        command = f"echo x >> {tmp_path / 'count'}"
+        await backplane.work.dispatch(
+            Dispatch(run_id="r1", task_id="t", attempt=1, queue="default", command=command)
+        )
+        await succeeded(backplane)
+        assert await starts(backplane) == [1]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await backplane.close()
+    assert [type(e) for e in rejected] == [TaskStarted]
+    assert (tmp_path / "count").read_text() == "x\n"
+
+
 async def test_a_start_not_confirmed_in_time_runs_nothing_and_is_handed_back(
     tmp_path: Path,
 ) -> None:

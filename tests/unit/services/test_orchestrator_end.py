@@ -9,6 +9,7 @@ import datetime as dt
 import pytest
 
 from core.definitions import Definitions, TaskDef
+from core.errors import Unavailable
 from core.events import TERMINAL, AnyEvent, RunCancelled, RunSucceeded, TaskQueued, TaskSucceeded
 from services import orchestrator as orchestrator_module
 from services.commands import cancel
@@ -87,3 +88,39 @@ async def test_a_racing_decision_that_conflicts_is_made_again_even_with_nothing_
         events = await until_end(bp, scheduled.run_id)
     assert interfered
     assert isinstance(events[-1], RunCancelled)
+
+
+class _Rejected(Exception):
+    """A rejection the event log's adapter does not translate (seen in the chaos suite: the
+    clustered server's "wrong last sequence" with an error code the adapter did not know)."""
+
+
+@pytest.mark.parametrize("error", [Unavailable("NATS away"), _Rejected("code=400")])
+async def test_a_racing_end_whose_append_fails_is_decided_again(
+    bp: MemoryBackplane,
+    connect: Connect,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Exception,
+) -> None:
+    """Seen in the chaos suite: the run's end failed to append with an error that was not a
+    conflict; the racing append died in the background and the run never ended."""
+    monkeypatch.setattr(orchestrator_module, "RACING_RETRY_S", 0.05)
+    definitions = Definitions(tasks={"only": TaskDef(id="only", command="true")})
+    async with running_orchestrator(connect) as orch, stand_in_agent(bp):
+        real = orch.events.append_expected
+        failed: list[AnyEvent] = []
+
+        async def fail_once(event: AnyEvent, expected: int) -> int:
+            if not failed:
+                failed.append(event)
+                raise error
+            return await real(event, expected)
+
+        orch.events.append_expected = fail_once  # type: ignore[method-assign]
+        await bp.definitions.put(definitions)
+        scheduled = plan(definitions, "only")
+        await bp.events.schedule_run(scheduled)
+        events = await until_end(bp, scheduled.run_id)
+    assert [type(e) for e in failed] == [RunSucceeded]
+    assert isinstance(events[-1], RunSucceeded)
+    assert sum(isinstance(e, TERMINAL) for e in events) == 1
