@@ -81,14 +81,19 @@ def migrations() -> list[tuple[int, str, str]]:
     return found
 
 
-def _insert(table: str, columns: str, first: int, key: str = "", keep: str = "") -> str:
-    """`INSERT ... SELECT FROM unnest(one array per column, from parameter $first)`; with a
-    `key`, `ON CONFLICT (key) DO UPDATE` every column but the key and `keep` (set on insert
-    only). The `definitions` of a run are kept when the new value is the placeholder '[]'."""
+def _insert(
+    table: str, columns: str, first: int, key: str = "", keep: str = "", where: str = ""
+) -> str:
+    """`INSERT ... SELECT FROM unnest(one array per column, from parameter $first) [WHERE
+    where]`; with a `key`, `ON CONFLICT (key) DO UPDATE` every column but the key and `keep`
+    (set on insert only). The `definitions` of a run are kept when the new value is the
+    placeholder '[]'."""
     cols = [c.split() for c in columns.split(",")]
     names = [n for n, _ in cols]
     arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(cols, first))
-    sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays})"
+    sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) AS given"
+    if where:
+        sql += f" WHERE {where}"
     if not key:
         return sql
     fixed = {*key.split(","), *keep.split(",")} - {""}
@@ -127,15 +132,23 @@ _ATTEMPT_COLUMNS = (
 )
 
 
-def _write_statement() -> str:
+def _write_statement(*, guarded: bool = False) -> str:
     """One statement for all of a chunk's rows, the status counts they move and the
-    checkpoint (one round trip): a data-modifying CTE per table, fed one array per column."""
+    checkpoint (one round trip): a data-modifying CTE per table, fed one array per column.
+
+    Inside a transaction that locked the checkpoint, the last parameter is the new checkpoint.
+    `guarded` is the statement that needs no transaction (a statement is atomic by itself):
+    parameters new checkpoint, expected checkpoint, expected epoch; it moves the checkpoint
+    only from the expected one, writes rows only if it did, and returns 1 if so, else 0 (another
+    writer or a reset came in between, and nothing was written)."""
     tables = [
         ("events", _EVENT_COLUMNS, "", ""),
         ("runs", _RUN_COLUMNS, "run_id", "scheduled_seq"),
         ("task_runs", _TASK_COLUMNS, "run_id,task_id", "position,node"),
         ("attempts", _ATTEMPT_COLUMNS, "run_id,task_id,attempt", ""),
     ]
+    # The guard takes the checkpoint row's lock first; every write waits for its verdict.
+    where = "EXISTS (SELECT FROM guard)" if guarded else ""
     parts, first = [], 1
     for table, columns, key, keep in tables:
         if table == "runs":  # the runs' statuses before, and the counts moved by the change
@@ -144,15 +157,23 @@ def _write_statement() -> str:
             parts.append(
                 "counts_written AS (INSERT INTO run_counts (status, runs)"
                 f" SELECT status, sum(delta) FROM (SELECT unnest({statuses}) AS status, 1 AS delta"
-                " UNION ALL SELECT status, -1 FROM runs_before) AS moved GROUP BY status"
+                " UNION ALL SELECT status, -1 FROM runs_before) AS moved"
+                f"{' WHERE ' + where if where else ''} GROUP BY status"
                 " ON CONFLICT (status) DO UPDATE SET runs = run_counts.runs + excluded.runs)"
             )
-        parts.append(f"{table}_written AS ({_insert(table, columns, first, key, keep)})")
+        parts.append(f"{table}_written AS ({_insert(table, columns, first, key, keep, where)})")
         first += columns.count(",") + 1
-    return f"WITH {', '.join(parts)} UPDATE checkpoint SET last_seq = ${first}"
+    if not guarded:
+        return f"WITH {', '.join(parts)} UPDATE checkpoint SET last_seq = ${first}"
+    guard = (
+        f"guard AS (UPDATE checkpoint SET last_seq = ${first}"
+        f" WHERE last_seq = ${first + 1} AND epoch = ${first + 2} RETURNING 1)"
+    )
+    return f"WITH {', '.join([guard, *parts])} SELECT count(*) FROM guard"
 
 
 WRITE: Final = _write_statement()
+WRITE_GUARDED: Final = _write_statement(guarded=True)
 EVENT_COLUMNS: Final = tuple(c.split()[0] for c in _EVENT_COLUMNS.split(","))
 CHUNK: Final = 500  # entries folded per statement (the next chunk folds while one is written)
 
@@ -264,14 +285,72 @@ class PostgresReadModel:
     async def apply_batch(self, entries: Sequence[Entry]) -> int:
         async with self._writing:
             try:
-                async with self._connection() as con, con.transaction():
-                    last = await self._write(con, entries)
+                async with self._connection() as con:
+                    last = await self._write_alone(con, entries)
+                    if last is None:
+                        async with con.transaction():
+                            last = await self._write(con, entries)
             except BaseException:
                 self._open.clear()  # folded past what is committed: rebuild from the rows
                 self._cache_at = None
                 raise
         async with self._applied:
             self._applied.notify_all()
+        return last
+
+    async def _write_alone(self, con: asyncpg.Connection, entries: Sequence[Entry]) -> int | None:
+        """The live projector's usual batch in one round trip instead of four (begin, lock and
+        read the checkpoint, write, commit): one guarded statement, when the cache already
+        knows the checkpoint and every run the batch touches and one chunk holds it. None when
+        it cannot be written so, or when the guard found the store moved (then the cache is
+        dropped and the batch is written in a transaction)."""
+        if self._cache_at is None:
+            return None
+        last, epoch = self._cache_at
+        todo = [(seq, event) for seq, event in entries if seq > last]
+        if not todo or len(todo) > CHUNK:
+            return None
+        if any(e is not None and e.run_id not in self._open for _, e in todo):
+            return None  # a run to load (or a new one): the transaction reads it
+        closed: set[str] = set()
+
+        def lookup(run_id: str) -> rows.OpenRun | rows.Finished | None:
+            found = self._open.get(run_id)
+            return found if found is not None else rows.FINISHED if run_id in closed else None
+
+        staged = _Staged()
+        new_last = self._fold(staged, todo, last, lookup, closed)
+        applied = await con.fetchval(WRITE_GUARDED, *staged.arguments(), new_last, last, epoch)
+        if applied != 1:
+            self._open.clear()  # folded on a store that moved: rebuild from its rows
+            self._cache_at = None
+            return None
+        self._cache_at = (new_last, epoch)
+        return new_last
+
+    def _fold(
+        self,
+        staged: _Staged,
+        chunk: Sequence[Entry],
+        last: int,
+        lookup: rows.Lookup,
+        closed: set[str],
+    ) -> int:
+        """Fold `chunk` into `staged` and the cache of open runs; the last sequence folded."""
+        for seq, event in chunk:
+            if seq <= last:
+                continue  # a sequence repeated within the batch
+            changes = rows.apply(lookup, seq, event)
+            if changes.opened is not None:
+                self._open[changes.opened.state.run_id] = changes.opened
+            if changes.graph:
+                assert changes.run is not None
+                staged.graph(changes, self._open[changes.run.run_id])
+            staged.add(changes)
+            if changes.closed and event is not None:
+                self._open.pop(event.run_id, None)
+                closed.add(event.run_id)
+            last = seq
         return last
 
     async def _write(self, con: asyncpg.Connection, entries: Sequence[Entry]) -> int:
@@ -302,20 +381,7 @@ class PostgresReadModel:
         try:
             for start in range(0, len(todo), CHUNK):
                 staged = _Staged()
-                for seq, event in todo[start : start + CHUNK]:
-                    if seq <= last:
-                        continue  # a sequence repeated within the batch
-                    changes = rows.apply(lookup, seq, event)
-                    if changes.opened is not None:
-                        self._open[changes.opened.state.run_id] = changes.opened
-                    if changes.graph:
-                        assert changes.run is not None
-                        staged.graph(changes, self._open[changes.run.run_id])
-                    staged.add(changes)
-                    if changes.closed and event is not None:
-                        self._open.pop(event.run_id, None)
-                        closed.add(event.run_id)
-                    last = seq
+                last = self._fold(staged, todo[start : start + CHUNK], last, lookup, closed)
                 if writing is not None:
                     await writing
                 writing = asyncio.ensure_future(staged.write(con, last))
@@ -545,15 +611,17 @@ class _Staged:
         if (a := c.attempt) is not None:
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
-    async def write(self, con: asyncpg.Connection, checkpoint: int) -> None:
-        await con.execute(
-            WRITE,
+    def arguments(self) -> list[list[Any]]:
+        """The write statements' arrays, one per column, table by table."""
+        return [
             *_columns(self.events, len(EVENT_COLUMNS)),
             *_columns(map(self._run, self.runs.values()), len(_RUN_COLUMNS.split(","))),
             *_columns(map(self._task, self.tasks.values()), len(_TASK_COLUMNS.split(","))),
             *_columns(map(astuple, self.attempts.values()), len(_ATTEMPT_COLUMNS.split(","))),
-            checkpoint,
-        )
+        ]
+
+    async def write(self, con: asyncpg.Connection, checkpoint: int) -> None:
+        await con.execute(WRITE, *self.arguments(), checkpoint)
 
     def _run(self, r: RunRow) -> tuple[Any, ...]:
         record = list(astuple(r))

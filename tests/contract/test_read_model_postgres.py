@@ -251,6 +251,40 @@ async def test_two_projectors_on_one_store_apply_each_entry_once(
         await two.close()
 
 
+async def test_a_live_batch_is_one_statement_and_a_store_moved_under_it_is_written_again(
+    postgres_db: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Live batches of runs the store already caches go as one guarded statement (no
+    transaction: the projector's lag is one round trip). When another writer moved the store
+    meanwhile, the guard writes nothing and the batch is written again in a transaction."""
+    tasks = [f"t{i}" for i in range(6)]
+    entries: list[Entry] = [(1, scheduled("r1", *(node(t) for t in tasks)))]
+    entries += [(seq, queued("r1", t)) for seq, t in enumerate(tasks, 2)]
+    one = PostgresReadModel(postgres_db, schema=schema)
+    two = PostgresReadModel(postgres_db, schema=schema)
+    transactions: list[int] = []
+    real = PostgresReadModel._write
+
+    async def counted(self: PostgresReadModel, con: Any, batch: Any) -> int:
+        transactions.append(len(batch))
+        return await real(self, con, batch)
+
+    monkeypatch.setattr(PostgresReadModel, "_write", counted)
+    try:
+        await one.apply_batch(entries[:1])  # a new run: a transaction reads the store
+        await one.apply_batch(entries[1:2])  # then one statement each
+        await one.apply_batch(entries[2:4])
+        assert len(transactions) == 1
+        await two.apply_batch(entries[:5])  # another writer moves the store
+        assert len(transactions) == 2
+        assert await one.apply_batch(entries) == 7  # the guard fails: a transaction
+        assert len(transactions) == 3
+        assert await everything(one) == await replayed_in_memory(entries)
+    finally:
+        await one.close()
+        await two.close()
+
+
 # -- readers ------------------------------------------------------------------------------------
 
 
