@@ -9,13 +9,14 @@ depend on this small contract only, not on each other. The app factory puts one 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from litestar.datastructures import State
+# Imported at run time, not under TYPE_CHECKING: Litestar hands the `ui` dependency to msgspec,
+# which reads these annotations when a request is served.
+from litestar.datastructures import State
 
-    from projections.protocol import ReadModel
-    from services.ports import Backplane
+from projections.protocol import ReadModel
+from services.ports import Backplane
 
 __all__ = ["UiContext", "provide_ui"]
 

@@ -1,0 +1,31 @@
+"""The JSON API under `/api/v1`: one module per resource, one router that holds them all.
+Handlers get the `UiContext` as `ui` (the app provides it: web/app.py).
+
+Responses are the read model's own msgspec structs (`projections.views`); errors are the one
+envelope of `web.errors`. Every write goes through `services.commands`, as the CLI's do.
+"""
+
+from __future__ import annotations
+
+from litestar import Router
+
+from web.api import agents, definitions, events, logs, queues, runs, schedule
+from web.live import run_stream, runs_stream
+
+__all__ = ["router"]
+
+router = Router(
+    path="/api/v1",
+    route_handlers=[
+        *runs.handlers,
+        *events.handlers,
+        *logs.handlers,
+        *schedule.handlers,
+        *definitions.handlers,
+        *agents.handlers,
+        *queues.handlers,
+        run_stream,
+        runs_stream,
+    ],
+    tags=["api"],
+)
