@@ -8,10 +8,12 @@ Writes follow `projections.rows` exactly as `projections.memory` does, in one Po
 transaction per batch: it locks the checkpoint row and reads it (entries at or below it are
 skipped, whoever wrote them), loads the open runs the batch touches and the cache lacks (rebuilt
 from their `events` rows), folds, and writes. Each chunk of the batch is one statement: the
-chunk's events and its last run, task and attempt rows travel as one array per column
-(`INSERT ... SELECT FROM unnest(...) ON CONFLICT`, a data-modifying CTE per table), with the
-status counts and the checkpoint; the next chunk folds while the server writes one. A failed
-transaction drops the cache of open runs (they are rebuilt from what was committed).
+chunk's events and its last run, task and attempt rows travel as one JSON document per table
+(`INSERT ... SELECT FROM jsonb_array_elements(...) ON CONFLICT`, a data-modifying CTE per
+table), with the status counts and the checkpoint; the next chunk folds while the server writes
+one. A failed transaction drops the cache of open runs (they are rebuilt from what was
+committed). A live batch of runs already cached needs no transaction: it is one guarded
+statement (`_write_alone`), one round trip.
 
 When Postgres cannot be reached, or the connection dies mid-transaction, every method raises
 `core.errors.Unavailable` with one line; the caller retries and the store catches up.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -82,16 +84,27 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def _insert(
-    table: str, columns: str, first: int, key: str = "", keep: str = "", where: str = ""
+    table: str, columns: str, param: int, key: str = "", keep: str = "", where: str = ""
 ) -> str:
-    """`INSERT ... SELECT FROM unnest(one array per column, from parameter $first) [WHERE
-    where]`; with a `key`, `ON CONFLICT (key) DO UPDATE` every column but the key and `keep`
-    (set on insert only). The `definitions` of a run are kept when the new value is the
-    placeholder '[]'."""
+    """`INSERT ... SELECT` the rows of JSON parameter `$param` (an array of arrays, one per row,
+    in column order) `[WHERE where]`; with a `key`, `ON CONFLICT (key) DO UPDATE` every column
+    but the key and `keep` (set on insert only). The `definitions` of a run are kept when the
+    new value is the placeholder '[]'.
+
+    Rows travel as one JSON document per table, not one array parameter per column: asyncpg
+    encodes a 500-event chunk's sixty arrays in ~10 ms, msgspec its JSON in ~0.5 ms, and the
+    server reads that faster too."""
     cols = [c.split() for c in columns.split(",")]
     names = [n for n, _ in cols]
-    arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(cols, first))
-    sql = f"INSERT INTO {table} ({', '.join(names)}) SELECT * FROM unnest({arrays}) AS given"
+    # jsonb: parsed once, then each field is a lookup (json would parse the row per field).
+    # A `json` column (an event's body) comes as a string: its text is kept as written.
+    values = ", ".join(
+        f"(row->{i})::{t}" if t == "jsonb" else f"(row->>{i})::{t}" for i, (_, t) in enumerate(cols)
+    )
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)})"
+        f" SELECT {values} FROM jsonb_array_elements(${param}::jsonb) AS row"
+    )
     if where:
         sql += f" WHERE {where}"
     if not key:
@@ -134,7 +147,7 @@ _ATTEMPT_COLUMNS = (
 
 def _write_statement(*, guarded: bool = False) -> str:
     """One statement for all of a chunk's rows, the status counts they move and the
-    checkpoint (one round trip): a data-modifying CTE per table, fed one array per column.
+    checkpoint (one round trip): a data-modifying CTE per table, fed one JSON array of rows.
 
     Inside a transaction that locked the checkpoint, the last parameter is the new checkpoint.
     `guarded` is the statement that needs no transaction (a statement is atomic by itself):
@@ -149,20 +162,23 @@ def _write_statement(*, guarded: bool = False) -> str:
     ]
     # The guard takes the checkpoint row's lock first; every write waits for its verdict.
     where = "EXISTS (SELECT FROM guard)" if guarded else ""
-    parts, first = [], 1
-    for table, columns, key, keep in tables:
+    parts = []
+    for param, (table, columns, key, keep) in enumerate(tables, 1):
         if table == "runs":  # the runs' statuses before, and the counts moved by the change
-            run_ids, statuses = f"${first}::text[]", f"${first + 4}::text[]"
-            parts.append(f"runs_before AS (SELECT status FROM runs WHERE run_id = ANY({run_ids}))")
+            given = f"jsonb_array_elements(${param}::jsonb)"
+            parts.append(
+                "runs_before AS (SELECT status FROM runs"
+                f" WHERE run_id IN (SELECT row->>0 FROM {given} AS row))"
+            )
             parts.append(
                 "counts_written AS (INSERT INTO run_counts (status, runs)"
-                f" SELECT status, sum(delta) FROM (SELECT unnest({statuses}) AS status, 1 AS delta"
-                " UNION ALL SELECT status, -1 FROM runs_before) AS moved"
+                f" SELECT status, sum(delta) FROM (SELECT row->>4 AS status, 1 AS delta"
+                f" FROM {given} AS row UNION ALL SELECT status, -1 FROM runs_before) AS moved"
                 f"{' WHERE ' + where if where else ''} GROUP BY status"
                 " ON CONFLICT (status) DO UPDATE SET runs = run_counts.runs + excluded.runs)"
             )
-        parts.append(f"{table}_written AS ({_insert(table, columns, first, key, keep, where)})")
-        first += columns.count(",") + 1
+        parts.append(f"{table}_written AS ({_insert(table, columns, param, key, keep, where)})")
+    first = len(tables) + 1
     if not guarded:
         return f"WITH {', '.join(parts)} UPDATE checkpoint SET last_seq = ${first}"
     guard = (
@@ -174,7 +190,6 @@ def _write_statement(*, guarded: bool = False) -> str:
 
 WRITE: Final = _write_statement()
 WRITE_GUARDED: Final = _write_statement(guarded=True)
-EVENT_COLUMNS: Final = tuple(c.split()[0] for c in _EVENT_COLUMNS.split(","))
 CHUNK: Final = 500  # entries folded per statement (the next chunk folds while one is written)
 
 _json = msgspec.json.Encoder()
@@ -590,16 +605,16 @@ class _Staged:
         self.runs: dict[str, RunRow] = {}
         self.tasks: dict[tuple[str, str], TaskRunRow] = {}
         self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
-        self.nodes: dict[tuple[str, str], tuple[int, str]] = {}  # new nodes: position, json
-        self.definitions: dict[str, str] = {}  # run -> its graph's definitions, when they grew
+        self.nodes: dict[tuple[str, str], tuple[int, msgspec.Raw]] = {}  # new: position, json
+        self.definitions: dict[str, list[str]] = {}  # run -> its graph's definitions, if grown
 
     def graph(self, c: rows.Changes, run: rows.OpenRun) -> None:
         assert c.run is not None
         first = c.run.tasks_total - len(c.graph)
         for i, node in enumerate(c.graph, first):
-            self.nodes[c.run.run_id, node.id] = (i, _json.encode(node).decode())
+            self.nodes[c.run.run_id, node.id] = (i, msgspec.Raw(_json.encode(node)))
         defs = sorted({t.node.task_id for t in run.state.tasks.values()})
-        self.definitions[c.run.run_id] = _json.encode(defs).decode()
+        self.definitions[c.run.run_id] = defs
 
     def add(self, c: rows.Changes) -> None:
         if (e := c.event) is not None:
@@ -611,35 +626,27 @@ class _Staged:
         if (a := c.attempt) is not None:
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
-    def arguments(self) -> list[list[Any]]:
-        """The write statements' arrays, one per column, table by table."""
+    def arguments(self) -> list[str]:
+        """The write statements' JSON documents, one per table."""
         return [
-            *_columns(self.events, len(EVENT_COLUMNS)),
-            *_columns(map(self._run, self.runs.values()), len(_RUN_COLUMNS.split(","))),
-            *_columns(map(self._task, self.tasks.values()), len(_TASK_COLUMNS.split(","))),
-            *_columns(map(astuple, self.attempts.values()), len(_ATTEMPT_COLUMNS.split(","))),
+            _json.encode(rows).decode()
+            for rows in (
+                self.events,
+                list(map(self._run, self.runs.values())),
+                list(map(self._task, self.tasks.values())),
+                list(map(astuple, self.attempts.values())),
+            )
         ]
 
     async def write(self, con: asyncpg.Connection, checkpoint: int) -> None:
         await con.execute(WRITE, *self.arguments(), checkpoint)
 
     def _run(self, r: RunRow) -> tuple[Any, ...]:
-        record = list(astuple(r))
-        record[8] = _json.encode(r.counts).decode()
-        record[10] = _json.encode(r.failed_tasks).decode()
-        record.append(self.definitions.get(r.run_id, "[]"))
-        return tuple(record)
+        return (*astuple(r), self.definitions.get(r.run_id, ()))
 
     def _task(self, t: TaskRunRow) -> tuple[Any, ...]:
         # A node joins the graph once (an insert); later rows of it keep position and node.
-        return (*astuple(t), *self.nodes.get((t.run_id, t.task_id), (-1, "null")))
-
-
-def _columns(records: Iterable[tuple[Any, ...]], width: int = 0) -> list[list[Any]]:
-    """Rows to one list per column (the arrays `unnest` zips back); `width` empty lists when
-    there are no rows."""
-    columns = [list(column) for column in zip(*records, strict=True)]
-    return columns or [[] for _ in range(width)]
+        return (*astuple(t), *self.nodes.get((t.run_id, t.task_id), (-1, None)))
 
 
 _RUN_SELECT: Final = (
