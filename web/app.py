@@ -19,7 +19,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import structlog
 import uvicorn
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -78,9 +78,15 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    return Litestar(
-        route_handlers=[api.router, pages.router, healthz, metrics],
+    # Each router provides `ui` itself (the pages router too): Litestar refuses the same
+    # provider at two layers, so the app level has none.
+    operations = Router(
+        path="/",
+        route_handlers=[healthz, metrics],
         dependencies={"ui": Provide(provide_ui, sync_to_thread=False)},
+    )
+    return Litestar(
+        route_handlers=[api.router, pages.router, operations],
         exception_handlers=exception_handlers,
         openapi_config=OpenAPIConfig(title="Cyclonetix", version=_version(), path="/schema"),
         state=State({"ui": ui}),

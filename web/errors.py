@@ -4,17 +4,19 @@ to blame).
 
 Each kind of error maps to one status in one table (`STATUSES`), as the CLI maps them to exit
 codes: NotFound 404, Invalid 422, Conflict 409, Unavailable 503. Litestar's own errors (a bad
-query parameter, a body that is not JSON, an unknown route) come out in the same envelope.
+or missing parameter or body field: 422 naming it; an unknown route) come out in the same
+envelope; a body that is not JSON at all is a 400 that says so.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
@@ -65,25 +67,32 @@ def _validation(_: Request[Any, Any, Any], exc: ValidationException) -> Response
     """Litestar's failed parsing of a query parameter or a body: 422 naming the field."""
     problems = exc.extra if isinstance(exc.extra, list) else []
     first = next((p for p in problems if isinstance(p, dict)), None)
-    if first is None:  # e.g. a body that is not JSON at all
-        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, _body_message(exc.detail))
+    if first is None:  # a missing parameter
+        missing = _MISSING.search(exc.detail)
+        field = missing.group(1) if missing else None
+        return error_response(HTTP_422_UNPROCESSABLE_ENTITY, exc.detail, field)
     key = first.get("key")
-    where = first.get("source", "")
+    source = first.get("source", "")
+    where = str(getattr(source, "value", source))  # Litestar gives an enum (ParamType.QUERY)
     text = str(first.get("message", exc.detail))
-    field = str(key) if key else None
-    message = f"{field}: {text}" if field else text
+    path = str(key) if key and key != "data" else None  # "data": the body as a whole
+    unknown = _UNKNOWN.search(text)
+    if unknown:
+        path = unknown.group(1)
+    message = f"{path}: {text}" if path else text
+    field = path.split("[", 1)[0] if path else None  # `parameters[...]`: the field itself
     if where and field:
         message = f"{where} {message}"
     return error_response(HTTP_422_UNPROCESSABLE_ENTITY, message, field)
 
 
-def _body_message(detail: str) -> str:
-    if "decode" in detail.lower() or "json" in detail.lower():
-        return f"the request body is not valid JSON ({detail})"
-    return detail
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_MISSING = re.compile(r"Missing required \w+ parameter '([^']+)'")
 
 
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Envelope]:
+    if isinstance(exc.__cause__, SerializationException):  # a body that does not parse
+        return error_response(exc.status_code, f"the request body is not valid JSON: {exc.detail}")
     return error_response(exc.status_code, exc.detail)
 
 

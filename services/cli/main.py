@@ -22,6 +22,7 @@ COMMANDS = (
     "orchestrator",
     "agent",
     "projector",
+    "ui",
     "schedule",
     "runs",
     "events",

@@ -1,0 +1,89 @@
+"""`cyclonetix ui`: the web UI and the JSON API (web/), served by uvicorn until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from projections.stores import SCHEMES, open_read_model
+from services.cli.common import (
+    add_log_options,
+    add_nats_option,
+    configure_role_logging,
+    nats_url,
+    run,
+    until_stopped,
+)
+from services.cli.main import CliError
+from services.read_model_client import READ_MODEL_ENV, NoReadModel, resolve_read_model_url
+from services.settings import load_settings
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "ui",
+        help="serve the web UI and the JSON API",
+        description="Serve the web UI, the JSON API (/api/v1, OpenAPI at /schema), /healthz "
+        "and /metrics. Reads the read model, writes only through the event log. With a "
+        "memory:// read model this process keeps the store and projects the log into it.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=_port, default=8420, help="port to listen on (default 8420; 0: any free)"
+    )
+    parser.add_argument(
+        "--read-model",
+        metavar="URL",
+        help=f"the store to read: {SCHEMES} (default: ${READ_MODEL_ENV}, else the one "
+        "'cyclonetix dev' recorded, else memory://)",
+    )
+    add_nats_option(parser)
+    add_log_options(parser)
+    parser.set_defaults(func=main)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
+    return value
+
+
+def read_model_url(args: argparse.Namespace) -> str:
+    try:
+        return resolve_read_model_url(args.read_model, load_settings().data_path)
+    except NoReadModel:
+        return "memory://"  # nothing recorded: this process keeps its own store
+
+
+def main(args: argparse.Namespace) -> int:
+    from web.app import serve  # the web stack loads only for this command
+
+    configure_role_logging(args, "ui")
+    url = read_model_url(args)
+    open_read_model(url.removeprefix("nats+"))  # a bad URL: one line, before connecting
+    settings = load_settings().nats
+
+    async def work(stop: asyncio.Event) -> None:
+        try:
+            await serve(
+                nats_url=nats_url(args),
+                read_model_url=url,
+                host=args.host,
+                port=args.port,
+                stop=stop,
+                started=lambda where: print(f"cyclonetix ui: {where}", flush=True),
+                replicas=settings.stream_replicas,
+                events_max_age=settings.events_max_age,
+            )
+        except OSError as exc:
+            raise CliError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+
+    run(until_stopped(work))
+    return 0
