@@ -121,9 +121,19 @@
       boxSelectionEnabled: false, autoungrabify: true,
       hideEdgesOnViewport: big, textureOnViewport: big, pixelRatio: big ? 1 : "auto"
     });
+    fitSmall();
     cy.on("tap", "node", function (e) { openTask(e.target.id()); });
     cy.on("tap", function (e) { if (e.target === cy) closePanel(); });
     document.getElementById("graph").setAttribute("data-ready", "yes");
+  }
+
+  // The canvas changes size when the panel opens or closes. A small graph is fitted again,
+  // but never drawn larger than readable; a big one keeps the user's zoom and pan.
+  function fitSmall() {
+    cy.resize();
+    if (detail.graph.length > BIG) return;
+    cy.fit(undefined, 30);
+    if (cy.zoom() > 1.1) { cy.zoom(1.1); cy.center(); }
   }
 
   // What the page shows of each node: its live status, or its status at the event viewed.
@@ -296,7 +306,7 @@
     var row = tasks[id] || {};
     var fresh = selected !== id || !refresh;
     selected = id;
-    panel.hidden = false;
+    if (panel.hidden) { panel.hidden = false; if (cy) fitSmall(); }
     panel.setAttribute("data-task", id);
     if (cy) { cy.nodes(":selected").unselect(); cy.getElementById(id).select(); }
     text("panel-title", n.name || n.id);
@@ -364,7 +374,7 @@
     logToken++;
     panel.hidden = true;
     panel.removeAttribute("data-task");
-    if (cy) cy.nodes(":selected").unselect();
+    if (cy) { cy.nodes(":selected").unselect(); fitSmall(); }
     history.replaceState(null, "", window.location.pathname);
   }
   document.getElementById("panel-close").addEventListener("click", closePanel);
@@ -403,6 +413,21 @@
   });
 
   // -- start ----------------------------------------------------------------------------------
+
+  // Read-only view of the drawn graph, for the browser tests and for debugging in a console.
+  window.cxRun = {
+    statuses: function () {
+      var out = {};
+      cy.nodes().forEach(function (n) { out[n.id()] = n.data("status"); });
+      return out;
+    },
+    // where a node is drawn, in page coordinates (to click it)
+    at: function (id) {
+      var box = document.getElementById("graph").getBoundingClientRect();
+      var p = cy.getElementById(id).renderedPosition();
+      return { x: box.left + p.x, y: box.top + p.y };
+    }
+  };
 
   index(detail);
   draw();

@@ -1,0 +1,140 @@
+"""Fixtures for the browser tests: headless Chromium (Debian's, through Playwright) driving the
+UI of a live system on this test's event loop — a real nats-server, the app served by uvicorn
+with a projector into a memory read model (tests/web/conftest.py), an orchestrator and a real
+agent running real commands.
+
+Playwright or Chromium missing: the tests skip, or fail under CYCLONETIX_REQUIRE_SERVICES=1
+(tests/conftest.py's `requires_service`). Screenshots go to `ARTIFACTS` (gitignored), or to
+$CYCLONETIX_ARTIFACTS when set (CI can keep them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from core.definitions import DagDef, DagTask, Definitions, TaskDef
+from services.agent import Agent, AgentConfig
+from services.nats import NatsBackplane, connect
+from tests.conftest import requires_service
+from tests.rolekit import running_orchestrator
+from tests.waiting import eventually
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+CHROMIUM = os.environ.get("CYCLONETIX_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("CYCLONETIX_ARTIFACTS", Path(__file__).parent / "artifacts"))
+EVIL = "<script>window.pwned = 1</script>"
+UNICODE = "Grüße, 世界 ✓"
+
+
+def definitions(flag: Path) -> Definitions:
+    """What the scenarios run: a diamond slow enough to watch, a task that talks while it
+    runs, one that sleeps until cancelled, and one that fails until `flag` exists."""
+
+    def diamond(id: str, deps: tuple[str, ...], name: str) -> TaskDef:
+        return TaskDef(id=id, name=name, command=f'sleep 0.6; echo "{id} done"', dependencies=deps)
+
+    tasks = [
+        diamond("top", (), "Diamond top"),
+        diamond("left", ("top",), "Diamond left"),
+        diamond("right", ("top",), "Diamond right"),
+        diamond("bottom", ("left", "right"), "Diamond bottom"),
+        TaskDef(
+            id="talker",
+            name=f"Talker {EVIL} {UNICODE}",
+            # Parameters are exported as environment; the lines echo them back as data.
+            command='for i in 1 2 3 4 5 6; do echo "line $i: $SAY"; sleep 0.5; done',
+            parameters={"SAY": f"{EVIL} {UNICODE}"},
+        ),
+        TaskDef(id="sleeper", command="sleep 60"),
+        TaskDef(id="fragile", command=f'test -f "{flag}" && echo fixed'),
+        TaskDef(id="after_fragile", command="echo after", dependencies=("fragile",)),
+    ]
+    dag = DagDef(
+        id="diamond",
+        name="The diamond",
+        tasks=tuple(DagTask(id=i) for i in ("top", "left", "right", "bottom")),
+    )
+    return Definitions(tasks={t.id: t for t in tasks}, dags={"diamond": dag})
+
+
+@pytest.fixture
+async def live_system(
+    backplane: NatsBackplane, base_url: str, tmp_path: Path
+) -> AsyncIterator[str]:
+    """The definitions published, an orchestrator and a real agent running; the UI's URL."""
+    await backplane.definitions.put(definitions(tmp_path / "fixed"))
+
+    async def own() -> NatsBackplane:
+        return await connect(backplane.url, name="orchestrator")
+
+    async with running_orchestrator(own), running_agent(backplane.url, tmp_path):
+        yield base_url
+
+
+@contextlib.asynccontextmanager
+async def running_agent(nats_url: str, workdir: Path) -> AsyncIterator[Agent]:
+    """An in-process agent on its own connection, registered before the block runs; stopped
+    with a short grace (a cancelled or finished test leaves nothing worth waiting for)."""
+    conn = await connect(nats_url, name="browser-test-agent")
+    agent = Agent(
+        conn,
+        AgentConfig(workdir=workdir, guardian=False, shutdown_grace=1.0, kill_grace=0.5),
+    )
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(agent.run(stop))
+
+    async def registered() -> bool | None:
+        return True if any(a.id == agent.id for a in await conn.agents.list()) else None
+
+    try:
+        await eventually(registered, what="the agent's heartbeat", timeout=10)
+        yield agent
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(task, 15)
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def page(base_url: str) -> AsyncIterator[Page]:
+    """A fresh headless Chromium page (1400x900). It needs `base_url` so that the browser
+    closes (and its SSE connections with it) before the server stops."""
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        requires_service("playwright", "pip install playwright (the Python package)")
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        requires_service("chromium", f"no {CHROMIUM}: apt-get install chromium")
+    executable = CHROMIUM if Path(CHROMIUM).exists() else str(shutil.which("chromium"))
+    async with async_playwright() as pw:
+        # --no-sandbox: CI containers run as root, where Chromium's sandbox cannot start.
+        browser = await pw.chromium.launch(
+            executable_path=executable, headless=True, args=["--no-sandbox"]
+        )
+        try:
+            context = await browser.new_context(viewport={"width": 1400, "height": 900})
+            p = await context.new_page()
+            p.set_default_timeout(15_000)
+            errors: list[str] = []
+            p.on("pageerror", lambda exc: errors.append(str(exc)))
+            yield p
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            await browser.close()
+
+
+def artifact(name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS / name
