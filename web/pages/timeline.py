@@ -39,8 +39,21 @@ class Bar:
 
 @dataclass
 class Lane:
+    """One agent's attempts, in rows: an agent runs several at once (its concurrency), and
+    overlapping attempts go to separate rows so that none hides another."""
+
     agent: str
-    bars: list[Bar] = field(default_factory=list)
+    rows: list[list[Bar]] = field(default_factory=list)
+
+    def place(self, bar: Bar) -> None:
+        """Put `bar` in the first row whose last bar ended before it starts (bars come in
+        order of their start)."""
+        for row in self.rows:
+            last = row[-1]
+            if last.left + last.width <= bar.left:
+                row.append(bar)
+                return
+        self.rows.append([bar])
 
 
 @dataclass
@@ -98,7 +111,7 @@ def build(found: list[Span], waiting: int, now: dt.datetime) -> Timeline:
     for s in sorted(found, key=lambda s: (s.start, s.task_id, s.attempt)):
         begin = (s.start - start).total_seconds()
         length = max(((s.end or now) - s.start).total_seconds(), 0.0)
-        lanes.setdefault(s.agent, Lane(s.agent)).bars.append(
+        lanes.setdefault(s.agent, Lane(s.agent)).place(
             Bar(
                 s,
                 left=100 * begin / total,
