@@ -5,19 +5,18 @@ embedded in the page) and `/runs/{run_id}/timeline` (a Gantt chart of its attemp
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
 
-import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery
+from markupsafe import Markup
 
 from core.errors import NotFound
 from core.run import RunStatus, TaskStatus
 from projections.views import AttemptRow, RunDetail, RunFilter
 from web.context import UiContext
 from web.pages import timeline
-from web.pages.templating import render
+from web.pages.templating import render, script_json
 
 PAGE = 50
 
@@ -69,10 +68,10 @@ async def _detail(ui: UiContext, run_id: str) -> RunDetail:
     return detail
 
 
-def run_json(detail: RunDetail) -> Any:
-    """The run as plain data for the page's script (the same shape as GET /api/v1/runs/ID);
-    the template's `tojson` escapes it for a <script> element."""
-    return msgspec.to_builtins(detail)
+def run_json(detail: RunDetail) -> Markup:
+    """The run for the page's script, as GET /api/v1/runs/ID answers it, escaped for a
+    <script> element."""
+    return script_json(detail)
 
 
 @get("/runs/{run_id:str}", name="run")

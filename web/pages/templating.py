@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import msgspec
 from litestar import Response, Router
 from litestar.enums import MediaType
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template import TemplateConfig
+from markupsafe import Markup
 
 from core.run import RunStatus, TaskStatus
 
@@ -52,6 +54,26 @@ def environment() -> jinja2.Environment:
     env.filters.update(ago=ago, duration=duration, when=when, progress=progress)
     env.globals.update(run_statuses=RUN_STATUSES)
     return env
+
+
+# Inside <script type="application/json"> nothing is unescaped by the browser, so the JSON
+# itself must not contain what could end the element or start markup: the characters below as
+# JSON escapes (what Jinja's `tojson` does too, but msgspec encodes a 2,000-task run ~10x faster).
+_SCRIPT_SAFE = str.maketrans(
+    {
+        "<": "\\u003c",
+        ">": "\\u003e",
+        "&": "\\u0026",
+        "'": "\\u0027",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
+
+
+def script_json(value: Any) -> Markup:
+    """`value` (msgspec structs included) as JSON safe to place inside a <script> element."""
+    return Markup(msgspec.json.encode(value).decode().translate(_SCRIPT_SAFE))  # noqa: S704
 
 
 def render(name: str, status_code: int = 200, **context: Any) -> Response[str]:
