@@ -53,7 +53,10 @@ async def task_log(
             break
     taken = bytes(data[:limit])
     # Never end inside a UTF-8 sequence: a character cut short comes whole with the next read.
-    taken = taken[: _whole_characters(taken)]
+    end = _whole_characters(taken)
+    if end == 0 and data:  # a page smaller than one character still moves on: that character
+        end = _whole_characters(bytes(data[:4])) or min(4, len(data))
+    taken = bytes(data[:end])
     return LogChunk(
         run_id=run_id,
         task_id=task_id,

@@ -1,0 +1,99 @@
+"""The SSE feeds: a run's changes once the read model applied them, every run's rows, resuming
+from a sequence, keep-alives, and clients removed when they go."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import pytest
+
+from tests.waiting import eventually
+from tests.web.api.helpers import Frame, ended, frame_where, start
+from web import live
+from web.live import LiveFeed
+
+if TYPE_CHECKING:
+    import httpx
+
+    from web.context import UiContext
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def test_a_run_stream_sends_each_change_after_it_is_applied(
+    client: httpx.AsyncClient, published: object
+) -> None:
+    run_id = await start(client, task="d")  # no orchestrator: it waits until cancelled
+    async with client.stream("GET", f"/api/v1/runs/{run_id}/stream") as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        cancel = await client.post(f"/api/v1/runs/{run_id}/cancel", json={"reason": "<b>é</b>"})
+        frame = await frame_where(r, lambda f: f.event == "change")
+    change = json.loads(frame.data)
+    assert frame.id == str(change["seq"]) == str(cancel.json()["seq"])
+    assert change["type"] == "RunCancelRequested"
+    assert change["run"]["run_id"] == run_id
+    assert change["run"]["cancel_requested"] is True  # the read model had applied it
+    assert change["run"]["cancel_reason"] == "<b>é</b>"
+    assert change["tasks"] == []
+
+
+async def test_a_run_is_followed_to_its_end_resuming_from_its_start(
+    client: httpx.AsyncClient, system: None
+) -> None:
+    run_id = await start(client, task="d")
+    async with client.stream(
+        "GET", f"/api/v1/runs/{run_id}/stream", headers={"Last-Event-ID": "0"}
+    ) as r:
+        seen: list[dict[str, object]] = []
+
+        def at_end(frame: Frame) -> bool:
+            seen.append(json.loads(frame.data))
+            return seen[-1]["type"] == "RunSucceeded"
+
+        await frame_where(r, at_end)
+    assert seen[0]["type"] == "RunScheduled"  # from the read model: what came before
+    seqs = [int(str(c["seq"])) for c in seen]
+    assert seqs == sorted(set(seqs))  # each event once, in order
+    started = [c for c in seen if c["type"] == "TaskStarted"]
+    assert {t["task_id"] for c in started for t in c["tasks"]} == {"a", "b", "c", "d"}  # type: ignore[attr-defined]
+    await ended(client, run_id)
+
+
+async def test_the_runs_stream_sends_every_changed_run(
+    client: httpx.AsyncClient, published: object
+) -> None:
+    async with client.stream("GET", "/api/v1/stream") as r:
+        run_id = await start(client, dag="diamond")
+        frame = await frame_where(r, lambda f: f.event == "run")
+    row = json.loads(frame.data)
+    assert (row["run_id"], row["kind"], row["status"]) == (run_id, "dag", "scheduled")
+    assert frame.id == str(row["last_seq"])
+
+
+async def test_keep_alives_and_clients_removed_when_they_go(
+    client: httpx.AsyncClient, ui: UiContext, published: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "KEEPALIVE_S", 0.05)
+    feed = ui.extras["live"]
+    assert isinstance(feed, LiveFeed)
+    run_id = await start(client, task="a")
+    async with client.stream("GET", f"/api/v1/runs/{run_id}/stream") as r:
+        frame = await frame_where(r, lambda f: bool(f.comments))
+        assert frame.comments == ("keep-alive",)
+        assert feed.clients == 1
+    await start(client, task="a")  # a change: the stream of the closed client ends
+
+    async def gone() -> bool | None:
+        return True if feed.clients == 0 else None
+
+    await eventually(gone, timeout=10, what="the closed client to be removed")
+
+
+async def test_the_stream_of_an_unknown_run_is_404(
+    client: httpx.AsyncClient, published: object
+) -> None:
+    r = await client.get("/api/v1/runs/nope/stream")
+    assert r.status_code == 404
+    assert r.json()["error"]["message"] == "no run 'nope'"
