@@ -13,6 +13,7 @@ from litestar.routes import HTTPRoute
 from projections.stores import open_read_model
 from tests.waiting import eventually
 from tests.web.api.helpers import ended, start
+from web import health
 from web.app import create_app, listening
 from web.context import UiContext
 
@@ -26,8 +27,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
 async def test_healthz_names_what_is_down(
-    client: httpx.AsyncClient, backplane: NatsBackplane, nats_server: EmbeddedNats
+    client: httpx.AsyncClient,
+    backplane: NatsBackplane,
+    nats_server: EmbeddedNats,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(health, "CHECK_TIMEOUT_S", 0.5)  # NATS down: no answer, sooner
     r = await client.get("/healthz")
     assert (r.status_code, r.json()["status"], r.json()["down"]) == (200, "ok", [])
 

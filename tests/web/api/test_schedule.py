@@ -4,16 +4,17 @@ rerun; bad bodies are 422 naming the field; text comes back as data, Unicode int
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
+from projections.memory import MemoryReadModel
 from services.nats import NatsBackplane
 from tests.rolekit import history
 from tests.web.api.helpers import ended, start
-
-if TYPE_CHECKING:
-    import httpx
+from web.api import common
+from web.app import create_app, listening
+from web.context import UiContext
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -146,3 +147,16 @@ async def test_cancel_a_run_that_waits(client: httpx.AsyncClient, published: obj
     assert r.json()["visible"] is True
     detail = (await client.get(f"/api/v1/runs/{run_id}")).json()
     assert detail["run"]["cancel_requested"] is True
+
+
+async def test_a_write_says_whether_the_read_model_shows_it_yet(
+    backplane: NatsBackplane, published: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "WRITE_VISIBLE_S", 0.2)
+    unfed = MemoryReadModel()  # no projector applies anything to it
+    app = create_app(UiContext(unfed, backplane))
+    async with listening(app, port=0) as url, httpx.AsyncClient(base_url=url) as client:
+        r = await client.post("/api/v1/runs", json={"task": "a"})
+    assert r.status_code == 201, r.text
+    assert r.json()["visible"] is False  # stored in the log, not shown yet: said so
+    assert await backplane.events.first_seq(r.json()["run_id"]) == r.json()["seq"]
