@@ -52,6 +52,7 @@ class RunScheduled(Event, frozen=True, kw_only=True):
     params: dict[str, str] = {}  # schedule-time overrides as given (`K` or `task.K`)
     trigger: str = "cli"
     idempotency_key: str | None = None
+    rerun_of: str | None = None  # the earlier run this one reruns (core/rerun.py)
 
 
 class TaskQueued(TaskEvent, frozen=True, kw_only=True):

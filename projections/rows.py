@@ -64,6 +64,7 @@ class OpenRun:
         "context_id",
         "counts",
         "idempotency_key",
+        "rerun_of",
         "scheduled_seq",
         "started_at",
         "state",
@@ -74,6 +75,7 @@ class OpenRun:
         self.scheduled_seq = scheduled_seq
         self.context_id = scheduled.context_id
         self.idempotency_key = scheduled.idempotency_key
+        self.rerun_of = scheduled.rerun_of
         self.counts = empty_counts()
         self.counts[PENDING] = len(state.tasks)
         self.started_at: dt.datetime | None = None
@@ -302,6 +304,7 @@ def run_row(run: OpenRun, seq: int) -> RunRow:
         trigger=s.trigger,
         context_id=run.context_id,
         idempotency_key=run.idempotency_key,
+        rerun_of=run.rerun_of,
         counts=dict(run.counts),
         tasks_total=len(s.tasks),
         failed_tasks=tuple(s.failed_tasks),

@@ -61,6 +61,7 @@ class RunRow(msgspec.Struct, kw_only=True, gc=False):
     trigger: str
     context_id: str | None = None
     idempotency_key: str | None = None
+    rerun_of: str | None = None  # the run this one reruns (RunScheduled.rerun_of)
     counts: dict[TaskStatus, int]
     tasks_total: int
     failed_tasks: tuple[str, ...] = ()

@@ -18,6 +18,7 @@ from core.definitions import Definitions
 from core.errors import Conflict, Invalid, NotFound
 from core.events import RunCancelRequested, RunScheduled
 from core.ids import check_run_id, new_run_id
+from core.rerun import UnknownTask, rerun_graph
 from core.run import RunState, fold
 from core.scheduling import plan_run
 
@@ -127,15 +128,19 @@ async def rerun(
     run_id: str,
     *,
     from_task: str | None = None,
+    from_failure: bool = False,
     run_as: str | None = None,
     trigger: str = "rerun",
 ) -> Scheduled:
     """Start a new run from an earlier run's own graph snapshot (not today's definitions: a
-    rerun repeats what ran). With `from_task`, only that task and everything downstream of it
-    run again; their dependencies outside that set count as done (they succeeded, or are
-    accepted as they were, in the earlier run). The earlier run may still be open.
+    rerun repeats what ran), linked to it by `rerun_of`; `core.rerun` says why a rerun is a new
+    run and not new attempts in the old one. The whole run by default; with `from_task`, that
+    task and everything downstream of it; with `from_failure`, every task that did not succeed,
+    reusing the results (the context, carried over) of those that did. Dependencies outside
+    what runs again count as done. The earlier run may still be open.
 
-    NotFound for an unknown run or task, Invalid for a bad run id, Conflict if it is taken.
+    NotFound for an unknown run or task; Invalid for a bad run id, both options at once, or a
+    rerun from failure of a run whose tasks all succeeded; Conflict if the run id is taken.
     """
     history = await events.history(run_id)
     if not history:
@@ -143,18 +148,16 @@ async def rerun(
     first = history[0][1]
     if not isinstance(first, RunScheduled):
         raise NotFound(f"run {run_id!r} has no RunScheduled event")
-    state = await load_run(events, run_id)
-    nodes = [task.node for task in state.tasks.values()]  # the snapshot, with extensions
-    if from_task is not None:
-        if from_task not in state.tasks:
-            known = ", ".join(sorted(state.tasks)[:10])
-            raise NotFound(f"run {run_id!r} has no task {from_task!r} (its tasks: {known})")
-        keep = _downstream(state, from_task)
-        nodes = [
-            msgspec.structs.replace(n, dependencies=tuple(d for d in n.dependencies if d in keep))
-            for n in nodes
-            if n.id in keep
-        ]
+    state: RunState | None = None
+    for _seq, event in history:
+        state = fold(state, event)
+    assert state is not None  # (its first event is a RunScheduled)
+    try:
+        graph = rerun_graph(state, from_task=from_task, from_failure=from_failure)
+    except UnknownTask as exc:
+        raise NotFound(str(exc)) from None
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
     now = dt.datetime.now(dt.UTC)
     entropy = os.urandom(16)
     if run_as is None:
@@ -164,25 +167,15 @@ async def rerun(
             new_id = check_run_id(run_as)
         except ValueError as exc:
             raise Invalid(str(exc)) from None
-    event = msgspec.structs.replace(
+    scheduled = msgspec.structs.replace(
         first,
         run_id=new_id,
         ts=now,
-        graph=tuple(nodes),
+        graph=graph,
         context=dict(state.context),  # with what evaluation points added
         trigger=trigger,
         idempotency_key=None,
+        rerun_of=run_id,
     )
-    seq = await events.schedule_run(event)
-    return Scheduled(run_id=new_id, seq=seq, tasks=len(event.graph), event=event)
-
-
-def _downstream(state: RunState, task_id: str) -> set[str]:
-    keep = {task_id}
-    stack = [task_id]
-    while stack:
-        for dependent in state.dependents.get(stack.pop(), ()):
-            if dependent not in keep:
-                keep.add(dependent)
-                stack.append(dependent)
-    return keep
+    seq = await events.schedule_run(scheduled)
+    return Scheduled(run_id=new_id, seq=seq, tasks=len(scheduled.graph), event=scheduled)

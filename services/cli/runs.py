@@ -1,7 +1,8 @@
 """`cyclonetix runs list|show|cancel|rerun`: list runs, look at one, stop it, or run it again.
 
 `list` reads the read model (services/read_model_client.py says which and how); `show`,
-`cancel` and `rerun` work from the event log.
+`cancel` and `rerun` work from the event log. A rerun is a new run linked to the earlier one
+(`core/rerun.py` says why), never new attempts in a run that may have ended.
 """
 
 from __future__ import annotations
@@ -93,13 +94,29 @@ def register(sub: Any) -> None:
     cancel.set_defaults(func=lambda args: run(cancel_run(args)))
     rerun = actions.add_parser(
         "rerun",
-        help="run a run again, or one task and everything downstream of it",
-        description="Start a new run from an earlier run's own graph snapshot (what ran then, "
-        "not today's definitions). With --from TASK only that task and the tasks downstream "
-        "of it run; their other dependencies count as done. Prints the new run id.",
+        help="run a run again: all of it, from its failure, or from one task",
+        description="Start a NEW run from an earlier run's own graph snapshot (what ran then, "
+        "not today's definitions) and its context, linked to it (rerun_of). The earlier run "
+        "stays as it was — its history is an immutable record and a run id is used once, so a "
+        "finished run is never re-opened — and the new one has its own id, status and "
+        "timeline. Without an option every task runs again. Prints the new run id.",
     )
     rerun.add_argument("run_id", metavar="RUN_ID")
-    rerun.add_argument("--from", dest="from_task", metavar="TASK", help="rerun from this task")
+    which = rerun.add_mutually_exclusive_group()
+    which.add_argument(
+        "--from-failure",
+        action="store_true",
+        help="run only the tasks that did not succeed (failed, skipped, cancelled, never ran); "
+        "those that succeeded are not run again and their results (the run's context) are "
+        "reused",
+    )
+    which.add_argument(
+        "--task",
+        dest="from_task",
+        metavar="T",
+        help="run task T and everything downstream of it; its other dependencies count as done",
+    )
+    which.add_argument("--from", dest="from_task", metavar="T", help=argparse.SUPPRESS)
     rerun.add_argument("--run-id", dest="new_run_id", metavar="ID", help="id of the new run")
     rerun.add_argument("--json", action="store_true", help='print {"run_id", "status"}')
     add_nats_option(rerun)
@@ -150,7 +167,11 @@ async def rerun_run(args: argparse.Namespace) -> int:
     backplane = await connect(args, "cyclonetix-cli")
     try:
         scheduled = await commands.rerun(
-            backplane.events, args.run_id, from_task=args.from_task, run_as=args.new_run_id
+            backplane.events,
+            args.run_id,
+            from_task=args.from_task,
+            from_failure=args.from_failure,
+            run_as=args.new_run_id,
         )
     finally:
         await backplane.close()

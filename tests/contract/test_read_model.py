@@ -104,11 +104,13 @@ Stores = Opened
 # -- streams ------------------------------------------------------------------------------------
 
 
-def run_log(rnd: random.Random, run_id: str) -> list[AnyEvent]:
+def run_log(rnd: random.Random, run_id: str, rerun_of: str | None = None) -> list[AnyEvent]:
     """One run's log from core's simulation, renamed; sometimes cut short (the run still open),
-    sometimes with a cancel request from someone."""
+    sometimes with a cancel request from someone; a rerun of `rerun_of` if given."""
     world = simulate(rnd.randrange(2**32), rnd.randint(1, 10), rnd.choice((0.0, 0.2, 0.5)), 120)
     log = [msgspec.structs.replace(e, run_id=run_id) for e in world.log]
+    if rerun_of is not None:
+        log[0] = msgspec.structs.replace(log[0], rerun_of=rerun_of)
     if rnd.random() < 0.2:
         at = rnd.randrange(1, len(log) + 1)
         log.insert(at, RunCancelRequested(run_id=run_id, ts=T0, reason="stop", by="alice"))
@@ -118,10 +120,16 @@ def run_log(rnd: random.Random, run_id: str) -> list[AnyEvent]:
 
 
 def stream(seed: int, runs: int) -> list[Entry]:
-    """Several runs interleaved, each in its own order; duplicates past the deduplication window,
-    unreadable entries (None) and a run never scheduled mixed in; sequences with gaps."""
+    """Several runs interleaved, each in its own order (every second one a rerun of the one
+    before it); duplicates past the deduplication window, unreadable entries (None) and a run
+    never scheduled mixed in; sequences with gaps."""
     rnd = random.Random(seed)
-    logs = [run_log(rnd, f"run-{seed % 1000}-{i}") for i in range(runs)]
+    # Every second run is a rerun of the one before it (chosen without drawing from `rnd`, so
+    # a seed gives the same stream as before reruns were linked).
+    logs = [
+        run_log(rnd, f"run-{seed % 1000}-{i}", f"run-{seed % 1000}-{i - 1}" if i % 2 else None)
+        for i in range(runs)
+    ]
     logs.append([TaskStarted(run_id="ghost", ts=T0, task_id="t0", attempt=1, agent_id="a")])
     merged: list[AnyEvent | None] = []
     cursors = [0] * len(logs)
@@ -196,6 +204,10 @@ async def all_runs(store: ReadModel, where: RunFilter, page: int) -> list[RunRow
 
 async def assert_agrees_with_core(store: ReadModel, entries: Sequence[Entry]) -> None:
     expected = replay(e for _, e in entries if e is not None)
+    first: dict[str, RunScheduled] = {}
+    for _, e in entries:
+        if isinstance(e, RunScheduled):
+            first.setdefault(e.run_id, e)
     assert await store.checkpoint() == entries[-1][0]
     runs = {r.run_id: r for r in await all_runs(store, RunFilter(), page=50)}
     assert set(runs) == set(expected)
@@ -209,6 +221,7 @@ async def assert_agrees_with_core(store: ReadModel, entries: Sequence[Entry]) ->
         assert row.tasks_total == len(state.tasks)
         assert row.failed_tasks == tuple(state.failed_tasks)
         assert (row.cancel_requested, row.ended_at) == (state.cancel_requested, state.ended_at)
+        assert row.rerun_of == first[run_id].rerun_of
         detail = await store.get_run(run_id)
         assert detail is not None
         assert [n.id for n in detail.graph] == list(state.tasks)
@@ -398,6 +411,43 @@ class ReadModelContract:
         [attempt] = await read_model.task_attempts("r1", "a")
         assert (attempt.status, attempt.reason) == ("cancelled", "cancelled")
         assert [e.seq for e in await read_model.recent_events("r1", 2)] == [3, 4, 5]
+
+    async def test_a_rerun_names_the_run_it_reruns_in_every_read(self, stores: Stores) -> None:
+        """`rerun_of` is kept through the run's later changes, by a cold cache too, and every
+        store reads back the rows the pure projection gives (the memory store keeps them as
+        they are)."""
+        events: list[AnyEvent] = [
+            scheduled("r1", node("a"), node("b", "a")),
+            queued("r1", "a"),
+            TaskFailed(run_id="r1", ts=T0, task_id="a", attempt=1, exit_code=3),
+            msgspec.structs.replace(
+                scheduled("r2", node("a"), node("b", "a"), trigger="rerun"), rerun_of="r1"
+            ),
+            queued("r2", "a"),
+        ]
+        store = await stores.open()
+        await store.apply_batch(list(enumerate(events[:4], start=1)))
+        restarted = await stores.open()  # a cold cache applies the rest
+        await restarted.apply_batch([(5, events[4])])
+        oracle = MemoryReadModel(MemoryTables())
+        await oracle.apply_batch(list(enumerate(events, start=1)))
+        for reader in (store, restarted):
+            page = await reader.list_runs(RunFilter())
+            assert [(r.run_id, r.rerun_of) for r in page.items] == [("r2", "r1"), ("r1", None)]
+            assert page == await oracle.list_runs(RunFilter())
+            reruns = await reader.list_runs(RunFilter(trigger="rerun"))
+            assert [(r.run_id, r.rerun_of) for r in reruns.items] == [("r2", "r1")]
+            for run_id in ("r1", "r2"):
+                detail, expected = await reader.get_run(run_id), await oracle.get_run(run_id)
+                assert detail is not None and expected is not None
+                assert detail.run == expected.run
+            detail = await reader.get_run("r2")
+            assert detail is not None
+            assert (detail.run.rerun_of, detail.run.status, detail.run.last_seq) == (
+                "r1",
+                RunStatus.RUNNING,
+                5,
+            )
 
     # -- lists ---------------------------------------------------------------------------------
 

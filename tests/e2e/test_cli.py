@@ -101,22 +101,95 @@ def test_rerun_a_finished_run_and_from_one_task(dev: Path) -> None:
     again = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", "--json", cwd=dev)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout) == {"run_id": "again-1", "status": "scheduled"}
-    part = cli("runs", "rerun", first["run_id"], "--from", "transform", cwd=dev)
+    part = cli("runs", "rerun", first["run_id"], "--task", "transform", cwd=dev)
     assert part.returncode == 0, part.stderr
     part_id = part.stdout.strip()
-    for run_id, tasks in (("again-1", set(first["tasks"])), (part_id, {"transform"})):
-        shown: dict[str, Any] = {}
-        deadline = time.monotonic() + 60
-        while shown.get("status") != "succeeded" and time.monotonic() < deadline:
-            shown = json.loads(cli("runs", "show", run_id, "--json", cwd=dev).stdout)
-        assert shown["status"] == "succeeded", shown
-        assert set(shown["tasks"]) == tasks
+    alias = cli("runs", "rerun", first["run_id"], "--from", "transform", "--run-id", "old", cwd=dev)
+    assert alias.returncode == 0, alias.stderr  # --from: the old spelling of --task
+    for run_id, tasks in (
+        ("again-1", set(first["tasks"])),
+        (part_id, {"transform"}),
+        ("old", {"transform"}),
+    ):
+        assert wait_for_end(dev, run_id) == {"run_id": run_id, "status": "succeeded"} | {
+            "tasks": dict.fromkeys(tasks, "succeeded")
+        }
+        # A new run linked to the earlier one, whose own history is untouched.
+        scheduled = first_event(dev, run_id)
+        assert (scheduled["rerun_of"], scheduled["trigger"]) == (first["run_id"], "rerun")
+    assert first_event(dev, first["run_id"])["rerun_of"] is None
+    shown = json.loads(cli("runs", "show", first["run_id"], "--json", cwd=dev).stdout)
+    assert shown == first
+    nothing = cli("runs", "rerun", first["run_id"], "--from-failure", cwd=dev)
+    assert nothing.returncode == 2
+    assert one_line_error(nothing).endswith(
+        f"run {first['run_id']!r} has nothing to rerun from failure: all its 2 tasks succeeded"
+    )
+    both = cli("runs", "rerun", first["run_id"], "--from-failure", "--task", "extract", cwd=dev)
+    assert both.returncode == 2
+    assert "argument --task: not allowed with argument --from-failure" in both.stderr
+    unknown = cli("runs", "rerun", first["run_id"], "--task", "zzz", cwd=dev)
+    assert unknown.returncode == 2
+    assert f"run {first['run_id']!r} has no task 'zzz' (its tasks: " in one_line_error(unknown)
     taken = cli("runs", "rerun", first["run_id"], "--run-id", "again-1", cwd=dev)
     assert taken.returncode == 1
     assert one_line_error(taken).endswith("run id 'again-1' is already taken; choose another")
     missing = cli("runs", "rerun", "no-such-run", cwd=dev)
     assert missing.returncode == 2
     assert one_line_error(missing).endswith("no run 'no-such-run'")
+
+
+def test_rerun_from_failure_runs_only_what_did_not_succeed(dev: Path, tmp_path: Path) -> None:
+    """A failed run, the cause fixed outside it, then a rerun from failure: the task that
+    succeeded is not run again, the failed one and the one it skipped run and succeed."""
+    folder = tmp_path / "defs"
+    (folder / "tasks").mkdir(parents=True)
+    fixed = tmp_path / "fixed"
+    for task_id, deps, command in (
+        ("prep", [], "echo prepared"),
+        ("flaky", ["prep"], 'test -f "$FIXED" || { echo "not fixed yet" >&2; exit 3; }'),
+        ("report", ["flaky"], "echo reported"),
+    ):
+        parameters = {"FIXED": str(fixed)}
+        spec = {"id": task_id, "command": command, "dependencies": deps, "parameters": parameters}
+        (folder / "tasks" / f"{task_id}.yaml").write_text(json.dumps(spec))  # (JSON is YAML)
+    failed = cli("schedule", "task", "report", "-d", str(folder), "--wait", "--json", cwd=dev)
+    assert failed.returncode == 1, failed.stderr
+    first = json.loads(failed.stdout)
+    assert first["tasks"] == {"prep": "succeeded", "flaky": "failed", "report": "skipped"}
+    fixed.touch()
+    done = cli("runs", "rerun", first["run_id"], "--from-failure", "--run-id", "ff-1", cwd=dev)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ff-1"
+    scheduled = first_event(dev, "ff-1")
+    assert scheduled["rerun_of"] == first["run_id"]
+    graph = [(n["id"], n["dependencies"]) for n in scheduled["graph"]]
+    assert graph == [("flaky", []), ("report", ["flaky"])]  # prep's success is reused
+    assert wait_for_end(dev, "ff-1") == {
+        "run_id": "ff-1",
+        "status": "succeeded",
+        "tasks": {"flaky": "succeeded", "report": "succeeded"},
+    }
+    # The earlier run is a record: it stays failed.
+    assert json.loads(cli("runs", "show", first["run_id"], "--json", cwd=dev).stdout) == first
+
+
+def wait_for_end(dev: Path, run_id: str, timeout: float = 60) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    while shown.get("status") not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, shown
+        shown = json.loads(cli("runs", "show", run_id, "--json", cwd=dev).stdout)
+    return shown
+
+
+def first_event(dev: Path, run_id: str) -> dict[str, Any]:
+    """The run's RunScheduled, as stored."""
+    events = cli("events", run_id, "--json", cwd=dev)
+    assert events.returncode == 0, events.stderr
+    first: dict[str, Any] = json.loads(events.stdout.splitlines()[0])
+    assert first["type"] == "RunScheduled"
+    return first
 
 
 def test_schedule_without_wait_and_a_dag_with_params(dev: Path) -> None:

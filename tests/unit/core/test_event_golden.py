@@ -75,7 +75,8 @@ GOLDEN: dict[str, str] = {
              "timeout_seconds": 30.0, "evaluation_point": true}
          ],
          "context": {"ENV": "prod"}, "context_id": "production",
-         "params": {"train.EPOCHS": "3"}, "trigger": "cli", "idempotency_key": null}
+         "params": {"train.EPOCHS": "3"}, "trigger": "rerun", "idempotency_key": null,
+         "rerun_of": "r-0000"}
     """,
     "TaskQueued": """
         {"type": "TaskQueued", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
@@ -178,6 +179,8 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
         context={"ENV": "prod"},
         context_id="production",
         params={"train.EPOCHS": "3"},
+        trigger="rerun",
+        rerun_of="r-0000",
     ),
     "TaskQueued": TaskQueued(run_id=RUN, ts=T0, task_id="extract", attempt=1, queue="default"),
     "TaskStarted": TaskStarted(
@@ -484,6 +487,15 @@ def test_every_stored_struct_is_lenient_and_records_every_value(
 def test_documents_written_before_defaults_were_recorded_decode_the_same(name: str) -> None:
     text, expected = LEGACY[name]
     assert decode_as(name, text) == expected
+
+
+def test_a_run_scheduled_written_before_rerun_of_existed_decodes_as_no_rerun() -> None:
+    document = json.loads(GOLDEN["RunScheduled"])
+    del document["rerun_of"]
+    event = decode(json.dumps(document).encode())
+    expected = EXPECTED["RunScheduled"]
+    assert isinstance(expected, RunScheduled)
+    assert event == msgspec.structs.replace(expected, rerun_of=None)
 
 
 def drive_to_the_end(state: RunState, *, fail_first: str = "") -> list[AnyEvent]:

@@ -8,7 +8,14 @@ import pytest
 
 from core.definitions import Definitions, TaskDef
 from core.errors import Conflict, Invalid, NotFound
-from core.events import RunCancelRequested, RunScheduled, RunSucceeded, TaskSucceeded
+from core.events import (
+    RunCancelRequested,
+    RunScheduled,
+    RunSucceeded,
+    TaskFailed,
+    TaskSucceeded,
+)
+from core.run import advance
 from services import commands
 from services.commands import ScheduleRequest
 from services.ports import RunExists
@@ -105,7 +112,9 @@ async def test_rerun_repeats_the_snapshot_not_todays_definitions(ports: MemoryBa
     assert isinstance(original, RunScheduled)
     assert again.event.graph == original.graph
     assert (again.event.kind, again.event.target, again.event.trigger) == ("outcome", "c", "rerun")
+    assert (again.event.rerun_of, original.rerun_of) == ("r", None)
     assert (await ports.events.history("r2"))[0][0] == again.seq
+    assert len(await ports.events.history("r")) == 1  # the earlier run's history is untouched
 
 
 async def test_rerun_from_a_task_takes_it_and_everything_downstream(ports: MemoryBackplane) -> None:
@@ -133,3 +142,67 @@ async def test_rerun_refuses_unknown_runs_tasks_and_taken_ids(ports: MemoryBackp
         await commands.rerun(ports.events, "r", run_as="r")
     with pytest.raises(Invalid, match="invalid run id"):
         await commands.rerun(ports.events, "r", run_as="bad id")
+
+
+async def test_rerun_from_failure_runs_what_did_not_succeed_and_reuses_the_rest(
+    ports: MemoryBackplane,
+) -> None:
+    await run_through(ports, "top", {"a": 0, "side": 0, "b": 1})
+    state = await commands.load_run(ports.events, "r")
+    assert state.status == "failed"
+    assert {t: s.status for t, s in state.tasks.items()} == {
+        "a": "succeeded",
+        "side": "succeeded",
+        "b": "failed",
+        "c": "skipped",
+        "top": "skipped",
+    }
+    again = await commands.rerun(ports.events, "r", from_failure=True, run_as="r2")
+    # b failed, c and top were skipped; a and side succeeded: their results are reused.
+    assert {n.id: n.dependencies for n in again.event.graph} == {
+        "b": (),
+        "c": ("b",),
+        "top": ("c",),
+    }
+    assert (again.run_id, again.tasks, again.event.rerun_of) == ("r2", 3, "r")
+    with pytest.raises(Invalid, match="not both"):
+        await commands.rerun(ports.events, "r", from_task="b", from_failure=True)
+
+
+async def test_rerun_from_failure_of_a_run_that_succeeded_is_refused(
+    ports: MemoryBackplane,
+) -> None:
+    await run_through(ports, "a", {"a": 0})
+    assert (await commands.load_run(ports.events, "r")).status == "succeeded"
+    with pytest.raises(Invalid, match="nothing to rerun from failure: all its 1 tasks succeeded"):
+        await commands.rerun(ports.events, "r", from_failure=True)
+    assert await ports.events.history("r2") == []
+
+
+async def run_through(ports: MemoryBackplane, target: str, exits: dict[str, int]) -> None:
+    """Run `r`, an outcome of `target`: each task of `exits` in turn ends its first attempt
+    with that exit code, and the orchestrator decides after each."""
+    await commands.schedule(
+        ports.events, DEFS, ScheduleRequest(kind="outcome", target=target, run_id="r")
+    )
+    ts = (await ports.events.history("r"))[0][1].ts
+    await settle(ports, "r")
+    for task_id, code in exits.items():
+        if code == 0:
+            await ports.events.append(TaskSucceeded(run_id="r", ts=ts, task_id=task_id, attempt=1))
+        else:
+            await ports.events.append(
+                TaskFailed(run_id="r", ts=ts, task_id=task_id, attempt=1, exit_code=code)
+            )
+        await settle(ports, "r")
+
+
+async def settle(ports: MemoryBackplane, run_id: str) -> None:
+    """Append what the orchestrator would decide about the run now, until it decides nothing."""
+    while True:
+        state = await commands.load_run(ports.events, run_id)
+        decisions = advance(state, state.scheduled_at)
+        if not decisions:
+            return
+        for event in decisions:
+            await ports.events.append(event)
