@@ -4,7 +4,10 @@ Every browser tab subscribes here, never to NATS (DESIGN §4: one hub per web pr
 tails `CX_EVENTS` from its live end through the EventLog port; for each event it waits (up to a
 second) until the read model has applied it, so that what a client is sent agrees with what a
 GET would answer, then hands a `RunChange` to the clients of that run and the `RunRow` to the
-clients of every run. Each SSE id is the stream sequence: a client that reconnects with
+clients of every run. When the log has more waiting (a burst), the events read so far are
+sent together after one read of each run they touch: its rows as of the burst's last event
+(a 2,000-task run does not cost a read per event). Each SSE id is the stream sequence: a
+client that reconnects with
 `Last-Event-ID` (or `?after_seq=`) is sent what it missed of its run from the read model first.
 
 A client that cannot keep up (its queue of changes full) is dropped; its browser reconnects and
@@ -42,6 +45,7 @@ KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a qui
 APPLY_WAIT_S = 1.0  # how long an event waits for the read model before it is sent anyway
 QUEUE_SIZE = 1000  # changes a client may lag behind before it is dropped
 BACKLOG_PAGE = 500
+BURST = 200  # events read from the log at most before their changes are sent
 
 
 class RunChange(msgspec.Struct, kw_only=True):
@@ -94,9 +98,14 @@ class LiveFeed:
                 if start is None:
                     start = await self.events.last_seq() + 1  # the live end: no history
                 self.ready.set()
-                async for seq, event, _pending in self.events.tail(from_seq=start, stop=stop):
+                burst: list[tuple[int, AnyEvent]] = []
+                async for seq, event, pending in self.events.tail(from_seq=start, stop=stop):
                     start = seq + 1
-                    await self._publish(seq, event)
+                    burst.append((seq, event))
+                    # A burst (the log had more waiting) reads each run once, not per event.
+                    if pending == 0 or len(burst) >= BURST:
+                        await self._publish(burst)
+                        burst = []
                 delays = backoff(0.2, 5.0)
             except Unavailable as exc:
                 log.warning("live.tail_unavailable", error=str(exc))
@@ -119,22 +128,29 @@ class LiveFeed:
             if not subs:
                 del self._by_run[sub.run_id]
 
-    async def _publish(self, seq: int, event: AnyEvent) -> None:
-        for listener in self.listeners:
-            listener(seq, event)
-        watchers = self._by_run.get(event.run_id, set())
-        if not (watchers or self._all):
-            return  # nobody listens: no read-model query
-        await self.read_model.wait_for(seq, self.apply_wait)
-        detail = await self.read_model.get_run(event.run_id)
-        if detail is None:
+    async def _publish(self, burst: list[tuple[int, AnyEvent]]) -> None:
+        """Once the read model applied the burst: each run's row to every-run clients (once
+        per run), and a change per event to the clients of its run."""
+        for seq, event in burst:
+            for listener in self.listeners:
+                listener(seq, event)
+        runs: dict[str, list[tuple[int, AnyEvent]]] = {}
+        for seq, event in burst:
+            if self._all or event.run_id in self._by_run:  # nobody listens: no query
+                runs.setdefault(event.run_id, []).append((seq, event))
+        if not runs:
             return
-        for sub in list(self._all):
-            self._offer(sub, seq, detail.run)
-        if watchers:
-            change = change_of(seq, event, detail)
-            for sub in list(watchers):
-                self._offer(sub, seq, change)
+        await self.read_model.wait_for(burst[-1][0], self.apply_wait)
+        for run_id, changes in runs.items():
+            detail = await self.read_model.get_run(run_id)
+            if detail is None:
+                continue
+            for sub in list(self._all):
+                self._offer(sub, changes[-1][0], detail.run)
+            for seq, event in changes:
+                change = change_of(seq, event, detail)
+                for sub in list(self._by_run.get(run_id, ())):
+                    self._offer(sub, seq, change)
 
     def _offer(self, sub: Subscription, seq: int, item: Item) -> None:
         try:
