@@ -68,17 +68,23 @@ def definitions(flag: Path) -> Definitions:
 
 
 @pytest.fixture
+async def published_ui(backplane: NatsBackplane, base_url: str, tmp_path: Path) -> str:
+    """The UI with the definitions published but nothing running them (pages and forms)."""
+    await backplane.definitions.put(definitions(tmp_path / "fixed"))
+    return base_url
+
+
+@pytest.fixture
 async def live_system(
-    backplane: NatsBackplane, base_url: str, tmp_path: Path
+    backplane: NatsBackplane, published_ui: str, tmp_path: Path
 ) -> AsyncIterator[str]:
     """The definitions published, an orchestrator and a real agent running; the UI's URL."""
-    await backplane.definitions.put(definitions(tmp_path / "fixed"))
 
     async def own() -> NatsBackplane:
         return await connect(backplane.url, name="orchestrator")
 
     async with running_orchestrator(own), running_agent(backplane.url, tmp_path):
-        yield base_url
+        yield published_ui
 
 
 @contextlib.asynccontextmanager

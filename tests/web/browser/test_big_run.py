@@ -10,6 +10,7 @@ import httpx
 
 from core.definitions import DagDef, DagTask, Definitions, TaskDef
 from services.nats import NatsBackplane
+from tests.web.browser.driving import expect
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -38,8 +39,6 @@ def big() -> Definitions:
 async def test_a_run_of_2000_tasks_is_interactive(
     page: Page, base_url: str, backplane: NatsBackplane
 ) -> None:
-    from playwright.async_api import expect
-
     await backplane.definitions.put(big())
     async with httpx.AsyncClient(base_url=base_url, timeout=30) as c:
         r = await c.post("/api/v1/runs", json={"dag": "big"})
@@ -52,7 +51,7 @@ async def test_a_run_of_2000_tasks_is_interactive(
     await page.wait_for_selector("#graph[data-ready=yes]", state="attached", timeout=30_000)
     at = await page.evaluate("() => window.cxRun.at('t20_25')")
     await page.mouse.click(at["x"], at["y"])
-    await expect(page.locator("#panel")).to_have_attribute("data-task", "t20_25", timeout=30_000)
+    await expect()(page.locator("#panel")).to_have_attribute("data-task", "t20_25", timeout=30_000)
     elapsed = time.monotonic() - started
     print(f"2,000-task run page interactive after {elapsed:.2f} s")
     statuses = await page.evaluate("() => window.cxRun.statuses()")

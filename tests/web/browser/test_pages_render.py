@@ -4,12 +4,11 @@ the static files (the pages' scripts, the vendored Cytoscape.js) are served."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import TYPE_CHECKING
 
 from core.definitions import Definitions, TaskDef
 from services.nats import NatsBackplane
+from tests.web.browser.driving import ended
 
 if TYPE_CHECKING:
     import httpx
@@ -17,24 +16,11 @@ if TYPE_CHECKING:
 EVIL = "<script>alert(1)</script>"
 
 
-async def _finished(
-    client: httpx.AsyncClient, run_id: str, timeout: float = 10
-) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        r = await client.get(f"/api/v1/runs/{run_id}")
-        if r.status_code == 200 and r.json()["run"]["status"] in ("succeeded", "failed"):
-            body: dict[str, object] = r.json()
-            return body
-        assert time.monotonic() < deadline, f"run {run_id} did not end: {r.text}"
-        await asyncio.sleep(0.05)
-
-
-async def test_every_page_renders(client: httpx.AsyncClient, system: None) -> None:
+async def test_every_page_renders(client: httpx.AsyncClient, base_url: str, system: None) -> None:
     r = await client.post("/api/v1/runs", json={"dag": "diamond"})
     assert r.status_code == 201, r.text
     run_id = r.json()["run_id"]
-    await _finished(client, run_id)
+    assert await ended(base_url, run_id) == "succeeded"
     for path in (
         "/",
         "/runs",

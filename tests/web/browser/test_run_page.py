@@ -9,81 +9,32 @@ Every wait is a condition with a deadline (Playwright's `expect` and `wait_for_f
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 
 from tests.web.browser.conftest import EVIL, UNICODE, artifact
+from tests.web.browser.driving import (
+    ALL_GREEN,
+    WAIT_MS,
+    click_node,
+    ended,
+    expect,
+    open_run,
+    run_status,
+    schedule,
+)
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
 pytestmark = pytest.mark.timeout(120)
 
-WAIT_MS = 15_000
-ALL_GREEN = (
-    "() => { const s = window.cxRun.statuses(); const v = Object.values(s);"
-    " return v.length > 0 && v.every(x => x === 'succeeded'); }"
-)
-
-
-def _expect() -> Any:
-    from playwright.async_api import expect
-
-    return expect
-
-
-async def schedule(base_url: str, body: dict[str, Any]) -> str:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as c:
-        r = await c.post("/api/v1/runs", json=body)
-        assert r.status_code == 201, r.text
-        run_id: str = r.json()["run_id"]
-        return run_id
-
-
-async def run_status(base_url: str, run_id: str) -> str:
-    async with httpx.AsyncClient(base_url=base_url, timeout=10) as c:
-        r = await c.get(f"/api/v1/runs/{run_id}")
-        status: str = r.json()["run"]["status"] if r.status_code == 200 else ""
-        return status
-
-
-async def ended(base_url: str, run_id: str, timeout: float = 20) -> str:
-    deadline = time.monotonic() + timeout
-    while (status := await run_status(base_url, run_id)) not in (
-        "succeeded",
-        "failed",
-        "cancelled",
-    ):
-        assert time.monotonic() < deadline, f"run {run_id} still {status!r}"
-        await _pause()
-    return status
-
-
-async def _pause() -> None:
-    import asyncio
-
-    await asyncio.sleep(0.1)
-
-
-async def open_run(page: Page, base_url: str, run_id: str) -> None:
-    await page.goto(f"{base_url}/runs/{run_id}")
-    await page.wait_for_selector("#graph[data-ready=yes]", state="attached", timeout=WAIT_MS)
-
-
-async def click_node(page: Page, node_id: str) -> None:
-    at = await page.evaluate("id => window.cxRun.at(id)", node_id)
-    await page.mouse.click(at["x"], at["y"])
-    await _expect()(page.locator("#panel")).to_have_attribute("data-task", node_id, timeout=WAIT_MS)
-
 
 async def test_schedule_the_diamond_from_the_form_and_watch_it_turn_green(
     page: Page, live_system: str
 ) -> None:
-    expect = _expect()
     await page.goto(f"{live_system}/dags/diamond")
     await page.click("#schedule-submit")
     await page.wait_for_url(re.compile(r"/runs/[^/]+$"), timeout=WAIT_MS)
@@ -94,73 +45,70 @@ async def test_schedule_the_diamond_from_the_form_and_watch_it_turn_green(
     assert set(first) == {"top", "left", "right", "bottom"}
     assert set(first.values()) != {"succeeded"}, "the run ended before the page showed it"
     await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
-    await expect(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
     assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
     await click_node(page, "bottom")
-    await expect(page.locator("#panel-log")).to_contain_text("bottom done", timeout=WAIT_MS)
-    await expect(page.locator("#panel-attempts tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    await expect()(page.locator("#panel-log")).to_contain_text("bottom done", timeout=WAIT_MS)
+    await expect()(page.locator("#panel-attempts tbody tr")).to_have_count(1, timeout=WAIT_MS)
     await page.screenshot(path=artifact("run.png"))
 
     await page.goto(f"{live_system}/runs/{run_id}/timeline")
-    await expect(page.locator("#gantt .gbar")).to_have_count(4)
+    await expect()(page.locator("#gantt .gbar")).to_have_count(4)
     await page.screenshot(path=artifact("timeline.png"))
     await page.goto(f"{live_system}/")
-    await expect(page.locator(f'#live-runs tr[data-run-id="{run_id}"]')).to_have_count(1)
+    await expect()(page.locator(f'#live-runs tr[data-run-id="{run_id}"]')).to_have_count(1)
     await page.screenshot(path=artifact("dashboard.png"))
 
 
-async def test_the_form_shows_a_bad_value_next_to_its_field(page: Page, live_system: str) -> None:
-    expect = _expect()
-    await page.goto(f"{live_system}/tasks/talker")
+async def test_the_form_shows_a_bad_value_next_to_its_field(page: Page, published_ui: str) -> None:
+    await page.goto(f"{published_ui}/tasks/talker")
     await page.fill("textarea[name=parameters]", "not a pair")
     await page.click("#schedule-submit")
-    await expect(page.locator('[data-error-for="parameters"]')).to_contain_text("KEY=value")
+    await expect()(page.locator('[data-error-for="parameters"]')).to_contain_text("KEY=value")
     await page.fill("textarea[name=parameters]", "1BAD=x")
     await page.click("#schedule-submit")
-    await expect(page.locator('[data-error-for="parameters"]')).not_to_be_empty(timeout=WAIT_MS)
+    await expect()(page.locator('[data-error-for="parameters"]')).not_to_be_empty(timeout=WAIT_MS)
     await page.fill("textarea[name=parameters]", "")
     await page.fill("input[name=run_id]", "bad id with spaces")
     await page.click("#schedule-submit")
-    await expect(page.locator('[data-error-for="run_id"]')).not_to_be_empty(timeout=WAIT_MS)
+    await expect()(page.locator('[data-error-for="run_id"]')).not_to_be_empty(timeout=WAIT_MS)
     assert "/tasks/talker" in page.url
 
 
 async def test_a_task_log_arrives_while_it_runs_and_markup_stays_text(
     page: Page, live_system: str
 ) -> None:
-    expect = _expect()
     run_id = await schedule(live_system, {"task": "talker"})
     await open_run(page, live_system, run_id)
     await click_node(page, "talker")
     log = page.locator("#panel-log")
-    await expect(log).to_contain_text("line 1:", timeout=WAIT_MS)
+    await expect()(log).to_contain_text("line 1:", timeout=WAIT_MS)
     # The first lines are shown while the command still runs (it prints six, 0.5 s apart).
     assert "line 6:" not in (await log.text_content() or "")
     assert await run_status(live_system, run_id) == "running"
-    await expect(log).to_contain_text("line 6:", timeout=WAIT_MS)
-    await expect(page.locator("#log-state")).to_have_text("(ended)", timeout=WAIT_MS)
+    await expect()(log).to_contain_text("line 6:", timeout=WAIT_MS)
+    await expect()(page.locator("#log-state")).to_have_text("(ended)", timeout=WAIT_MS)
     # Markup in the task's name, its parameters and its output is text, and Unicode round-trips.
     assert f"line 1: {EVIL} {UNICODE}" in (await log.text_content() or "")
     assert await page.locator("#panel-title").text_content() == f"Talker {EVIL} {UNICODE}"
     assert EVIL in (await page.locator("#panel-params").text_content() or "")
     assert await page.evaluate("window.pwned === undefined")
     await page.goto(f"{live_system}/tasks")
-    await expect(page.locator("#task-list")).to_contain_text(f"Talker {EVIL}")
+    await expect()(page.locator("#task-list")).to_contain_text(f"Talker {EVIL}")
     assert await page.evaluate("window.pwned === undefined")
 
 
 async def test_cancel_a_long_run(page: Page, live_system: str) -> None:
-    expect = _expect()
     run_id = await schedule(live_system, {"task": "sleeper"})
     await open_run(page, live_system, run_id)
     await page.wait_for_function(
         "() => window.cxRun.statuses().sleeper === 'running'", timeout=WAIT_MS
     )
     await page.click("#cancel")
-    await expect(page.locator("#cancel")).to_have_text("Really cancel?")
+    await expect()(page.locator("#cancel")).to_have_text("Really cancel?")
     await page.click("#cancel")
-    await expect(page.locator("#run-status .badge")).to_have_text("cancelled", timeout=WAIT_MS)
-    await expect(page.locator("#cancel")).to_be_disabled()
+    await expect()(page.locator("#run-status .badge")).to_have_text("cancelled", timeout=WAIT_MS)
+    await expect()(page.locator("#cancel")).to_be_disabled()
     await page.wait_for_function(
         "() => window.cxRun.statuses().sleeper === 'cancelled'", timeout=WAIT_MS
     )
@@ -169,29 +117,27 @@ async def test_cancel_a_long_run(page: Page, live_system: str) -> None:
 async def test_rerun_a_failed_run_once_its_task_is_fixed(
     page: Page, live_system: str, tmp_path: Path
 ) -> None:
-    expect = _expect()
     run_id = await schedule(live_system, {"task": "after_fragile"})
     assert await ended(live_system, run_id) == "failed"
     await open_run(page, live_system, run_id)
-    await expect(page.locator("#run-status .badge")).to_have_text("failed")
+    await expect()(page.locator("#run-status .badge")).to_have_text("failed")
     statuses = await page.evaluate("window.cxRun.statuses()")
     assert statuses == {"fragile": "failed", "after_fragile": "skipped"}
     (tmp_path / "fixed").touch()  # the fix: what the task checks for now exists
     await page.click("#rerun")
     await page.wait_for_url(re.compile(r"/runs/(?!" + re.escape(run_id) + r")[^/]+$"))
     await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
-    await expect(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
     await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
 
 
 async def test_the_history_slider_shows_earlier_colours(page: Page, live_system: str) -> None:
-    expect = _expect()
     run_id = await schedule(live_system, {"dag": "diamond"})
     assert await ended(live_system, run_id) == "succeeded"
     await open_run(page, live_system, run_id)
     await page.wait_for_function(ALL_GREEN)
     slider = page.locator("#history")
-    await expect(slider).to_be_enabled(timeout=WAIT_MS)
+    await expect()(slider).to_be_enabled(timeout=WAIT_MS)
     # Back to the second event (the first task queued): nothing has succeeded yet.
     await slider.evaluate("r => { r.value = '2'; r.dispatchEvent(new Event('input')); }")
     await page.wait_for_function(
@@ -199,6 +145,6 @@ async def test_the_history_slider_shows_earlier_colours(page: Page, live_system:
         " return s.top === 'queued' && s.bottom === 'pending'; }",
         timeout=WAIT_MS,
     )
-    await expect(page.locator("#history-label")).to_contain_text("event 2 of")
+    await expect()(page.locator("#history-label")).to_contain_text("event 2 of")
     await page.click("#history-live")
     await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)

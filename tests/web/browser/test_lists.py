@@ -1,0 +1,59 @@
+"""The runs list and the dashboard follow `/api/v1/stream` without a reload; the theme toggle
+is remembered; a rerun from one task runs that task and what is downstream of it only."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.web.browser.conftest import artifact
+from tests.web.browser.driving import WAIT_MS, click_node, ended, expect, open_run, schedule
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
+
+
+async def test_the_runs_list_updates_live(page: Page, live_system: str) -> None:
+    await page.goto(f"{live_system}/runs")
+    await page.evaluate("window.__sameDocument = true")
+    run_id = await schedule(live_system, {"dag": "diamond"})
+    row = page.locator(f'#live-runs tr[data-run-id="{run_id}"]')
+    await expect()(row).to_have_count(1, timeout=WAIT_MS)  # a new run appears on top
+    await expect()(row.locator(".badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    await expect()(row.locator(".progress-cell")).to_contain_text("4/4")
+    assert await page.evaluate("window.__sameDocument === true"), "the page was reloaded"
+    # Filtered by another status, the list does not take the run in.
+    await page.goto(f"{live_system}/runs?status=failed")
+    assert await page.locator("#live-runs tbody tr").count() == 0
+
+
+async def test_the_theme_toggle_is_remembered(page: Page, published_ui: str) -> None:
+    await page.emulate_media(color_scheme="light")
+    await page.goto(f"{published_ui}/")
+    html = page.locator("html")
+    assert await html.get_attribute("data-theme") is None  # the system's, until chosen
+    await page.click("#theme-toggle")
+    assert await html.get_attribute("data-theme") == "dark"
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    dark = await page.evaluate(background)
+    await page.goto(f"{published_ui}/runs")
+    assert await html.get_attribute("data-theme") == "dark"
+    assert await page.evaluate(background) == dark
+    await page.screenshot(path=artifact("runs-dark.png"))
+    await page.click("#theme-toggle")
+    assert await html.get_attribute("data-theme") == "light"
+    assert await page.evaluate(background) != dark
+
+
+async def test_rerun_from_one_task(page: Page, live_system: str, tmp_path: Path) -> None:
+    run_id = await schedule(live_system, {"task": "after_fragile"})
+    assert await ended(live_system, run_id) == "failed"
+    (tmp_path / "fixed").touch()
+    await open_run(page, live_system, run_id)
+    await click_node(page, "fragile")
+    await expect()(page.locator("#panel-attempts tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    await page.click("#rerun-task")
+    await page.wait_for_url(re.compile(r"/runs/(?!" + re.escape(run_id) + r")[^/#]+$"))
+    await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
+    await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
