@@ -6,9 +6,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from litestar import Litestar, get
+from litestar.response import Template
+from litestar.testing import TestClient
+
 from core.definitions import Definitions, TaskDef
 from services.nats import NatsBackplane
 from tests.web.browser.driving import ended
+from web.pages import template_config
 
 if TYPE_CHECKING:
     import httpx
@@ -83,3 +88,18 @@ async def test_static_files_are_served(client: httpx.AsyncClient) -> None:
     ):
         r = await client.get(path)
         assert r.status_code == 200, path
+
+
+def test_template_config_gives_an_app_the_pages_environment() -> None:
+    """`web.pages.template_config()` lets an app answer with Litestar's `Template` too, with
+    the pages' templates and autoescaping."""
+
+    @get("/teapot", sync_to_thread=False)
+    def teapot() -> Template:
+        return Template("error.html", context={"status": 418, "message": EVIL, "nav": ""})
+
+    with TestClient(Litestar([teapot], template_config=template_config())) as c:
+        r = c.get("/teapot")
+    assert r.status_code == 200
+    assert "&lt;script&gt;" in r.text
+    assert EVIL not in r.text
