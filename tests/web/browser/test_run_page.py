@@ -129,6 +129,7 @@ async def test_rerun_a_failed_run_once_its_task_is_fixed(
     await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
     await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
     await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
+    await expect()(page.locator("#rerun-of")).to_have_text(run_id)  # linked to the failed run
 
 
 async def test_the_history_slider_shows_earlier_colours(page: Page, live_system: str) -> None:
