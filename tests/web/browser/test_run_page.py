@@ -104,11 +104,13 @@ async def test_cancel_a_long_run(page: Page, live_system: str) -> None:
     await page.wait_for_function(
         "() => window.cxRun.statuses().sleeper === 'running'", timeout=WAIT_MS
     )
+    await expect()(page.locator("#live-state")).to_have_text("● live")
     await page.click("#cancel")
     await expect()(page.locator("#cancel")).to_have_text("Really cancel?")
     await page.click("#cancel")
     await expect()(page.locator("#run-status .badge")).to_have_text("cancelled", timeout=WAIT_MS)
     await expect()(page.locator("#cancel")).to_be_disabled()
+    await expect()(page.locator("#live-state")).to_have_text("")  # the run ended: stream closed
     await page.wait_for_function(
         "() => window.cxRun.statuses().sleeper === 'cancelled'", timeout=WAIT_MS
     )

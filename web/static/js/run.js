@@ -207,17 +207,37 @@
       });
     }
     showRun();
-    addEvent({ seq: c.seq, type: c.type, task_id: c.tasks.length ? c.tasks[0].task_id : null, ts: null });
+    addEvent({ seq: c.seq, type: c.type, task_id: c.tasks.length ? c.tasks[0].task_id : null, ts: when(c) });
     slider();
     if (selected && c.tasks.some(function (t) { return t.task_id === selected; })) openTask(selected, true);
   }
 
+  // The time of a change, from the row it changed (a change carries rows, not the event).
+  function when(c) {
+    var t = c.tasks.length ? c.tasks[0] : null;
+    if (/^Run(Succeeded|Failed|Cancelled)$/.test(c.type)) return c.run.ended_at;
+    if (!t) return null;
+    if (c.type === "TaskQueued") return t.queued_at;
+    if (c.type === "TaskStarted") return t.started_at;
+    if (/^Task(Succeeded|Failed|Cancelled|Skipped)$/.test(c.type)) return t.ended_at;
+    return null;
+  }
+
+  var source = null;
+  function liveState(text) { document.getElementById("live-state").textContent = text; }
+
   function listen() {
-    if (!window.EventSource) return;
+    if (!window.EventSource) { liveState("(no live updates in this browser)"); return; }
+    if (TERMINAL.indexOf(run.status) >= 0) { liveState(""); return; } // nothing more will come
     // Resume from the sequence the page was rendered at: nothing in between is missed. The
     // browser reconnects by itself (sending Last-Event-ID) after a dropped connection.
-    var source = new EventSource(base + "/stream?after_seq=" + detail.as_of_seq);
-    source.addEventListener("change", function (e) { onChange(JSON.parse(e.data)); });
+    source = new EventSource(base + "/stream?after_seq=" + detail.as_of_seq);
+    source.onopen = function () { liveState("● live"); };
+    source.onerror = function () { if (source) liveState("reconnecting…"); };
+    source.addEventListener("change", function (e) {
+      onChange(JSON.parse(e.data));
+      if (TERMINAL.indexOf(run.status) >= 0 && source) { source.close(); source = null; liveState(""); }
+    });
   }
 
   // -- the history slider ---------------------------------------------------------------------
