@@ -57,3 +57,20 @@ async def test_rerun_from_one_task(page: Page, live_system: str, tmp_path: Path)
     await page.wait_for_url(re.compile(r"/runs/(?!" + re.escape(run_id) + r")[^/#]+$"))
     await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
     await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+
+
+async def test_agents_and_queues_refresh_by_themselves(page: Page, live_system: str) -> None:
+    """The tables are rendered by the server, then refreshed from the API every 5 s (the
+    page's clock is driven by the test: no waiting for it)."""
+    await page.clock.install()
+    await page.goto(f"{live_system}/agents")
+    await expect()(page.locator("#agents tbody tr")).to_have_count(1)
+    assert await page.locator("#agents tr[data-agent]").count() == 0  # the server's rows
+    await page.clock.fast_forward(6000)
+    await expect()(page.locator("#agents tr[data-agent]")).to_have_count(1, timeout=WAIT_MS)
+    await expect()(page.locator("#agents tbody")).to_contain_text("default")
+    await page.goto(f"{live_system}/queues")
+    await page.clock.fast_forward(6000)
+    await expect()(page.locator('#queues tr[data-queue="default"]')).to_have_count(
+        1, timeout=WAIT_MS
+    )
