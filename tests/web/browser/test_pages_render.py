@@ -46,6 +46,9 @@ async def test_every_page_renders(client: httpx.AsyncClient, base_url: str, syst
         assert page.status_code == 200, (path, page.text[:500])
         assert page.headers["content-type"].startswith("text/html"), path
         assert "</html>" in page.text, path
+    dashboard = await client.get("/")
+    assert 'id="throughput"' in dashboard.text
+    assert "last hour: <b>4</b>" in dashboard.text  # the diamond's four tasks, seeded
     runs = await client.get("/runs")
     assert run_id in runs.text
     timeline = await client.get(f"/runs/{run_id}/timeline")
