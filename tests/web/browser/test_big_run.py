@@ -57,3 +57,11 @@ async def test_a_run_of_2000_tasks_is_interactive(
     statuses = await page.evaluate("() => window.cxRun.statuses()")
     assert len(statuses) == LAYERS * WIDTH
     assert elapsed < BUDGET_S, f"{elapsed:.1f} s to an interactive page of 2,000 tasks"
+    # Any task is found by its id, its panel opened and the graph centred on it.
+    await page.fill("#find-task", "t39_07")
+    await page.press("#find-task", "Enter")
+    await expect()(page.locator("#panel")).to_have_attribute("data-task", "t39_07")
+    at = await page.evaluate("() => window.cxRun.at('t39_07')")
+    box = await page.locator("#graph").bounding_box()
+    assert box is not None
+    assert abs(at["x"] - (box["x"] + box["width"] / 2)) < 5

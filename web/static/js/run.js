@@ -186,7 +186,7 @@
   function reload() {
     return cx.api("GET", base).then(function (r) {
       if (!r.ok) return;
-      detail = r.data; run = detail.run; index(detail); draw(); showRun();
+      detail = r.data; run = detail.run; index(detail); draw(); fillFinder(); showRun();
       if (viewing === null) colour(null); else showAt(viewing);
       if (selected && nodes[selected]) openTask(selected, true);
     });
@@ -407,6 +407,26 @@
   document.getElementById("panel-close").addEventListener("click", closePanel);
   document.addEventListener("keydown", function (e) { if (e.key === "Escape") closePanel(); });
 
+  // -- finding a task (a big graph's labels are not readable until zoomed in) ---------------
+
+  var find = document.getElementById("find-task");
+  function fillFinder() {
+    var list = document.getElementById("task-ids");
+    list.textContent = "";
+    detail.graph.forEach(function (n) { list.appendChild(el("option", { value: n.id }, n.name && n.name !== n.id ? n.name : null)); });
+  }
+  function goTo() {
+    var id = find.value.trim();
+    if (!nodes[id]) { find.classList.toggle("invalid", id !== ""); return; }
+    find.classList.remove("invalid");
+    openTask(id);
+    var node = cy.getElementById(id);
+    if (cy.zoom() < 0.8) cy.zoom({ level: 0.8, renderedPosition: node.renderedPosition() });
+    cy.center(node);
+  }
+  find.addEventListener("change", goTo);
+  find.addEventListener("keydown", function (e) { if (e.key === "Enter") goTo(); });
+
   // -- buttons --------------------------------------------------------------------------------
 
   function rerun(body) {
@@ -458,6 +478,7 @@
 
   index(detail);
   draw();
+  fillFinder();
   listen();
   loadEvents(0);
   var m = /^#task=(.+)$/.exec(window.location.hash);
