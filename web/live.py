@@ -7,8 +7,8 @@ GET would answer, then hands a `RunChange` to the clients of that run and the `R
 clients of every run. When the log has more waiting (a burst), the events read so far are
 sent together after one read of each run they touch: its rows as of the burst's last event
 (a 2,000-task run does not cost a read per event). Each SSE id is the stream sequence: a
-client that reconnects with
-`Last-Event-ID` (or `?after_seq=`) is sent what it missed of its run from the read model first.
+client that reconnects with `Last-Event-ID` (or `?after_seq=`) is sent what it missed of its
+run from the read model first.
 
 A client that cannot keep up (its queue of changes full) is dropped; its browser reconnects and
 resumes from its last id. A client that disconnects is removed when its stream ends.
