@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -115,18 +117,25 @@ async def listening(
         app, host=host, port=port, log_config=None, lifespan="on", access_log=False
     )
     server = _Server(config)
-    serving = asyncio.ensure_future(server.serve())
+    # The socket is bound here, not by uvicorn, which exits the process when it cannot bind.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise OSError(f"cannot listen on {host}:{port}: {why}") from None
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         while not server.started:  # uvicorn offers no event to wait on: a short poll
             if serving.done():
-                await serving  # its error, if it raised one
-                raise OSError(f"cannot listen on {host}:{port}")
+                await serving
+                raise OSError(f"the app on {host}:{port} did not start (see the log)")
             await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://{host}:{bound}"
+        yield f"http://{host}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         await serving
+        sock.close()
 
 
 async def serve(

@@ -83,7 +83,7 @@ def main(args: argparse.Namespace) -> int:
                 events_max_age=settings.events_max_age,
             )
         except OSError as exc:
-            raise CliError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+            raise CliError(str(exc)) from None  # the port is taken, or not an address here
 
     run(until_stopped(work))
     return 0

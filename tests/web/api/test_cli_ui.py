@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,4 +65,18 @@ def test_help_and_a_bad_read_model(tmp_path: Path) -> None:
     assert bad.stderr.strip().splitlines() == [
         "cyclonetix: error: not a read-model URL: ftp://x (use memory://, "
         "redis://host:port/db?prefix=P or postgresql://user@host:port/db)"
+    ]
+
+
+async def test_a_port_in_use_is_one_line(nats_url: str, tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = await asyncio.to_thread(
+            subprocess.run,
+            [*CLI, "ui", "--port", str(port), "--nats-url", nats_url, "--log-level", "ERROR"],
+            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"cyclonetix: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
