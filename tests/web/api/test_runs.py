@@ -12,6 +12,8 @@ from tests.web.api.helpers import ended, start
 if TYPE_CHECKING:
     import httpx
 
+    from web.context import UiContext
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
@@ -43,7 +45,7 @@ async def test_a_run_from_schedule_to_its_end(client: httpx.AsyncClient, system:
 
 
 async def test_states_at_a_sequence_are_the_run_as_it_stood(
-    client: httpx.AsyncClient, system: None
+    client: httpx.AsyncClient, system: None, ui: UiContext
 ) -> None:
     await start(client, task="a")  # (so the log holds events before the run's first)
     run_id = await start(client, task="d")
@@ -62,6 +64,7 @@ async def test_states_at_a_sequence_are_the_run_as_it_stood(
     assert middle["summary"]["tasks"]["a"] == "succeeded"
     assert middle["summary"]["tasks"]["d"] == "pending"
 
+    assert run_id in ui.extras["ended_histories"]  # an ended run's log is read once
     at_end = (await client.get(f"/api/v1/runs/{run_id}/states", params={"at_seq": last})).json()
     assert at_end["summary"]["status"] == "succeeded"
     assert at_end["events"] == len(events)
