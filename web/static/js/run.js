@@ -235,8 +235,11 @@
     source.onopen = function () { liveState("● live"); };
     source.onerror = function () { if (source) liveState("reconnecting…"); };
     source.addEventListener("change", function (e) {
-      onChange(JSON.parse(e.data));
-      if (TERMINAL.indexOf(run.status) >= 0 && source) { source.close(); source = null; liveState(""); }
+      var c = JSON.parse(e.data);
+      onChange(c);
+      // Closed after the run's own last event only: a change may carry the run's row as it is
+      // after a burst of events (already ended) while the burst's other changes still come.
+      if (/^Run(Succeeded|Failed|Cancelled)$/.test(c.type) && source) { source.close(); source = null; liveState(""); }
     });
   }
 
