@@ -109,6 +109,8 @@ class LiveFeed:
                 delays = backoff(0.2, 5.0)
             except Unavailable as exc:
                 log.warning("live.tail_unavailable", error=str(exc))
+            except Exception:  # a bug must not end live updates for good: logged, tried again
+                log.exception("live.feed_failed")
             if not stop.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), next(delays))
