@@ -1,14 +1,12 @@
-"""The runs list and the dashboard follow `/api/v1/stream` without a reload; the theme toggle
-is remembered; a rerun from one task runs that task and what is downstream of it only."""
+"""The lists keep themselves current: the runs list follows `/api/v1/stream` without a
+reload, the agents and queues tables refresh from the API; the theme toggle is remembered."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tests.web.browser.conftest import artifact
-from tests.web.browser.driving import WAIT_MS, click_node, ended, expect, open_run, schedule
+from tests.web.browser.driving import WAIT_MS, expect, schedule
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -44,19 +42,6 @@ async def test_the_theme_toggle_is_remembered(page: Page, published_ui: str) -> 
     await page.click("#theme-toggle")
     assert await html.get_attribute("data-theme") == "light"
     assert await page.evaluate(background) != dark
-
-
-async def test_rerun_from_one_task(page: Page, live_system: str, tmp_path: Path) -> None:
-    run_id = await schedule(live_system, {"task": "after_fragile"})
-    assert await ended(live_system, run_id) == "failed"
-    (tmp_path / "fixed").touch()
-    await open_run(page, live_system, run_id)
-    await click_node(page, "fragile")
-    await expect()(page.locator("#panel-attempts tbody tr")).to_have_count(1, timeout=WAIT_MS)
-    await page.click("#rerun-task")
-    await page.wait_for_url(re.compile(r"/runs/(?!" + re.escape(run_id) + r")[^/#]+$"))
-    await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
-    await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
 
 
 async def test_agents_and_queues_refresh_by_themselves(page: Page, live_system: str) -> None:

@@ -116,7 +116,7 @@ async def test_cancel_a_long_run(page: Page, live_system: str) -> None:
     )
 
 
-async def test_rerun_a_failed_run_once_its_task_is_fixed(
+async def test_rerun_a_failed_run_and_from_one_task_once_it_is_fixed(
     page: Page, live_system: str, tmp_path: Path
 ) -> None:
     run_id = await schedule(live_system, {"task": "after_fragile"})
@@ -132,6 +132,16 @@ async def test_rerun_a_failed_run_once_its_task_is_fixed(
     await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
     await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
     await expect()(page.locator("#rerun-of")).to_have_text(run_id)  # linked to the failed run
+
+    # Rerun from one task of the failed run: that task and what is downstream of it run again.
+    await open_run(page, live_system, run_id)
+    await click_node(page, "fragile")
+    await expect()(page.locator("#panel-attempts tbody tr")).to_have_count(1, timeout=WAIT_MS)
+    await page.click("#rerun-task")
+    await page.wait_for_url(re.compile(r"/runs/(?!" + re.escape(run_id) + r")[^/#]+$"))
+    await page.wait_for_selector("#graph[data-ready=yes]", state="attached")
+    await expect()(page.locator("#run-status .badge")).to_have_text("succeeded", timeout=WAIT_MS)
+    await page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
 
 
 async def test_the_history_slider_shows_earlier_colours(page: Page, live_system: str) -> None:
