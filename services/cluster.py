@@ -79,6 +79,9 @@ class LocalCluster:
     # Given: a projector role keeps this read model up to date; for memory:// it also answers
     # queries over NATS (the store lives in that process: services/read_model_client.py).
     read_model: str | None = None
+    # Given: a `ui` role serves the web UI on this port (127.0.0.1). With a memory:// read
+    # model it holds the store itself (and answers the queries): no projector role then.
+    ui_port: int | None = None
     roles: list[Role] = field(default_factory=list)
     nats: EmbeddedNats | None = None
     stopping: bool = False
@@ -105,6 +108,8 @@ class LocalCluster:
             await self._wait_for_agents(backplane.agents)
             if self.read_model is not None and is_memory(self.read_model):
                 await self._wait_for_queries(backplane)
+            if self.ui_port is not None:
+                await self._wait_for_ui()
         self.supervisor = asyncio.ensure_future(self._supervise())
         return self.nats_url
 
@@ -122,12 +127,28 @@ class LocalCluster:
                 argv += ["--queue", queue]
             argv += list(self.agent_args)
             self.roles.append(Role(f"agent-{i + 1}", argv))
-        if self.read_model is not None:
+        read_model = self.read_model
+        held_by_ui = self.ui_port is not None and (read_model is None or is_memory(read_model))
+        if read_model is not None and not held_by_ui:
             argv = [*cli, "projector", "--nats-url", self.nats_url]
-            argv += ["--log-format", self.log_format, "--read-model", self.read_model]
-            if is_memory(self.read_model):
+            argv += ["--log-format", self.log_format, "--read-model", read_model]
+            if is_memory(read_model):
                 argv.append("--serve-queries")
             self.roles.append(Role("projector", argv))
+        if self.ui_port is not None:
+            argv = [*cli, "ui", "--nats-url", self.nats_url, "--log-format", self.log_format]
+            argv += ["--port", str(self.ui_port), "--read-model", read_model or "memory://"]
+            if held_by_ui:
+                argv.append("--serve-queries")
+            self.roles.append(Role("ui", argv))
+
+    @property
+    def ui_url(self) -> str | None:
+        return None if self.ui_port is None else f"http://127.0.0.1:{self.ui_port}"
+
+    def _query_server(self) -> Role:
+        """The role that holds a memory store and answers its queries."""
+        return next(r for r in self.roles if r.name in ("projector", "ui"))
 
     async def _spawn(self, role: Role) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -167,16 +188,33 @@ class LocalCluster:
                 await queries.checkpoint()
                 return
             except Unavailable:
-                projector = self.role("projector").process
-                if projector is not None and projector.returncode is not None:
-                    raise RuntimeError(
-                        f"projector exited with code {projector.returncode}"
-                    ) from None
+                server = self._query_server()
+                self._check_alive(server)
                 if time.monotonic() > deadline:
                     raise RuntimeError(
-                        f"the projector did not answer within {timeout:.0f}s"
+                        f"the {server.name} did not answer within {timeout:.0f}s"
                     ) from None
                 await asyncio.sleep(0.05)
+
+    async def _wait_for_ui(self, timeout: float = 30.0) -> None:
+        """Until the web UI answers /healthz (NATS and its read model reachable)."""
+        import httpx  # (litestar's own dependency; only dev and tests start a UI)
+
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{self.ui_url}/healthz")).status_code == 200:
+                        return
+                self._check_alive(self.role("ui"))
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the web UI did not answer within {timeout:.0f}s")
+                await asyncio.sleep(0.05)
+
+    @staticmethod
+    def _check_alive(role: Role) -> None:
+        if role.process is not None and role.process.returncode is not None:
+            raise RuntimeError(f"{role.name} exited with code {role.process.returncode}")
 
     async def _supervise(self) -> None:
         """A role that dies is started again: its state comes back from the log."""
@@ -211,13 +249,13 @@ class LocalCluster:
 
     async def stop(self) -> None:
         """Agents first (they finish or hand back their work), then the orchestrator (it decides
-        what their results call for), then the projector (it applies what the orchestrator
-        wrote last), then NATS; each role gets SIGTERM and its grace."""
+        what their results call for), then the projector and the UI (they apply what the
+        orchestrator wrote last), then NATS; each role gets SIGTERM and its grace."""
         self.stopping = True
         if self.supervisor is not None:
             self.supervisor.cancel()
         agents = [r for r in self.roles if r.name.startswith("agent")]
-        readers = [r for r in self.roles if r.name.startswith("projector")]
+        readers = [r for r in self.roles if r.name in ("projector", "ui")]
         others = [r for r in self.roles if r not in agents and r not in readers]
         timeout = self.shutdown_grace + STOP_MARGIN_S
         for group in (agents, others, readers):

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib.metadata import PackageNotFoundError, version
 
 import structlog
@@ -29,7 +29,7 @@ from litestar.openapi import OpenAPIConfig
 from projections.protocol import ReadModel
 from projections.stores import open_read_model
 from services.nats import connect
-from services.ports import EventLog
+from services.ports import Backplane, EventLog
 from services.projector import Projector
 from web import api, pages
 from web.context import UiContext, provide_ui
@@ -41,6 +41,9 @@ from web.metrics import Metrics, metrics
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "listening", "projecting", "serve"]
 
 log = structlog.get_logger("cyclonetix.web")
+
+Beside = Callable[[Backplane, ReadModel, asyncio.Event], Awaitable[None]]
+"""Work a `serve` runs next to the app (see `serve`)."""
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8420
@@ -149,12 +152,15 @@ async def serve(
     replicas: int = 1,
     events_max_age: float = 0.0,
     debug: bool = False,
+    beside: Beside | None = None,
 ) -> None:
     """Serve the UI and the API until `stop` is set.
 
     Connects to NATS, opens the read model at `read_model_url`; a `memory://` store (or the
     `nats+memory://` that `dev` records) is held by this process, which then runs a projector
     into it. `started(url)` is called once the socket listens (`port=0`: any free port).
+    `beside(backplane, store, stop)` runs alongside while serving (`cyclonetix ui
+    --serve-queries`: answering the CLI's read-model queries from this process's store).
     """
     backplane = await connect(
         nats_url, name="cyclonetix-ui", replicas=replicas, events_max_age=events_max_age
@@ -167,9 +173,16 @@ async def serve(
             app = create_app(UiContext(store, backplane, nats_url=backplane.url), debug=debug)
             async with listening(app, host, port) as url:
                 log.info("ui.listening", url=url)
+                alongside = (
+                    None
+                    if beside is None
+                    else asyncio.ensure_future(beside(backplane, store, stop))
+                )
                 if started is not None:
                     started(url)
                 await stop.wait()
+                if alongside is not None:
+                    await alongside
     finally:
         await store.close()
         await backplane.close()

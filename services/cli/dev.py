@@ -1,8 +1,9 @@
 """`cyclonetix dev`: the whole system on this machine, in one command.
 
 Starts an embedded NATS server (data in ./.cyclonetix/), publishes the definitions, and runs
-the orchestrator, agents and a projector (into --read-model, memory:// by default) as separate
-processes whose logs share this console. Records where it runs (NATS, the read model) in
+the orchestrator, agents and the web UI (which holds a memory:// read model; another store gets
+a projector process) as separate processes whose logs share this console. Records where it
+runs (NATS, the read model, the UI's URL) in
 ./.cyclonetix/runtime.json so other commands in this folder find it. Ctrl-C stops
 everything cleanly and in order (services.cluster: agents, which finish or hand back their
 running tasks within the shutdown grace, then the orchestrator, then NATS); a second Ctrl-C
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from projections.stores import SCHEMES, open_read_model
 from services.cli.common import (
     add_shutdown_grace_option,
     load_definitions_or_fail,
+    port_number,
     run,
     shutdown_grace,
     until_stopped,
@@ -44,7 +47,7 @@ COLOURS = ("\033[36m", "\033[35m", "\033[33m", "\033[32m", "\033[34m", "\033[31m
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "dev",
-        help="run everything locally: NATS, orchestrator, agents, projector",
+        help="run everything locally: NATS, orchestrator, agents, web UI",
         description="Run the whole system on this machine with an embedded NATS server. "
         "Without --definitions it runs the examples in infra/examples/.",
     )
@@ -56,7 +59,13 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="definitions folder (default: $CYCLONETIX_DEFINITIONS, else the bundled examples)",
     )
-    parser.add_argument("--port", type=int, default=8420, help="web UI port (default 8420)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=8420,
+        help="web UI port on 127.0.0.1 (default 8420; 0: a free one)",
+    )
+    parser.add_argument("--no-ui", action="store_true", help="run without the web UI")
     parser.add_argument("--agents", type=int, default=2, help="agent processes (default 2)")
     parser.add_argument(
         "--concurrency", type=int, default=4, help="tasks each agent runs at once (default 4)"
@@ -78,8 +87,9 @@ def register(sub: Any) -> None:
         "--read-model",
         default="memory://",
         metavar="URL",
-        help=f"the read model a projector keeps up to date: {SCHEMES} (default memory://, "
-        "held by the projector and read over NATS); recorded in runtime.json for 'runs list'",
+        help=f"the read model the UI reads: {SCHEMES} (default memory://, held by the UI "
+        "process and read over NATS by 'runs list'; any other store gets a projector "
+        "process); recorded in runtime.json",
     )
     add_shutdown_grace_option(
         parser, "how long the agents' running tasks may finish (given to every role)"
@@ -126,18 +136,25 @@ def main(args: argparse.Namespace) -> int:
             printer=printer,
             shutdown_grace=grace,
             read_model=args.read_model,
+            ui_port=None if args.no_ui else args.port or _free_port(),
         )
         try:
             url = await cluster.start()
             read_model = recorded_url(args.read_model)
             write_runtime_info(
-                args.data_dir, nats_url=url, ui_url=None, pid=os.getpid(), read_model=read_model
+                args.data_dir,
+                nats_url=url,
+                ui_url=cluster.ui_url,
+                pid=os.getpid(),
+                read_model=read_model,
             )
             printer("dev", f"NATS at {url}; data in {args.data_dir.resolve()}")
+            if cluster.ui_url is not None:
+                printer("dev", f"web UI at {cluster.ui_url}")
             where = urlsplit(args.read_model)
             printer(
                 "dev",
-                f"projector into {where.scheme}://{where.hostname or where.path or ''}; "
+                f"read model {where.scheme}://{where.hostname or where.path or ''}; "
                 "try: cyclonetix runs list",
             )
             printer(
@@ -161,3 +178,11 @@ def main(args: argparse.Namespace) -> int:
 
     run(until_stopped(serve, kill))
     return 0
+
+
+def _free_port() -> int:
+    """A port nothing listens on now (the UI process binds it a moment later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

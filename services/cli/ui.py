@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from projections.stores import SCHEMES, open_read_model
 from services.cli.common import (
@@ -12,12 +12,19 @@ from services.cli.common import (
     add_nats_option,
     configure_role_logging,
     nats_url,
+    port_number,
     run,
     until_stopped,
 )
 from services.cli.main import CliError
+from services.nats.queries import serve_read_model
 from services.read_model_client import READ_MODEL_ENV, NoReadModel, resolve_read_model_url
 from services.settings import load_settings
+
+if TYPE_CHECKING:
+    from projections.protocol import ReadModel
+    from services.nats import NatsBackplane
+    from services.ports import Backplane
 
 
 def register(sub: Any) -> None:
@@ -32,7 +39,10 @@ def register(sub: Any) -> None:
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
     parser.add_argument(
-        "--port", type=_port, default=8420, help="port to listen on (default 8420; 0: any free)"
+        "--port",
+        type=port_number,
+        default=8420,
+        help="port to listen on (default 8420; 0: any free)",
     )
     parser.add_argument(
         "--read-model",
@@ -40,19 +50,15 @@ def register(sub: Any) -> None:
         help=f"the store to read: {SCHEMES} (default: ${READ_MODEL_ENV}, else the one "
         "'cyclonetix dev' recorded, else memory://)",
     )
+    parser.add_argument(
+        "--serve-queries",
+        action="store_true",
+        help="with a memory:// read model, also answer read-model queries over NATS from this "
+        "process's store (what 'cyclonetix dev' does, so 'runs list' reads the UI's store)",
+    )
     add_nats_option(parser)
     add_log_options(parser)
     parser.set_defaults(func=main)
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {value}")
-    return value
 
 
 def read_model_url(args: argparse.Namespace) -> str:
@@ -81,9 +87,15 @@ def main(args: argparse.Namespace) -> int:
                 started=lambda where: print(f"cyclonetix ui: {where}", flush=True),
                 replicas=settings.stream_replicas,
                 events_max_age=settings.events_max_age,
+                beside=_answer_queries if args.serve_queries else None,
             )
         except OSError as exc:
             raise CliError(str(exc)) from None  # the port is taken, or not an address here
 
     run(until_stopped(work))
     return 0
+
+
+async def _answer_queries(backplane: Backplane, store: ReadModel, stop: asyncio.Event) -> None:
+    # (connect() gives the NATS backplane, whose connection answers the queries)
+    await serve_read_model(cast("NatsBackplane", backplane).connection, store, stop)

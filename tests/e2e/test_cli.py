@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import child_env, from_the_caller
@@ -48,7 +49,11 @@ def running_dev(tmp_path: Path, *options: str) -> Iterator[Path]:
     env = child_env(PYTHONPATH=str(EXAMPLES.parents[1]))
     log = (tmp_path / "dev.log").open("w")
     proc = subprocess.Popen(
-        [*CLI, "dev", *options], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
+        [*CLI, "dev", "--port", "0", *options],
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     runtime = tmp_path / ".cyclonetix" / "runtime.json"
     deadline = time.monotonic() + 60
@@ -91,6 +96,25 @@ def test_dev_then_schedule_wait_json_succeeds(dev: Path) -> None:
     assert "RunScheduled" in lines[0] and "RunSucceeded" in lines[-1]
     logs = cli("logs", result["run_id"], "train_model", cwd=dev)
     assert "training" in logs.stdout
+
+
+def test_dev_serves_the_web_ui_over_the_store_runs_list_reads(dev: Path) -> None:
+    """`dev` starts the UI (its URL in runtime.json); the UI process holds the memory store,
+    which `runs list` reads too, and its API shows what the CLI scheduled."""
+    ui_url = json.loads((dev / ".cyclonetix" / "runtime.json").read_text())["ui_url"]
+    assert httpx.get(f"{ui_url}/healthz", timeout=10).status_code == 200
+    done = json.loads(cli("schedule", "task", "transform", "--wait", "--json", cwd=dev).stdout)
+    listed = cli("runs", "list", "--json", cwd=dev)
+    assert done["run_id"] in listed.stdout, listed.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        run = httpx.get(f"{ui_url}/api/v1/runs/{done['run_id']}", timeout=10)
+        if run.status_code == 200 and run.json()["run"]["status"] == "succeeded":
+            break
+        assert time.monotonic() < deadline, run.text
+        time.sleep(0.05)
+    page = httpx.get(f"{ui_url}/runs/{done['run_id']}", timeout=10)
+    assert page.status_code == 200 and done["run_id"] in page.text
 
 
 def test_rerun_a_finished_run_and_from_one_task(dev: Path) -> None:

@@ -37,7 +37,7 @@ class Dev:
         self.log_file = folder / f"dev-{len(list(folder.glob('dev-*.log')))}.log"
         with self.log_file.open("wb") as out:
             self.proc = subprocess.Popen(
-                [*CLI, "dev", "-d", "defs", "--agents", "1", *args],
+                [*CLI, "dev", "-d", "defs", "--agents", "1", "--port", "0", *args],
                 cwd=folder,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -131,7 +131,7 @@ async def test_dev_stops_agents_then_the_orchestrator_then_nats_and_a_running_ta
     finally:
         dev.proc.kill()
     assert "grace_seconds=120.0" in dev.log  # the flag reached the agent
-    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "ui", "nats"]
     events = await stored_history(folder, run_id)
     done = [e for e in events if isinstance(e, TaskSucceeded)]
     assert [d.output_tail for d in done] == ["finished\n"]
@@ -155,7 +155,7 @@ async def test_a_task_still_running_after_the_grace_is_handed_back(folder: Path)
         dev.proc.kill()
     assert "grace_seconds=0.5" in dev.log
     assert "task.handed_back" in dev.log
-    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "ui", "nats"]
 
     (folder / "go").touch()
     again = Dev(folder)
@@ -187,6 +187,6 @@ async def test_a_second_signal_cuts_the_grace_short(folder: Path) -> None:
     finally:
         dev.proc.kill()
     assert "task.handed_back" in dev.log
-    assert dev.stop_order() == ["agent-1", "orchestrator", "projector", "nats"]
+    assert dev.stop_order() == ["agent-1", "orchestrator", "ui", "nats"]
     events = await stored_history(folder, run_id)
     assert not any(isinstance(e, TaskSucceeded) for e in events)

@@ -61,7 +61,11 @@ def test_the_wheel_installed_elsewhere_runs_dev_and_an_outcome(tmp_path: Path) -
     with log_path.open("w") as log:
         env = installed_env()
         dev = subprocess.Popen(
-            [cyclonetix, "dev"], cwd=empty, stdout=log, stderr=subprocess.STDOUT, env=env
+            [cyclonetix, "dev", "--port", "0"],
+            cwd=empty,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         try:
             runtime = empty / ".cyclonetix" / "runtime.json"
