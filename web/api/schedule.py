@@ -39,9 +39,11 @@ class CancelBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class RerunBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """`from_task`: only that task and everything downstream of it run again."""
+    """`from_task`: only that task and everything downstream of it run again; `from_failure`:
+    only the tasks that did not succeed (the succeeded ones' results are reused)."""
 
     from_task: str | None = None
+    from_failure: bool = False
     run_id: str | None = None  # the new run's id (default: a fresh one)
 
 
@@ -118,10 +120,15 @@ async def cancel_run(
 async def rerun_run(
     run_id: FromPath[str], ui: NamedDependency[UiContext], data: JSONBody[RerunBody | None] = None
 ) -> Written:
-    """201 with the new run's id; with `from_task`, that task and its dependents only."""
+    """201 with the new run's id; with `from_task`, that task and its dependents only; with
+    `from_failure`, the tasks that did not succeed."""
     body = data or RerunBody()
     scheduled = await commands.rerun(
-        ui.backplane.events, run_id, from_task=body.from_task, run_as=body.run_id
+        ui.backplane.events,
+        run_id,
+        from_task=body.from_task,
+        from_failure=body.from_failure,
+        run_as=body.run_id,
     )
     return await _written(ui, scheduled)
 

@@ -137,6 +137,10 @@ async def test_cancel_and_rerun(client: httpx.AsyncClient, system: None) -> None
     r = await client.post(f"/api/v1/runs/{run_id}/rerun", json={"from_task": "zzz"})
     assert r.status_code == 404
     assert "zzz" in r.json()["error"]["message"]
+    # Nothing failed: a rerun from failure has nothing to run (422, one clear line).
+    r = await client.post(f"/api/v1/runs/{run_id}/rerun", json={"from_failure": True})
+    assert r.status_code == 422, r.text
+    assert "has nothing to rerun from failure" in r.json()["error"]["message"]
 
 
 async def test_cancel_a_run_that_waits(client: httpx.AsyncClient, published: object) -> None:
