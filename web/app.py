@@ -123,7 +123,17 @@ async def listening(
     # The socket is bound here, not by uvicorn, which exits the process when it cannot bind.
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), family=family)
+        # IPPROTO_TCP named: asyncio sets TCP_NODELAY on accepted connections only when the
+        # listening socket says it is TCP (create_server leaves proto 0), and without it a
+        # keep-alive response waits ~40 ms for the client's delayed ack.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(2048)
+        except OSError:
+            sock.close()
+            raise
     except OSError as exc:
         why = os.strerror(exc.errno) if exc.errno else str(exc)
         raise OSError(f"cannot listen on {host}:{port}: {why}") from None
