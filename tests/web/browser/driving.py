@@ -12,7 +12,7 @@ from tests.waiting import eventually
 if TYPE_CHECKING:
     from playwright.async_api import Page
 
-WAIT_MS = 15_000  # Playwright's deadline for anything the UI should show
+WAIT_MS = 30_000  # Playwright's deadline for anything the UI should show (generous: CI is loaded)
 ENDED = ("succeeded", "failed", "cancelled")
 ALL_GREEN = (
     "() => { const s = window.cxRun.statuses(); const v = Object.values(s);"
@@ -43,7 +43,7 @@ async def run_status(base_url: str, run_id: str) -> str:
         return status
 
 
-async def ended(base_url: str, run_id: str, timeout: float = 20) -> str:
+async def ended(base_url: str, run_id: str, timeout: float = 60) -> str:
     """The run's final status, once it has one."""
 
     async def final() -> str | None:
