@@ -457,7 +457,7 @@ class Agent:
                     return seq
             except Conflict:
                 continue  # someone appended after the read: judge again
-            except (HeldElsewhere, NotCurrent):
+            except NotCurrent:  # (HeldElsewhere too): a judgement, not a failure
                 raise
             except Exception as exc:  # NATS away, or a rejection we do not know
                 if self.backplane.closed or loop.time() >= deadline:
