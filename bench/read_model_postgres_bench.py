@@ -1,7 +1,7 @@
 """Benchmark: the Postgres read model (projections/postgres.py) on a real server.
 
 1. Replay a generated log (default 200,000 events: 2,000 runs of 100 events, interleaved as in
-   bench/fold_bench.py) into an empty store, in batches as a projector applies them.
+   bench/fold_bench.py) into an empty store, in batches as `cyclonetix replay` applies them.
    Budget (issue 8): >= 20,000 events/s (over 1,000,000 events).
 2. `list_runs(status=failed, limit=50)` over 100,000 runs (a tenth failed), first page and a
    page deep into the list; `count_runs()` beside it. Budget: < 20 ms.
@@ -25,6 +25,7 @@ from bench.read_model_common import apply, list_figures, many_runs
 from core.run import RunStatus
 from projections.postgres import PostgresReadModel
 from projections.protocol import Entry
+from services.projector import REPLAY_BATCH
 
 SERVER_ENV = "CYCLONETIX_BENCH_POSTGRES"
 
@@ -82,7 +83,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=2_000, help="runs of the replayed log")
     parser.add_argument("--events-per-run", type=int, default=100)
-    parser.add_argument("--batch", type=int, default=1_000, help="entries per apply_batch")
+    parser.add_argument(
+        "--batch", type=int, default=REPLAY_BATCH, help="entries per apply_batch (replay's)"
+    )
     parser.add_argument("--list-runs", type=int, default=100_000, help="runs under list_runs")
     args = parser.parse_args()
     server = os.environ.get(SERVER_ENV, "postgresql://postgres@127.0.0.1:5432").rstrip("/")

@@ -2,7 +2,10 @@
 
 Schema: the numbered files in `projections/migrations/`, applied in order when a store first
 connects (`schema_migrations` records them; an advisory lock keeps concurrent starters from both
-applying one). Rows mirror `projections.views`; `events` keeps the raw history of every run.
+applying one). Rows mirror `projections.views`; `events` keeps the raw history of every run, and a
+run's graph is read from it (`graph_parts` names the events that added nodes). A task still
+pending has no row: `get_run` makes it from its node, so a run starts with one row, not one per
+task (a 5,000-task run's RunScheduled was the longest write of the live projector).
 
 Writes follow `projections.rows` exactly as `projections.memory` does, in one Postgres
 transaction per batch: it locks the checkpoint row and reads it (entries at or below it are
@@ -135,9 +138,9 @@ _TASK_COLUMNS = (
     "run_id text, task_id text, definition text, name text, queue text, status text,"
     " attempt int, max_attempts int, agent_id text, delivery int, queued_at timestamptz,"
     " started_at timestamptz, ended_at timestamptz, not_before timestamptz, exit_code int,"
-    " duration_ms float8, reason text, message text, evaluation_point bool, last_seq bigint,"
-    " position int, node jsonb"
+    " duration_ms float8, reason text, message text, evaluation_point bool, last_seq bigint"
 )
+_GRAPH_COLUMNS = "run_id text, seq bigint"
 _ATTEMPT_COLUMNS = (
     "run_id text, task_id text, attempt int, status text, queue text, agent_id text, host text,"
     " delivery int, queued_at timestamptz, started_at timestamptz, ended_at timestamptz,"
@@ -157,8 +160,9 @@ def _write_statement(*, guarded: bool = False) -> str:
     tables = [
         ("events", _EVENT_COLUMNS, "", ""),
         ("runs", _RUN_COLUMNS, "run_id", "scheduled_seq"),
-        ("task_runs", _TASK_COLUMNS, "run_id,task_id", "position,node"),
+        ("task_runs", _TASK_COLUMNS, "run_id,task_id", ""),
         ("attempts", _ATTEMPT_COLUMNS, "run_id,task_id,attempt", ""),
+        ("graph_parts", _GRAPH_COLUMNS, "", ""),
     ]
     # The guard takes the checkpoint row's lock first; every write waits for its verdict.
     where = "EXISTS (SELECT FROM guard)" if guarded else ""
@@ -167,8 +171,10 @@ def _write_statement(*, guarded: bool = False) -> str:
         if table == "runs":  # the runs' statuses before, and the counts moved by the change
             given = f"jsonb_array_elements(${param}::jsonb)"
             parts.append(
+                # `= ANY(ARRAY(...))`, not `IN (SELECT ...)`: the planner guesses 100 rows for
+                # a JSON array and would hash-join a scan of every run; this is index lookups.
                 "runs_before AS (SELECT status FROM runs"
-                f" WHERE run_id IN (SELECT row->>0 FROM {given} AS row))"
+                f" WHERE run_id = ANY (ARRAY(SELECT row->>0 FROM {given} AS row)))"
             )
             parts.append(
                 "counts_written AS (INSERT INTO run_counts (status, runs)"
@@ -195,7 +201,29 @@ CHUNK: Final = 500  # entries folded per statement (the next chunk folds while o
 _json = msgspec.json.Encoder()
 _counts = msgspec.json.Decoder(dict[str, int])
 _strings = msgspec.json.Decoder(tuple[str, ...])
-_node = msgspec.json.Decoder(TaskNode)
+
+
+class _GraphPart(msgspec.Struct, frozen=True):
+    """What a RunScheduled (`graph`) or a GraphExtended (`nodes`) added to a run's graph; the
+    rest of the event is skipped unread."""
+
+    graph: tuple[TaskNode, ...] = ()
+    nodes: tuple[TaskNode, ...] = ()
+
+    def added(self) -> tuple[TaskNode, ...]:
+        return self.graph or self.nodes
+
+
+_graph_event = msgspec.json.Decoder(_GraphPart)
+_nodes = msgspec.json.Decoder(tuple[TaskNode, ...])
+
+
+def _graph_part(nodes: str | None, body: str | None) -> tuple[TaskNode, ...]:
+    """A `graph_parts` row's nodes: its event's, or (written before version 3) its own."""
+    if nodes is not None:
+        return _nodes.decode(nodes)
+    assert body is not None
+    return _graph_event.decode(body).added()
 
 
 class PostgresReadModel:
@@ -467,7 +495,7 @@ class PostgresReadModel:
                 # the writers' lock order (checkpoint first): no deadlock with a batch
                 await con.execute("LOCK TABLE checkpoint IN EXCLUSIVE MODE")
                 await con.execute(
-                    "TRUNCATE runs, run_counts, task_runs, attempts, events;"
+                    "TRUNCATE runs, run_counts, task_runs, attempts, graph_parts, events;"
                     " UPDATE checkpoint SET last_seq = 0, epoch = epoch + 1"
                 )
 
@@ -520,15 +548,24 @@ class PostgresReadModel:
             if row is None:
                 return None
             tasks = await con.fetch(
-                f"SELECT node, {_TASK_SELECT} FROM task_runs WHERE run_id = $1 ORDER BY position",
+                f"SELECT {_TASK_SELECT} FROM task_runs WHERE run_id = $1", run_id
+            )
+            parts = await con.fetch(
+                "SELECT g.nodes, e.body, g.seq FROM graph_parts g"
+                " LEFT JOIN events e ON e.run_id = g.run_id AND e.seq = g.seq"
+                " WHERE g.run_id = $1 ORDER BY g.seq",
                 run_id,
             )
             as_of = await con.fetchval("SELECT last_seq FROM checkpoint")
+        written = {t["task_id"]: t for t in tasks}
+        graph, task_rows = [], []
+        for nodes, body, seq in parts:
+            for node in _graph_part(nodes, body):
+                graph.append(node)
+                found = written.get(node.id)
+                task_rows.append(_task_row(found) if found else rows.pending_row(run_id, node, seq))
         return RunDetail(
-            run=_run_row(row),
-            tasks=tuple(_task_row(t) for t in tasks),
-            graph=tuple(_node.decode(t["node"]) for t in tasks),
-            as_of_seq=as_of,
+            run=_run_row(row), tasks=tuple(task_rows), graph=tuple(graph), as_of_seq=as_of
         )
 
     async def task_attempts(self, run_id: str, task_id: str) -> tuple[AttemptRow, ...]:
@@ -605,14 +642,12 @@ class _Staged:
         self.runs: dict[str, RunRow] = {}
         self.tasks: dict[tuple[str, str], TaskRunRow] = {}
         self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
-        self.nodes: dict[tuple[str, str], tuple[int, msgspec.Raw]] = {}  # new: position, json
+        self.parts: list[tuple[str, int]] = []  # events whose nodes joined a graph: run, seq
         self.definitions: dict[str, list[str]] = {}  # run -> its graph's definitions, if grown
 
     def graph(self, c: rows.Changes, run: rows.OpenRun) -> None:
         assert c.run is not None
-        first = c.run.tasks_total - len(c.graph)
-        for i, node in enumerate(c.graph, first):
-            self.nodes[c.run.run_id, node.id] = (i, msgspec.Raw(_json.encode(node)))
+        self.parts.append((c.run.run_id, c.seq))
         defs = sorted({t.node.task_id for t in run.state.tasks.values()})
         self.definitions[c.run.run_id] = defs
 
@@ -621,8 +656,12 @@ class _Staged:
             self.events.append((e.seq, e.run_id, e.type, e.ts, e.task_id, e.attempt, e.body))
         if c.run is not None:
             self.runs[c.run.run_id] = c.run
+        # A task that joins a graph pending gets no row until it leaves pending: `get_run` makes
+        # that row from the graph (a 5,000-task run starts with one row, not 5,001).
+        new = {n.id for n in c.graph}
         for t in c.tasks:
-            self.tasks[t.run_id, t.task_id] = t
+            if t.status != TaskStatus.PENDING or t.task_id not in new:
+                self.tasks[t.run_id, t.task_id] = t
         if (a := c.attempt) is not None:
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
@@ -633,8 +672,9 @@ class _Staged:
             for rows in (
                 self.events,
                 list(map(self._run, self.runs.values())),
-                list(map(self._task, self.tasks.values())),
+                list(map(astuple, self.tasks.values())),
                 list(map(astuple, self.attempts.values())),
+                self.parts,
             )
         ]
 
@@ -643,10 +683,6 @@ class _Staged:
 
     def _run(self, r: RunRow) -> tuple[Any, ...]:
         return (*astuple(r), self.definitions.get(r.run_id, ()))
-
-    def _task(self, t: TaskRunRow) -> tuple[Any, ...]:
-        # A node joins the graph once (an insert); later rows of it keep position and node.
-        return (*astuple(t), *self.nodes.get((t.run_id, t.task_id), (-1, None)))
 
 
 _RUN_SELECT: Final = (
@@ -716,9 +752,7 @@ def _run_row(r: asyncpg.Record) -> RunRow:
 
 
 def _task_row(r: asyncpg.Record) -> TaskRunRow:
-    fields = dict(r)
-    del fields["node"]
-    return msgspec.convert(fields, TaskRunRow)
+    return msgspec.convert(dict(r), TaskRunRow)
 
 
 def _attempt_row(r: asyncpg.Record) -> AttemptRow:

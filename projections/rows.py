@@ -290,6 +290,11 @@ def task_row(run_id: str, t: TaskRun, attempt: AttemptRow | None, seq: int) -> T
     )
 
 
+def pending_row(run_id: str, node: TaskNode, seq: int) -> TaskRunRow:
+    """The row of a task that joined its run's graph at `seq` and has not left pending."""
+    return task_row(run_id, TaskRun(node, 0), None, seq)
+
+
 def run_row(run: OpenRun, seq: int) -> RunRow:
     s = run.state
     status = s.status

@@ -55,7 +55,7 @@ BATCH = 500  # events per store write, at most
 LINGER_S = 0.005  # how long a batch waits for events the log has but that are still on the way
 RETRY_FIRST_S = 0.1  # a store that cannot be reached is tried again after this, doubling ...
 RETRY_CAP_S = 5.0  # ... up to this
-REPLAY_BATCH = 2000
+REPLAY_BATCH = 10_000
 PROGRESS_EVERY_S = 0.5
 
 

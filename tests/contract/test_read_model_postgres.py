@@ -136,6 +136,45 @@ async def test_concurrent_starters_apply_each_migration_once(
             await s.close()
 
 
+async def test_version_3_moves_each_graph_into_graph_parts_unchanged(
+    store: PostgresReadModel, schema: str, admin: Any
+) -> None:
+    """A store written at version 2 (a node per task_runs row) reads the same after upgrading."""
+    ev = msgspec.structs.replace(node("ev"), evaluation_point=True)
+    d, decide = node("d", "ev"), evaluation("d")
+    await store.apply_batch(
+        [
+            (1, scheduled("r1", ev, node("b", "ev"), node("c", "ev"))),
+            (2, queued("r1", "ev")),
+            (3, TaskSucceeded(run_id="r1", ts=T0, task_id="ev", attempt=1, evaluation=decide)),
+            (4, GraphExtended(run_id="r1", ts=T0, task_id="ev", attempt=1, nodes=(d,))),
+            *((5 + i, queued("r1", task)) for i, task in enumerate("bcd")),  # (v2: every row)
+        ]
+    )
+    before = await store.get_run("r1")
+    assert before is not None and [n.id for n in before.graph] == ["ev", "b", "c", "d"]
+    # Back to version 2's shape, as an older release left it.
+    await admin.execute(
+        f"SET search_path = {schema};"
+        " ALTER TABLE task_runs ADD COLUMN node jsonb, ADD COLUMN position int;"
+        " UPDATE task_runs t SET node = n.node, position = n.position FROM ("
+        "  SELECT g.run_id, node, (row_number() OVER (ORDER BY g.seq, i)) - 1 AS position"
+        "  FROM graph_parts g JOIN events e USING (run_id, seq), jsonb_array_elements("
+        "  coalesce(e.body::jsonb -> 'graph', e.body::jsonb -> 'nodes')) WITH ORDINALITY"
+        "  AS x(node, i)) AS n WHERE n.run_id = t.run_id AND n.node ->> 'id' = t.task_id;"
+        " ALTER TABLE task_runs ALTER COLUMN node SET NOT NULL,"
+        "  ALTER COLUMN position SET NOT NULL;"
+        " DROP TABLE graph_parts;"
+        " ALTER TABLE events DROP CONSTRAINT events_pkey; ALTER TABLE events ADD PRIMARY KEY (seq);"
+        " CREATE INDEX events_by_run ON events (run_id, seq);"
+        " DELETE FROM schema_migrations WHERE version = 3; RESET search_path"
+    )
+    assert await migrate(admin, schema) == [3]
+    await store.close()  # (a fresh cache and pool)
+    after = await store.get_run("r1")
+    assert after == before
+
+
 # -- an outage --------------------------------------------------------------------------------
 
 
