@@ -64,7 +64,7 @@ test-integration *args:
 chaos *args:
     {{py}} -m pytest tests/chaos -m chaos "$@"
 
-[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery and takeover, read-model replay and lists")]
+[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery and takeover, read-model replay and lists, web, subject triggers")]
 [group("bench")]
 bench:
     {{py}} -m bench.definitions_bench
@@ -80,6 +80,7 @@ bench:
     {{py}} -m bench.read_model_redis_bench --runs 10000
     {{py}} -m bench.read_model_postgres_bench --runs 10000
     {{py}} -m bench.web_bench --runs 100000 --tasks 200 --rounds 5 --json
+    {{py}} -m bench.triggers_bench --triggers 1000 --json
 
 [doc("Everything CI runs")]
 [group("test")]

@@ -1,22 +1,46 @@
-"""Five-field cron expressions: parsing and the next fire time.
+"""Cron expressions: validation with clear messages, and fire times in a time zone.
 
-Fields are minute, hour, day of month, month, day of week, as in Vixie cron: `*`, lists (`1,15`),
-ranges (`1-5`), steps (`*/15`, `0-30/10`, `5/10` = from 5 to the end), month names (`jan`) and
-weekday names (`mon`; 0 and 7 are both Sunday), and the shorthands `@hourly @daily @midnight
-@weekly @monthly @yearly @annually`.
+`croniter` does the parsing and the calendar arithmetic; this module adds what a scheduler needs
+on top of it: one-line errors naming the field, minute resolution only, and fire times as UTC
+instants that are correct across daylight-saving changes.
 
-Day matching follows standard cron: when both day of month and day of week are restricted (neither
-starts with `*`), a day matches if EITHER matches; otherwise only the restricted one counts.
+Syntax: five fields (minute hour day-of-month month day-of-week), with `*`, lists, ranges, steps,
+month and weekday names, 0 and 7 both Sunday, croniter's extensions (`L` for the last day of the
+month, `5#2` for the second Friday), and the shorthands `@hourly @daily @midnight @weekly
+@monthly @yearly @annually`. When both day fields are restricted a day matches if EITHER does
+(croniter's `day_or`, as in Vixie cron).
+
+Daylight saving, matching on the zone's wall clock:
+- a wall time that does not exist (clocks jump forward over it) fires once, at the instant of
+  the jump: a nightly `30 1 * * *` in Europe/London runs at 02:00 BST on the spring-forward day
+  rather than not at all. Several skipped times collapse into that one instant.
+- a wall time that happens twice (clocks go back) fires once, at its first occurrence.
+So fire instants are strictly increasing and every cron match fires at most once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import NamedTuple
+import zoneinfo
+from collections.abc import Iterator
+from typing import Final
 
 import msgspec
+from croniter import croniter
+from croniter.croniter import CroniterBadDateError, CroniterError
 
-SHORTHANDS = {
+__all__ = [
+    "SHORTHANDS",
+    "CronSpec",
+    "fire_times",
+    "next_fire",
+    "next_fires",
+    "parse_cron",
+    "previous_fires",
+    "zone",
+]
+
+SHORTHANDS: Final = {
     "@hourly": "0 * * * *",
     "@daily": "0 0 * * *",
     "@midnight": "0 0 * * *",
@@ -25,66 +49,32 @@ SHORTHANDS = {
     "@yearly": "0 0 1 1 *",
     "@annually": "0 0 1 1 *",
 }
-MONTH_NAMES = {
-    name: i + 1
-    for i, name in enumerate(
-        ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"]
-    )
-}
-WEEKDAY_NAMES = {
-    name: i for i, name in enumerate(["sun", "mon", "tue", "wed", "thu", "fri", "sat"])
-}
-# Longest month length, leap years included: a day that exists in none of the chosen months never
-# fires, which is almost certainly a mistake (`0 0 30 2 *`).
-_MAX_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
-# A schedule must fire within this many years (Feb 29 on a given weekday needs up to 28).
-_SEARCH_YEARS = 30
-
-
-class _Field(NamedTuple):
-    name: str
-    low: int
-    high: int
-    names: dict[str, int]
-
-
-_FIELDS = (
-    _Field("minute", 0, 59, {}),
-    _Field("hour", 0, 23, {}),
-    _Field("day of month", 1, 31, {}),
-    _Field("month", 1, 12, MONTH_NAMES),
-    _Field("day of week", 0, 7, WEEKDAY_NAMES),
+_FIELDS: Final = (
+    ("minute", 0, 59, ""),
+    ("hour", 0, 23, ""),
+    ("day of month", 1, 31, ""),
+    ("month", 1, 12, " (or a name: jan, feb, ... dec)"),
+    ("day of week", 0, 7, " (or a name: sun, mon, tue, wed, thu, fri, sat)"),
 )
+# Wall-clock shifts are at most two hours (a few zones in history): walking back from this far
+# past a moment in a repeated hour covers the whole hour.
+_MAX_SHIFT: Final = dt.timedelta(hours=3)
+_SEARCH_YEARS: Final = 30  # a schedule must fire within this long (Feb 29 on a Monday: 28)
 
 
 class CronSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """A parsed cron expression; weekdays are 0-6 with 0 = Sunday."""
+    """A validated expression: `text` as written, `expanded` with the shorthand resolved."""
 
     text: str
-    minutes: frozenset[int]
-    hours: frozenset[int]
-    days: frozenset[int]
-    months: frozenset[int]
-    weekdays: frozenset[int]
-    days_restricted: bool  # day-of-month field did not start with '*'
-    weekdays_restricted: bool  # day-of-week field did not start with '*'
+    expanded: str
 
-    def matches_day(self, day: dt.date) -> bool:
-        if day.month not in self.months:
-            return False
-        in_days = day.day in self.days
-        in_weekdays = (day.weekday() + 1) % 7 in self.weekdays
-        if self.days_restricted and self.weekdays_restricted:
-            return in_days or in_weekdays
-        if self.days_restricted:
-            return in_days
-        if self.weekdays_restricted:
-            return in_weekdays
-        return True
+    def walk(self, start: dt.datetime) -> croniter:
+        """croniter over naive wall-clock times from `start` (naive: no DST arithmetic)."""
+        return croniter(self.expanded, start)
 
 
 def parse_cron(text: str) -> CronSpec:
-    """Parse a 5-field cron expression; ValueError with a one-line reason when it is invalid."""
+    """Validate a 5-field cron expression; ValueError with a one-line reason when invalid."""
     source = text.strip()
     expanded = SHORTHANDS.get(source.lower(), source)
     if expanded.startswith("@"):
@@ -96,113 +86,157 @@ def parse_cron(text: str) -> CronSpec:
         raise ValueError(
             f"expected 5 fields (minute hour day-of-month month day-of-week), got {len(parts)}"
         )
-    values = [_parse_field(part, field) for part, field in zip(parts, _FIELDS, strict=True)]
-    weekdays = frozenset(d % 7 for d in values[4])  # 7 is Sunday too
-    spec = CronSpec(
-        text=source,
-        minutes=frozenset(values[0]),
-        hours=frozenset(values[1]),
-        days=frozenset(values[2]),
-        months=frozenset(values[3]),
-        weekdays=weekdays,
-        days_restricted=not parts[2].startswith("*"),
-        weekdays_restricted=not parts[4].startswith("*"),
-    )
-    if spec.days_restricted and not spec.weekdays_restricted:
-        longest = max(_MAX_DAYS[m] for m in spec.months)
-        if min(spec.days) > longest:
-            raise ValueError(
-                f"never fires: day of month {min(spec.days)} does not exist in the chosen months"
-            )
+    expanded = " ".join(parts)
+    try:
+        croniter(expanded)
+    except (CroniterError, ValueError) as exc:
+        raise ValueError(_diagnose(parts) or f"not a valid expression: {exc}") from None
+    spec = CronSpec(text=source, expanded=expanded)
+    start = dt.datetime(2000, 1, 1)  # noqa: DTZ001 - wall-clock arithmetic is naive on purpose
+    try:
+        first = spec.walk(start).get_next(dt.datetime)
+    except CroniterBadDateError:
+        first = None
+    if first is None or first.year > start.year + _SEARCH_YEARS:
+        raise ValueError(
+            "never fires: no date matches it (check the day of month against the months)"
+        )
     return spec
 
 
-def _parse_field(text: str, field: _Field) -> set[int]:
-    result: set[int] = set()
-    for item in text.split(","):
-        if not item:
-            raise ValueError(f"{field.name} field {text!r}: empty list item")
-        range_part, slash, step_text = item.partition("/")
-        step = 1
-        if slash:
-            if not step_text.isdigit() or int(step_text) == 0:
-                raise ValueError(
-                    f"{field.name} field {text!r}: step {step_text!r} is not a positive number"
-                )
-            step = int(step_text)
-        if range_part == "*":
-            low, high = field.low, field.high
-        elif "-" in range_part:
-            first, _, last = range_part.partition("-")
-            low, high = _value(first, field, text), _value(last, field, text)
-            if low > high:
-                raise ValueError(
-                    f"{field.name} field {text!r}: range {range_part!r} runs backwards"
-                )
+def _diagnose(parts: list[str]) -> str | None:
+    """Which field croniter refused, and why, in one line (None: no single field to blame)."""
+    for i, (name, low, high, names) in enumerate(_FIELDS):
+        if _accepted(parts, i, parts[i]):
+            continue
+        text = parts[i]
+        for item in text.split(","):
+            if not item:
+                return f"{name} field {text!r}: empty list item"
+            if _accepted(parts, i, item):
+                continue
+            base, slash, step = item.partition("/")
+            if slash and (not step.isdigit() or int(step) == 0):
+                return f"{name} field {text!r}: step {step!r} is not a positive number"
+            for part in base.split("-"):
+                if part.isdigit() and not low <= int(part) <= high:
+                    return f"{name} field {text!r}: {part} is out of range {low}-{high}"
+                if part and part != "*" and not part.isdigit():
+                    if _accepted(parts, i, part):
+                        continue
+                    return f"{name} field {text!r}: {part!r} is not a number {low}-{high}{names}"
+            return f"{name} field {text!r}: {item!r} is not valid"
+    return None
+
+
+def _accepted(parts: list[str], index: int, value: str) -> bool:
+    trial = ["*"] * 5
+    trial[index] = value
+    try:
+        croniter(" ".join(trial))
+    except (CroniterError, ValueError):
+        return False
+    return True
+
+
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    """The IANA zone `name`; ValueError with a one-line reason when there is none."""
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown timezone {name!r} (use an IANA name such as 'UTC' or 'Europe/London')"
+        ) from None
+
+
+def _instant(wall: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+    """The UTC instant a naive wall time fires at (see the module doc for DST)."""
+    first = wall.replace(tzinfo=tz, fold=0)
+    utc = first.astimezone(dt.UTC)
+    if utc.astimezone(tz).replace(tzinfo=None) == wall:
+        return utc  # exists (fold=0: the first of two occurrences)
+    # In a gap: fold=0 reads it with the offset before the jump, which lands after the jump;
+    # fold=1 lands before it. The jump is the first instant whose wall time passes `wall`.
+    low = wall.replace(tzinfo=tz, fold=1).astimezone(dt.UTC)
+    high = utc
+    while high - low > dt.timedelta(seconds=1):
+        mid = low + (high - low) / 2
+        mid = mid.replace(microsecond=0)
+        if mid.astimezone(tz).replace(tzinfo=None) > wall:
+            high = mid
         else:
-            low = _value(range_part, field, text)
-            # `5/10` means "from 5 to the end of the field, every 10".
-            high = field.high if slash else low
-        result.update(range(low, high + 1, step))
-    return result
+            low = mid
+    return high
 
 
-def _value(token: str, field: _Field, text: str) -> int:
-    lowered = token.lower()
-    if lowered in field.names:
-        return field.names[lowered]
-    if not token.isdigit():
-        hint = f" (or a name: {', '.join(field.names)})" if field.names else ""
-        raise ValueError(
-            f"{field.name} field {text!r}: {token!r} is not a number {field.low}-{field.high}{hint}"
-        )
-    value = int(token)
-    if not field.low <= value <= field.high:
-        raise ValueError(
-            f"{field.name} field {text!r}: {value} is out of range {field.low}-{field.high}"
-        )
-    return value
+def _check_aware(moment: dt.datetime) -> None:
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError("cron fire times need a timezone-aware datetime")
 
 
-def next_fire(spec: CronSpec, after: dt.datetime) -> dt.datetime:
-    """The first time strictly after `after` that the schedule fires, in `after`'s timezone.
+def fire_times(spec: CronSpec, tz: dt.tzinfo, after: dt.datetime) -> Iterator[dt.datetime]:
+    """Every fire instant strictly after `after`, in UTC, strictly increasing (endless)."""
+    _check_aware(after)
+    after_utc = after.astimezone(dt.UTC)
+    # Every wall time before `after`'s own maps to an instant no later than `after` (the mapping
+    # never goes backwards), so the walk can start there.
+    wall = after_utc.astimezone(tz).replace(tzinfo=None, fold=0)
+    walk = spec.walk(wall.replace(second=0, microsecond=0))
+    last = after_utc
+    while True:
+        try:
+            moment = _instant(walk.get_next(dt.datetime), tz)
+        except CroniterBadDateError:
+            return
+        if moment > last:
+            yield moment
+            last = moment
 
-    Matching is on local wall-clock time. A local time that does not exist (the hour skipped when
-    clocks go forward) does not fire; a time that happens twice (clocks going back) fires once,
-    at its first occurrence.
-    """
-    tz = after.tzinfo
-    if tz is None or after.utcoffset() is None:
-        raise ValueError("next_fire needs a timezone-aware datetime")
-    local = after.replace(tzinfo=None, second=0, microsecond=0, fold=0) + dt.timedelta(minutes=1)
-    limit_year = local.year + _SEARCH_YEARS
-    minutes = sorted(spec.minutes)
-    hours = sorted(spec.hours)
-    while local.year <= limit_year:
-        if not spec.matches_day(local.date()):
-            local = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time())
-            continue
-        hour = next((h for h in hours if h >= local.hour), None)
-        if hour is None:
-            local = dt.datetime.combine(local.date() + dt.timedelta(days=1), dt.time())
-            continue
-        if hour != local.hour:
-            local = local.replace(hour=hour, minute=0)
-        minute = next((m for m in minutes if m >= local.minute), None)
-        if minute is None:
-            local = local.replace(minute=0) + dt.timedelta(hours=1)
-            continue
-        local = local.replace(minute=minute)
-        candidate = local.replace(tzinfo=tz)
-        # Compare instants: aware datetimes sharing a tzinfo compare by wall time, ignoring fold.
-        if _exists(candidate) and candidate.astimezone(dt.UTC) > after.astimezone(dt.UTC):
-            return candidate
-        local += dt.timedelta(minutes=1)
+
+def previous_fires(
+    spec: CronSpec, tz: dt.tzinfo, until: dt.datetime, *, after: dt.datetime, limit: int
+) -> list[dt.datetime]:
+    """Up to `limit` fire instants in (`after`, `until`], newest first, in UTC."""
+    _check_aware(until)
+    _check_aware(after)
+    until_utc, after_utc = until.astimezone(dt.UTC), after.astimezone(dt.UTC)
+    local = until_utc.astimezone(tz)
+    start = local.replace(tzinfo=None, fold=0, second=0, microsecond=0) + dt.timedelta(minutes=1)
+    if local.fold:
+        # In the second pass of a repeated hour: later wall times of that hour already fired
+        # (in the first pass, before `until`), so the walk starts past the hour.
+        start += _MAX_SHIFT
+    walk = spec.walk(start)
+    found: list[dt.datetime] = []
+    while len(found) < limit:
+        try:
+            moment = _instant(walk.get_prev(dt.datetime), tz)
+        except CroniterBadDateError:
+            break
+        if moment <= after_utc:
+            break
+        if moment <= until_utc and (not found or moment < found[-1]):
+            found.append(moment)
+    return found
+
+
+def next_fire(spec: CronSpec, after: dt.datetime, tz: dt.tzinfo | None = None) -> dt.datetime:
+    """The first fire instant strictly after `after`, in `tz` (default: `after`'s zone)."""
+    _check_aware(after)
+    zone_ = tz or after.tzinfo
+    assert zone_ is not None
+    for moment in fire_times(spec, zone_, after):
+        return moment.astimezone(zone_)
     raise ValueError(f"cron {spec.text!r} does not fire within {_SEARCH_YEARS} years")
 
 
-def _exists(moment: dt.datetime) -> bool:
-    """False for a local time inside a gap (clocks going forward): it does not round-trip."""
-    utc = moment.astimezone(dt.UTC)
-    back = utc.astimezone(moment.tzinfo)
-    return back.replace(tzinfo=None) == moment.replace(tzinfo=None)
+def next_fires(spec: CronSpec, tz: dt.tzinfo, after: dt.datetime, count: int) -> list[dt.datetime]:
+    """The next `count` fire instants strictly after `after`, in UTC."""
+    out: list[dt.datetime] = []
+    if count <= 0:
+        return out
+    for moment in fire_times(spec, tz, after):
+        out.append(moment)
+        if len(out) == count:
+            break
+    return out

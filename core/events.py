@@ -42,6 +42,20 @@ class EvaluationResult(msgspec.Struct, frozen=True, kw_only=True):
     metadata: dict[str, object] = {}
 
 
+Outcome = Literal["succeeded", "failed", "cancelled"]  # how a run ended
+OUTCOMES: tuple[Outcome, ...] = ("succeeded", "failed", "cancelled")
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True):
+    """A completion webhook a run was scheduled with (its DAG's, or its target task's): POST a
+    summary to `url` when the run ends in one of `on`, signed with the secret in the
+    orchestrator's environment variable `secret_env` (None: unsigned)."""
+
+    url: str
+    on: tuple[str, ...] = OUTCOMES  # str, not Outcome: a newer writer may add outcomes
+    secret_env: str | None = None
+
+
 class RunScheduled(Event, frozen=True, kw_only=True):
     kind: Literal["outcome", "dag"]
     target: str  # task id (outcome) or dag id
@@ -53,6 +67,7 @@ class RunScheduled(Event, frozen=True, kw_only=True):
     trigger: str = "cli"
     idempotency_key: str | None = None
     rerun_of: str | None = None  # the earlier run this one reruns (core/rerun.py)
+    notify: tuple[Notification, ...] = ()  # completion webhooks, as defined when scheduled
 
 
 class TaskQueued(TaskEvent, frozen=True, kw_only=True):
@@ -132,6 +147,28 @@ class RunCancelled(Event, frozen=True, kw_only=True):
     reason: str = ""
 
 
+class NotificationEvent(Event, frozen=True, kw_only=True):
+    """One attempt to deliver a run's completion webhook (`core.notify`), appended after the
+    run's terminal event: a fact about the run's notifications, never about the run itself."""
+
+    notification: int  # index in the run's RunScheduled.notify
+    url: str
+    outcome: str  # how the run ended: an Outcome (str: a newer writer may add one)
+    attempt: int  # 1 for the first attempt
+    status: int | None = None  # HTTP status of the answer; None when there was none
+    duration_ms: float = 0.0
+
+
+class NotificationDelivered(NotificationEvent, frozen=True, kw_only=True):
+    pass
+
+
+class NotificationFailed(NotificationEvent, frozen=True, kw_only=True):
+    error: str = ""
+    retrying: bool = False  # whether another attempt follows
+    retry_at: dt.datetime | None = None  # not before then
+
+
 AnyEvent = (
     RunScheduled
     | TaskQueued
@@ -147,6 +184,8 @@ AnyEvent = (
     | RunSucceeded
     | RunFailed
     | RunCancelled
+    | NotificationDelivered
+    | NotificationFailed
 )
 TERMINAL = (RunSucceeded, RunFailed, RunCancelled)
 
@@ -176,6 +215,8 @@ def msg_id(event: AnyEvent) -> str:
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}/{event.agent_id}"
     if isinstance(event, TaskEvent):
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}"
+    if isinstance(event, NotificationEvent):
+        return f"{event.run_id}/notify/{event.notification}/{event.attempt}/{name}"
     return f"{event.run_id}/{name}"
 
 

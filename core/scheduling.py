@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from core.definitions import Definitions, split_dependency
-from core.events import RunScheduled
+from core.events import Notification, RunScheduled
 from core.graph import GraphError, dag_graph, outcome_graph, overrides_from, resolve_context
 from core.ids import check_run_id, new_run_id
 
@@ -32,13 +32,18 @@ def plan_run(
     run_id: str | None = None,
     trigger: str = "cli",
     idempotency_key: str | None = None,
+    logical_time: dt.datetime | None = None,
 ) -> RunScheduled:
-    """Resolve the graph and context of a new run. Raises GraphError/ValueError (one line)."""
+    """Resolve the graph and context of a new run. Raises GraphError/ValueError (one line).
+
+    `logical_time` is the moment the run stands for, when it is not `now`: a cron slot's, so a
+    run caught up after downtime gets its slot's `${DATE}`, not the day it started."""
     overrides = overrides_from(list(params))
     if kind == "outcome":
         nodes = outcome_graph(defs, target, overrides)
         task_id, _ = split_dependency(target)
         name = defs.tasks[task_id].display_name
+        notify = defs.tasks[task_id].notify
     else:
         dag = defs.dags.get(target)
         if dag is None:
@@ -47,6 +52,7 @@ def plan_run(
         nodes = dag_graph(defs, target, overrides)
         name = dag.display_name
         context_id = context_id or dag.context
+        notify = dag.notify
     in_run = {n.task_id for n in nodes}
     for task_id in overrides.per_task:
         if task_id not in in_run:
@@ -56,7 +62,9 @@ def plan_run(
             )
     ms = int(now.timestamp() * 1000)
     run_id = check_run_id(run_id) if run_id else new_run_id(target, ms, entropy)
-    context = resolve_context(defs, context_id, run_id=run_id, now=now, entropy=entropy)
+    context = resolve_context(
+        defs, context_id, run_id=run_id, now=logical_time or now, entropy=entropy
+    )
     return RunScheduled(
         run_id=run_id,
         ts=now,
@@ -69,4 +77,8 @@ def plan_run(
         params=dict(p.split("=", 1) for p in params),  # (each has an "=": checked above)
         trigger=trigger,
         idempotency_key=idempotency_key,
+        # Snapshotted like the graph: a run notifies as defined when it was scheduled.
+        notify=tuple(
+            Notification(url=n.url, on=n.on, secret_env=n.secret_env) for n in notify or ()
+        ),
     )

@@ -38,6 +38,7 @@ class ScheduleRequest(msgspec.Struct, frozen=True, kw_only=True):
     run_id: str | None = None
     trigger: str = "cli"
     idempotency_key: str | None = None
+    logical_time: dt.datetime | None = None  # what `${DATE}` and the like stand for (a slot)
 
 
 class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,6 +78,7 @@ def plan(
             run_id=request.run_id,
             trigger=request.trigger,
             idempotency_key=request.idempotency_key,
+            logical_time=request.logical_time,
         )
     except Invalid:
         raise

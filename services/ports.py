@@ -13,6 +13,7 @@ Errors: every port raises only `core.errors` types for conditions a caller acts 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Mapping
 from typing import Literal, Protocol, overload
 
@@ -21,7 +22,9 @@ import msgspec
 from core.agents import AgentInfo
 from core.definitions import Definitions
 from core.errors import Conflict, Invalid
-from core.events import AnyEvent, Dispatch, RunScheduled
+from core.events import AnyEvent, Dispatch, RunCancelled, RunFailed, RunScheduled, RunSucceeded
+from core.schedules import ScheduleMark
+from core.triggers import AnyOutcome
 
 __all__ = [
     "AgentInfo",
@@ -31,12 +34,17 @@ __all__ = [
     "Checkpoints",
     "DefinitionTooLarge",
     "DefinitionsStore",
+    "EndedRun",
+    "EndedRuns",
     "EventLog",
     "Leases",
     "LogStore",
     "LostWork",
     "RunExists",
+    "ScheduleMarks",
     "Snapshots",
+    "TriggerDelivery",
+    "TriggerInbox",
     "WorkConsumer",
     "WorkItem",
     "WorkQueue",
@@ -327,6 +335,21 @@ class Checkpoints(Protocol):
     async def put(self, name: str, value: int) -> None: ...
 
 
+class ScheduleMarks(Protocol):
+    """One `ScheduleMark` per cron schedule (services.cron), written by compare-and-set so
+    that two orchestrators' cron loops never both claim a slot on the same revision."""
+
+    async def get(self, key: str) -> tuple[ScheduleMark | None, int]:
+        """The mark and its revision; (None, 0) when the schedule has none yet, (None, n) when
+        revision n does not decode (it is replaced)."""
+        ...
+
+    async def put(self, key: str, mark: ScheduleMark, revision: int) -> int:
+        """Store `mark` if the stored revision is still `revision` (0: only if there is
+        none); the new revision. Conflict when another writer came first."""
+        ...
+
+
 class Snapshots(Protocol):
     """Named blobs of any size (an orchestrator's snapshot of its runs is megabytes, more than
     one NATS message may hold), each replaced whole: a reader gets the last complete `put` or
@@ -342,6 +365,114 @@ class Snapshots(Protocol):
     async def delete(self, name: str) -> None:
         """Remove `name` (nothing happens when there is none)."""
         ...
+
+
+# -- ended runs (completion webhooks) -----------------------------------------------------------
+
+
+class EndedRun(Protocol):
+    """A run's terminal event, handed to one reader of the shared consumer (`EndedRuns`).
+    Settle it once: `ack` when everything it owes is done; `nak` hands it back (to any
+    reader); unsettled, it comes back by itself a while after its reader vanished."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def event(self) -> RunSucceeded | RunFailed | RunCancelled: ...
+
+    async def ack(self) -> None: ...
+
+    async def nak(self, delay: float = 0.0) -> None: ...
+
+    async def in_progress(self) -> None:
+        """Still working on it: do not hand it to another reader yet."""
+        ...
+
+
+class EndedRuns(Protocol):
+    """Every run's terminal event, at least once, shared by all readers (each to one)."""
+
+    def ended(self, stop: asyncio.Event) -> AsyncIterator[EndedRun]:
+        """Terminal events as they are appended, until `stop` (every other event is skipped)."""
+        ...
+
+    async def scheduled(self, run_id: str) -> RunScheduled | None:
+        """The run's first event (one direct read); None when it has none or it does not
+        decode as a RunScheduled."""
+        ...
+
+
+# -- subject triggers ---------------------------------------------------------------------------
+
+
+class TriggerDelivery(Protocol):
+    """One delivery of a stored trigger message (CX_TRIGGERS) to one handler. Settle it once:
+    `ack` (handled), `term` (refused: never again) or `nak` (try again after `delay`)."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def target(self) -> tuple[Literal["outcome", "dag"], str] | None:
+        """What the subject names; None when it is not `cx.trigger.task|dag.<id>`."""
+        ...
+
+    @property
+    def data(self) -> bytes: ...
+
+    @property
+    def seq(self) -> int:
+        """Its stream sequence."""
+        ...
+
+    @property
+    def received(self) -> dt.datetime:
+        """When the stream stored it."""
+        ...
+
+    @property
+    def delivery(self) -> int:
+        """1 for the first delivery, 2 after one redelivery, ..."""
+        ...
+
+    async def ack(self) -> None: ...
+
+    async def term(self) -> None: ...
+
+    async def nak(self, delay: float) -> None: ...
+
+
+class TriggerInbox(Protocol):
+    """Stored trigger messages shared by every handler (each message to one of them), the
+    idempotency keys, and the trigger log (each outcome also answers a waiting requester)."""
+
+    async def fetch(self, count: int, timeout: float) -> list[TriggerDelivery]:
+        """Up to `count` deliveries; waits up to `timeout` for the first; [] when none came."""
+        ...
+
+    async def claim(self, kind: str, target: str, key: str, run_id: str) -> str:
+        """Bind the idempotency key (of this kind and target) to `run_id` unless it is bound
+        already (within the window): the run id it is bound to, ours or an earlier one."""
+        ...
+
+    async def release(self, kind: str, target: str, key: str, run_id: str) -> None:
+        """Unbind a key we bound to `run_id` (its run could not be scheduled)."""
+        ...
+
+    async def record(self, outcome: AnyOutcome) -> None:
+        """Store what became of a message (once per message) and answer its requester."""
+        ...
+
+    async def definitions_version(self) -> int:
+        """Changes whenever the published definitions change (cheap to ask)."""
+        ...
+
+    def outcomes(self, *, limit: int, rejected_only: bool = False) -> Awaitable[list[AnyOutcome]]:
+        """The newest `limit` recorded outcomes, oldest first."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 # -- the composition --------------------------------------------------------------------------

@@ -14,6 +14,12 @@ path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 | `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`     | `console`        |
 | `log.level`            | `CYCLONETIX_LOG_LEVEL`       | `--log-level`      | `INFO`           |
 | `shutdown_grace`       | `CYCLONETIX_SHUTDOWN_GRACE`  | `--shutdown-grace` | 30 (seconds)     |
+| `notify.attempts`      | `CYCLONETIX_NOTIFY_ATTEMPTS` |                    | 5                |
+| `notify.first_delay`   | `CYCLONETIX_NOTIFY_FIRST_DELAY` |                 | 10 (seconds)     |
+| `notify.timeout`       | `CYCLONETIX_NOTIFY_TIMEOUT`  |                    | 10 (seconds)     |
+| `notify.concurrency`   | `CYCLONETIX_NOTIFY_CONCURRENCY` |                 | 32               |
+| `triggers.idempotency_window` | `CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW` |   | 86400 (seconds)  |
+| `triggers.max_message_bytes`  | `CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES`  |   | 65536            |
 
 Validation is strict, as for definitions: unknown keys in the file are errors, and a bad value
 is one line naming where it came from (`cyclonetix.yaml: nats.url: expected a string, got a
@@ -73,8 +79,31 @@ class LogSettings(_Section, frozen=True):
     level: str = "INFO"  # one of LOG_LEVELS, checked (case-insensitively) by the loader
 
 
+class NotifySettings(_Section, frozen=True):
+    """Completion webhooks (services/notifier.py): every attempt waits at most `timeout`
+    seconds for an answer; a failed one is tried again after `first_delay`, then twice as long
+    each time (capped at 10 minutes), `attempts` in all; at most `concurrency` requests at once
+    per orchestrator."""
+
+    attempts: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    first_delay: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 10.0
+    timeout: Annotated[float, msgspec.Meta(gt=0, le=600)] = 10.0
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 32
+
+
+class TriggerSettings(_Section, frozen=True):
+    """Subject triggers (services/triggers.py): the same `idempotency_key` for the same target
+    within `idempotency_window` seconds returns the first run; a message larger than
+    `max_message_bytes` is rejected."""
+
+    idempotency_window: Annotated[float, msgspec.Meta(ge=1, le=MAX_EVENTS_MAX_AGE)] = 86_400.0
+    max_message_bytes: Annotated[int, msgspec.Meta(ge=16, le=8 << 20)] = 64 * 1024
+
+
 class Settings(_Section, frozen=True):
     nats: NatsSettings = NatsSettings()
+    triggers: TriggerSettings = TriggerSettings()
+    notify: NotifySettings = NotifySettings()
     definitions: str | None = None  # None: the bundled examples
     data_dir: str = ".cyclonetix"
     log: LogSettings = LogSettings()
@@ -158,10 +187,46 @@ FIELDS = (
         f"seconds from 0 to {MAX_GRACE_S:g}",
         _as_float,
     ),
+    _Field(("notify", "attempts"), "CYCLONETIX_NOTIFY_ATTEMPTS", None, "1 to 100", _as_int),
+    _Field(
+        ("notify", "first_delay"),
+        "CYCLONETIX_NOTIFY_FIRST_DELAY",
+        None,
+        "seconds from 0 to 3600",
+        _as_float,
+    ),
+    _Field(
+        ("notify", "timeout"),
+        "CYCLONETIX_NOTIFY_TIMEOUT",
+        None,
+        "seconds, more than 0 and at most 600",
+        _as_float,
+    ),
+    _Field(("notify", "concurrency"), "CYCLONETIX_NOTIFY_CONCURRENCY", None, "1 to 1000", _as_int),
+    _Field(
+        ("triggers", "idempotency_window"),
+        "CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW",
+        None,
+        "seconds, at least 1",
+        _as_float,
+    ),
+    _Field(
+        ("triggers", "max_message_bytes"),
+        "CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES",
+        None,
+        "bytes from 16 to 8388608",
+        _as_int,
+    ),
 )
 _BY_PATH = {f.path: f for f in FIELDS}
 _FLAGS = {f.flag: f for f in FIELDS if f.flag is not None}
-_SECTIONS = {("nats",): NatsSettings, ("log",): LogSettings, (): Settings}
+_SECTIONS = {
+    ("nats",): NatsSettings,
+    ("log",): LogSettings,
+    ("notify",): NotifySettings,
+    ("triggers",): TriggerSettings,
+    (): Settings,
+}
 _PATH_KEYS = {("definitions",), ("data_dir",)}  # relative to the settings file's folder
 _MAX_AGE = ("nats", "events_max_age")
 _DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhdw]?)\s*$")

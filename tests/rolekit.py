@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from core.definitions import Definitions, RetryPolicy, TaskDef
 from core.events import (
@@ -79,21 +80,33 @@ async def succeed(_: Dispatch) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_orchestrator(connect: Connect) -> AsyncIterator[Orchestrator]:
-    """An orchestrator on its own connection, as in its own process; stopped gracefully (its
-    lease released) on exit."""
-    own = await connect()
+async def until_stopped(
+    run: Callable[[asyncio.Event], Awaitable[object]], *closing: Any
+) -> AsyncIterator[None]:
+    """`run(stop)` as a task while the block runs, as a role runs in its process; then `stop`
+    is set, the task must return within 10 s, and each of `closing` (connections, inboxes) is
+    closed, in order, whatever happened."""
     stop = asyncio.Event()
-    orch = Orchestrator(own)
-    task = asyncio.ensure_future(orch.run(stop))
+    task = asyncio.ensure_future(run(stop))
     try:
-        yield orch
+        yield
     finally:
         stop.set()
         try:
             await asyncio.wait_for(task, 10)
         finally:
-            await own.close()
+            for each in closing:
+                await each.close()
+
+
+@contextlib.asynccontextmanager
+async def running_orchestrator(connect: Connect) -> AsyncIterator[Orchestrator]:
+    """An orchestrator on its own connection, as in its own process; stopped gracefully (its
+    lease released) on exit."""
+    own = await connect()
+    orch = Orchestrator(own)
+    async with until_stopped(orch.run, own):
+        yield orch
 
 
 @contextlib.asynccontextmanager

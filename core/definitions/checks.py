@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
+import urllib.parse
 import zoneinfo
 from typing import TYPE_CHECKING
 
 from core.cron import parse_cron
 from core.definitions.messages import DefinitionError, suggest
 from core.definitions.model import (
+    NOTIFY_OUTCOMES,
+    PARAM_KEY_PATTERN,
     DagDef,
     DagTask,
     Definitions,
+    NotifyDef,
+    Schedule,
     TaskDef,
     split_dependency,
     valid_dependency,
@@ -63,7 +69,8 @@ def _check_tasks(defs: Definitions, errors: list[DefinitionError]) -> None:
                         )
                     )
         if task.schedule is not None:
-            _check_cron(task.schedule, defs.source("tasks", task_id), "schedule", errors)
+            _check_schedule(defs, task.schedule, defs.source("tasks", task_id), errors)
+        _check_notify(task.notify, defs.source("tasks", task_id), errors)
     for cycle in find_cycles(edges):
         closing = tasks[cycle[-2]]
         index = next(
@@ -121,25 +128,20 @@ def _check_dependencies(
 
 def _check_dag(defs: Definitions, dag: DagDef, errors: list[DefinitionError]) -> None:
     file = defs.source("dags", dag.id)
-    if dag.context is not None and not _known(defs, "contexts", dag.context):
-        errors.append(
-            DefinitionError(
-                file,
-                "context",
-                f"unknown context {dag.context!r}" + suggest(dag.context, defs.contexts),
-            )
-        )
-    if isinstance(dag.schedule, str):
-        _check_cron(dag.schedule, file, "schedule", errors)
-    elif dag.schedule is not None:
-        _check_cron(dag.schedule.cron, file, "schedule.cron", errors)
-        if not valid_timezone(dag.schedule.timezone):
+    _check_notify(dag.notify, file, errors)
+    _check_context(defs, dag.context, file, "context", errors)
+    if dag.schedule is not None:
+        _check_schedule(defs, dag.schedule, file, errors)
+        if (
+            not isinstance(dag.schedule, str)
+            and dag.schedule.max_active_runs is not None
+            and dag.max_active_runs is not None
+        ):
             errors.append(
                 DefinitionError(
                     file,
-                    "schedule.timezone",
-                    f"unknown timezone {dag.schedule.timezone!r} (use an IANA name such as "
-                    "'UTC' or 'Europe/London')",
+                    "schedule.max_active_runs",
+                    "max_active_runs is also set on the DAG: set it in one place",
                 )
             )
     position: dict[str, int] = {}
@@ -289,6 +291,49 @@ def _check_contexts(defs: Definitions, errors: list[DefinitionError]) -> None:
         )
 
 
+_PARAM_KEY = re.compile(PARAM_KEY_PATTERN)
+
+
+def _check_schedule(
+    defs: Definitions, schedule: Schedule | str, file: str, errors: list[DefinitionError]
+) -> None:
+    if isinstance(schedule, str):
+        _check_cron(schedule, file, "schedule", errors)
+        return
+    _check_cron(schedule.cron, file, "schedule.cron", errors)
+    if not valid_timezone(schedule.timezone):
+        errors.append(
+            DefinitionError(
+                file,
+                "schedule.timezone",
+                f"unknown timezone {schedule.timezone!r} (use an IANA name such as "
+                "'UTC' or 'Europe/London')",
+            )
+        )
+    for key in schedule.params:
+        if not _PARAM_KEY.match(key):
+            errors.append(
+                DefinitionError(
+                    file,
+                    f"schedule.params.{key}",
+                    f"invalid parameter name {key!r}: expected KEY or TASK.KEY "
+                    "(letters, digits and '_'; a task id may also hold '-')",
+                )
+            )
+    _check_context(defs, schedule.context, file, "schedule.context", errors)
+
+
+def _check_context(
+    defs: Definitions, context: str | None, file: str, key: str, errors: list[DefinitionError]
+) -> None:
+    if context is not None and not _known(defs, "contexts", context):
+        errors.append(
+            DefinitionError(
+                file, key, f"unknown context {context!r}" + suggest(context, defs.contexts)
+            )
+        )
+
+
 def _check_cron(text: str, file: str, key: str, errors: list[DefinitionError]) -> None:
     try:
         parse_cron(text)
@@ -342,3 +387,41 @@ def find_cycles(edges: Mapping[str, Sequence[str]]) -> list[list[str]]:
                 del on_path[node]
                 done.add(node)
     return cycles
+
+
+def _check_notify(
+    notify: Sequence[NotifyDef] | None, file: str, errors: list[DefinitionError]
+) -> None:
+    """Completion webhooks: an absolute http(s) url with a host (msgspec checked the rest)."""
+    for i, hook in enumerate(notify or ()):
+        problem = url_problem(hook.url)
+        if problem:
+            errors.append(DefinitionError(file, f"notify[{i}].url", problem))
+        for k, outcome in enumerate(hook.on):
+            if outcome not in NOTIFY_OUTCOMES:
+                errors.append(
+                    DefinitionError(
+                        file,
+                        f"notify[{i}].on[{k}]",
+                        f"unknown outcome {outcome!r} (expected {', '.join(NOTIFY_OUTCOMES)})"
+                        + suggest(outcome, NOTIFY_OUTCOMES),
+                    )
+                )
+            elif outcome in hook.on[:k]:
+                errors.append(
+                    DefinitionError(file, f"notify[{i}].on[{k}]", f"{outcome!r} is listed twice")
+                )
+
+
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot receive a webhook, or None."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError as exc:
+        return f"invalid url {url!r}: {exc}"
+    if parts.scheme not in ("http", "https"):
+        return f"expected an http:// or https:// url, got {url!r}"
+    if not parts.hostname or any(c.isspace() for c in url):
+        return f"invalid url {url!r}: expected http(s)://HOST[:PORT]/PATH"
+    return None

@@ -43,6 +43,23 @@ class RetryPolicy(_Strict, frozen=True):
 
 NO_RETRIES = RetryPolicy()
 
+# What a completion webhook may be sent on (core.events.OUTCOMES); `on` is checked against
+# them in `core.definitions.checks`, which names the allowed ones.
+NOTIFY_OUTCOMES = ("succeeded", "failed", "cancelled")
+
+
+class NotifyDef(_Strict, frozen=True):
+    """A completion webhook: POST a summary of the run to `url` when it ends in one of `on`,
+    signed with the secret in the orchestrator's environment variable `secret_env` (none:
+    unsigned). The url's scheme and host are checked in `core.definitions.checks`."""
+
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+    on: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = NOTIFY_OUTCOMES
+    secret_env: EnvName | None = None
+
+
+Notifications = Annotated[tuple[NotifyDef, ...], msgspec.Meta(min_length=1)]
+
 
 class TaskDef(_Strict, frozen=True):
     """One task: a shell command, what it needs first, where and how it runs."""
@@ -59,7 +76,8 @@ class TaskDef(_Strict, frozen=True):
     timeout_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
     evaluation_point: bool = False
     tags: tuple[str, ...] = ()
-    schedule: str | None = None  # cron, five fields
+    schedule: Schedule | str | None = None  # a cron string is short for {cron: ...}
+    notify: Notifications | None = None  # when this task is the outcome asked for
 
     @property
     def display_name(self) -> str:
@@ -95,10 +113,26 @@ class DagTask(_Strict, frozen=True):
     tags: tuple[str, ...] | None = None
 
 
-class DagSchedule(_Strict, frozen=True):
+# A schedule's parameter override: `KEY` for every task of the run, or `TASK.KEY` for one.
+PARAM_KEY_PATTERN = r"^([A-Za-z0-9_][A-Za-z0-9_-]{0,127}\.)?[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class Schedule(_Strict, frozen=True):
+    """When a task or DAG starts by itself (`core.schedules` says which slots fire).
+
+    `schedule: "<cron>"` is short for `schedule: {cron: "<cron>"}`. `max_active_runs` left out
+    means the DAG's own `max_active_runs`, else 1.
+    """
+
     cron: str
-    timezone: str = "UTC"
-    catchup: bool = False
+    timezone: str = "UTC"  # an IANA name; cron fields match this zone's wall clock
+    catchup: bool = False  # after downtime: every missed slot (bounded), or only the latest
+    max_active_runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    context: Id | None = None
+    params: dict[str, Scalar] = {}  # KEY or TASK.KEY (PARAM_KEY_PATTERN, checked in checks)
+
+
+DagSchedule = Schedule  # (its earlier name)
 
 
 class DagDef(_Strict, frozen=True):
@@ -109,9 +143,10 @@ class DagDef(_Strict, frozen=True):
     name: str = ""
     description: str = ""
     context: Id | None = None
-    schedule: DagSchedule | str | None = None  # a cron string is short for {cron: ...}
+    schedule: Schedule | str | None = None  # a cron string is short for {cron: ...}
     max_active_runs: Annotated[int, msgspec.Meta(ge=1)] | None = None
     tags: tuple[str, ...] = ()
+    notify: Notifications | None = None
 
     @property
     def display_name(self) -> str:

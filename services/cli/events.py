@@ -36,13 +36,19 @@ def line(seq: int, event: AnyEvent, as_json: bool) -> str:
     kind = fields.pop("type")
     ts = fields.pop("ts")
     task = fields.pop("task_id", "")
-    attempt = fields.pop("attempt", None)
+    # (A notification's attempt is not a task's: it stays among the details.)
+    attempt = fields.pop("attempt", None) if task else None
     if kind == "RunScheduled":
         fields = {
             "target": fields["target"],
             "tasks": len(fields["graph"]),
             "trigger": fields["trigger"],
+            "notify": len(fields.get("notify", ())) or None,
         }
+    elif kind.startswith("Notification"):
+        fields.pop("notification", None)
+        if fields.get("retry_at") is None:
+            fields.pop("retrying", None)  # (retrying=False: the last attempt)
     where = f"{task}#{attempt}" if task else ""
     details = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in (None, "", {}, []))
     return f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip()

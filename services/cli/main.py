@@ -24,6 +24,8 @@ COMMANDS = (
     "projector",
     "ui",
     "schedule",
+    "schedules",
+    "triggers",
     "runs",
     "events",
     "replay",

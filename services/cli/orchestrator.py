@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,11 @@ from services.cli.common import (
     shutdown_grace,
     until_stopped,
 )
+from services.cli.triggers import start_triggers
+from services.cron import CronLoop
+from services.notifier import Notifier
 from services.orchestrator import Orchestrator
+from services.settings import load_settings
 
 log = structlog.get_logger("cyclonetix.orchestrator")
 
@@ -62,8 +67,34 @@ def main(args: argparse.Namespace) -> int:
             if definitions is not None:
                 changed = await backplane.definitions.put(definitions)
                 log.info("definitions.published", folder=str(args.definitions), changed=changed)
-            # Returns once `stop` is set and what was in flight is decided and stored.
-            await orchestrator.run(stop, kill)
+            # Completion webhooks, beside the orchestrator in every orchestrator process: one
+            # shared consumer hands each run's end to one of them (services/notifier.py). It is
+            # opened first, so no run this orchestrator ends goes unseen.
+            await backplane.ended_runs.open()
+            notifier = asyncio.create_task(
+                Notifier(backplane.events, backplane.ended_runs, load_settings().notify).run(stop)
+            )
+            # Cron runs beside the orchestrator in every orchestrator process, needing no lease:
+            # each slot's deterministic run id makes a second start of it a no-op.
+            cron = asyncio.create_task(
+                CronLoop(backplane.events, backplane.definitions, backplane.schedules).run(stop)
+            )
+            # Subject triggers too: every orchestrator shares one work-queue consumer, each
+            # message to one of them, idempotent by key (services/triggers.py).
+            triggers = await start_triggers(backplane, stop)
+            try:
+                # Returns once `stop` is set and what was in flight is decided and stored.
+                await orchestrator.run(stop, kill)
+            finally:
+                # (It stops with `stop`, after the batch in hand.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(triggers, 5.0)
+                cron.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await cron
+                # (It stops with `stop` and hands back the run ends it has not finished.)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(notifier, 5.0)
         finally:
             # (What is left of the grace: its writes are normally stored by now.)
             await backplane.close(max(0.0, min(orchestrator.stop_left(), 5.0)))

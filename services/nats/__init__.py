@@ -12,6 +12,8 @@ The only package that imports `nats` (a ruff rule enforces it). What lives where
   definitions   DefinitionsStore  agents       AgentRegistry
   leases        Leases            checkpoints  Checkpoints
   snapshots     Snapshots (object store)
+  schedules     ScheduleMarks (the cron loop's marks)
+  notifications EndedRuns (the notifier's shared consumer of run ends)
 
     backplane = await connect("nats://127.0.0.1:4222", name="cyclonetix-agent")
     try:
@@ -33,8 +35,10 @@ from services.nats.definitions import NatsDefinitionsStore
 from services.nats.events import NatsEventLog
 from services.nats.leases import NatsLeases
 from services.nats.logs import NatsLogStore
+from services.nats.notifications import NatsEndedRuns
 from services.nats.provisioning import Provisioner
 from services.nats.publisher import Publisher
+from services.nats.schedules import NatsScheduleMarks
 from services.nats.snapshots import NatsSnapshots
 from services.nats.work import NatsWorkQueue, hand_back
 
@@ -64,6 +68,8 @@ class NatsBackplane:
         self.leases = NatsLeases(self.provisioner)
         self.checkpoints = NatsCheckpoints(self.provisioner)
         self.snapshots = NatsSnapshots(self.provisioner)
+        self.schedules = NatsScheduleMarks(self.provisioner)  # for the cron loop
+        self.ended_runs = NatsEndedRuns(conn, self.provisioner)  # for the notifier
         conn.on_reconnect.append(self._after_reconnect)
 
     @property

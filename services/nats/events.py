@@ -25,11 +25,12 @@ from services.ports import RunExists
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
+    from nats.js.api import RawStreamMsg
 
     from services.nats.connection import Connection
     from services.nats.publisher import Publisher
 
-__all__ = ["NatsEventLog"]
+__all__ = ["NatsEventLog", "first_message"]
 
 log = structlog.get_logger("cyclonetix.nats")
 
@@ -44,6 +45,17 @@ def _decode(seq: int, msg: Msg) -> AnyEvent | None:
     except msgspec.DecodeError as exc:
         log.warning("nats.undecodable_event", subject=msg.subject, seq=seq, error=str(exc))
         return None
+
+
+async def first_message(conn: Connection, run_id: str) -> RawStreamMsg | None:
+    """The first message stored for the run (one direct read); None when it has none."""
+    with unavailable("a read of the run's first event"):
+        try:
+            return await conn.js.get_msg(
+                EVENTS_STREAM, seq=1, subject=event_subject(run_id), next=True, direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
 
 
 class NatsEventLog:
@@ -124,14 +136,8 @@ class NatsEventLog:
         return int(info.state.last_seq)
 
     async def first_seq(self, run_id: str) -> int | None:
-        with unavailable("a read of the run's first event"):
-            try:
-                msg = await self._conn.js.get_msg(
-                    EVENTS_STREAM, seq=1, subject=event_subject(run_id), next=True, direct=True
-                )
-            except nats.js.errors.NotFoundError:
-                return None
-        return int(msg.seq) if msg.seq else None
+        msg = await first_message(self._conn, run_id)
+        return int(msg.seq) if msg is not None and msg.seq else None
 
     async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
         subject = event_subject(run_id)

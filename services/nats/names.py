@@ -1,12 +1,21 @@
 """Where everything lives on NATS: stream, bucket and consumer names, subjects, headers, and the
 escaping that turns any id into a legal subject token or KV key.
 
-  CX_EVENTS      cx.ev.<shard>.<run_id>             every fact about a run (limits, no deletes)
+  CX_EVENTS      cx.ev.<shard>.<run_id>             every fact about a run (limits, no deletes;
+                                                    durable consumer `notifications`, pushing
+                                                    to cx.notify.deliver, queue group
+                                                    `notifications`: run ends for the webhooks)
   CX_WORK        cx.work.<queue>                    dispatch messages (work queue, one durable
                                                     pull consumer `work_<queue>` per queue)
   CX_ADVISORIES  $JS.EVENT.ADVISORY...MAX_DELIVERIES dispatches whose deliveries ran out
   CX_LOGS        cx.log.<run_id>.<task>.<attempt>   command output (limits, 7 days)
-  KV             cx_defs, cx_agents, cx_leases, cx_checkpoints
+  KV             cx_defs, cx_agents, cx_leases, cx_checkpoints,
+                 cx_schedules (per cron schedule: last slot considered, open claims)
+  CX_TRIGGERS    cx.trigger.task|dag.<id>           subject triggers (work queue, no_ack: the answer
+                                                    to a request is its outcome; durable pull
+                                                    consumer `triggers` shared by orchestrators)
+  CX_TRIGGER_LOG cx.tlog.accepted|rejected          what became of each trigger (limits, 30 days)
+  KV             cx_trigger_keys                    idempotency key -> run id (TTL: the window)
   object store   cx_snapshots                       the orchestrator's snapshot of its open runs
   core NATS      cx.cancel.<run_id>                 cancellation wake-ups (not stored)
 """
@@ -14,7 +23,7 @@ escaping that turns any id into a legal subject token or KV key.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Literal
 
 from core.ids import shard_of
 
@@ -30,7 +39,16 @@ __all__ = [
     "LOGS_STREAM",
     "LOST_CONSUMER",
     "MAX_DELIVERIES_SUBJECT",
+    "NOTIFY_CONSUMER",
+    "NOTIFY_DELIVER",
+    "SCHEDULES_BUCKET",
     "SNAPSHOTS_BUCKET",
+    "TRIGGERS_STREAM",
+    "TRIGGER_CONSUMER",
+    "TRIGGER_KEYS_BUCKET",
+    "TRIGGER_LOG_STREAM",
+    "TRIGGER_LOG_SUBJECTS",
+    "TRIGGER_SUBJECTS",
     "WORK_STREAM",
     "decode_token",
     "event_subject",
@@ -39,6 +57,9 @@ __all__ = [
     "log_subject",
     "log_subjects",
     "subject_token",
+    "trigger_log_subject",
+    "trigger_subject",
+    "trigger_target",
     "work_consumer",
     "work_subject",
 ]
@@ -51,12 +72,22 @@ DEFS_BUCKET: Final = "cx_defs"
 AGENTS_BUCKET: Final = "cx_agents"
 LEASES_BUCKET: Final = "cx_leases"
 CHECKPOINTS_BUCKET: Final = "cx_checkpoints"
+SCHEDULES_BUCKET: Final = "cx_schedules"  # services.cron: one ScheduleMark per schedule
+TRIGGERS_STREAM: Final = "CX_TRIGGERS"
+TRIGGER_LOG_STREAM: Final = "CX_TRIGGER_LOG"
+TRIGGER_CONSUMER: Final = "triggers"
+TRIGGER_KEYS_BUCKET: Final = "cx_trigger_keys"
+TRIGGER_SUBJECTS: Final = "cx.trigger.>"  # all of it: a malformed subject is answered too
+TRIGGER_LOG_SUBJECTS: Final = "cx.tlog.*"
 SNAPSHOTS_BUCKET: Final = "cx_snapshots"  # an object store (its stream: OBJ_cx_snapshots)
 
 # JetStream announces a work message whose deliveries ran out (max_deliver) on this core
 # subject; capturing it in a stream keeps the news while no orchestrator is running.
 MAX_DELIVERIES_SUBJECT: Final = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{WORK_STREAM}.*"
 LOST_CONSUMER: Final = "lost_dispatches"
+# On CX_EVENTS, shared by every orchestrator's notifier: each run's end to one of them.
+NOTIFY_CONSUMER: Final = "notifications"  # also its queue group
+NOTIFY_DELIVER: Final = "cx.notify.deliver"  # where that (push) consumer delivers
 
 ALL_EVENTS: Final = "cx.ev.>"
 CANCEL_PREFIX: Final = "cx.cancel"
@@ -143,3 +174,24 @@ def log_subjects(run_id: str, task_id: str, attempt: int | None) -> str:
 
 def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
+
+
+def trigger_subject(kind: str, target: str) -> str:
+    """Where a trigger for an outcome (`task`) or a DAG is published."""
+    return f"cx.trigger.{'task' if kind == 'outcome' else 'dag'}.{subject_token(target)}"
+
+
+def trigger_target(subject: str) -> tuple[Literal["outcome", "dag"], str] | None:
+    """(kind, target) a trigger subject names; None when it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["cx", "trigger"] or parts[2] not in ("task", "dag"):
+        return None
+    try:
+        target = decode_token(parts[3])
+    except ValueError:
+        return None
+    return ("outcome" if parts[2] == "task" else "dag"), target
+
+
+def trigger_log_subject(rejected: bool) -> str:
+    return "cx.tlog.rejected" if rejected else "cx.tlog.accepted"

@@ -37,7 +37,13 @@ from services.nats.names import (
     LOGS_STREAM,
     LOST_CONSUMER,
     MAX_DELIVERIES_SUBJECT,
+    SCHEDULES_BUCKET,
     SNAPSHOTS_BUCKET,
+    TRIGGER_CONSUMER,
+    TRIGGER_LOG_STREAM,
+    TRIGGER_LOG_SUBJECTS,
+    TRIGGER_SUBJECTS,
+    TRIGGERS_STREAM,
     WORK_STREAM,
 )
 from services.retrying import backoff
@@ -56,6 +62,11 @@ DUPLICATE_WINDOW: Final = 300.0  # seconds: how long a retried publish is recogn
 LOG_MAX_AGE: Final = 7 * 24 * 3600.0
 ADVISORY_MAX_AGE: Final = 7 * 24 * 3600.0
 AGENT_TTL: Final = 30.0
+TRIGGER_LOG_MAX_AGE: Final = 30 * 24 * 3600.0
+TRIGGER_LOG_MAX_MSGS: Final = 1_000_000
+# Longer than the trigger consumer's ack_wait: a message redelivered after a crash between its
+# record and its ack is recorded once.
+TRIGGER_LOG_DUPLICATE_WINDOW: Final = 600.0
 LEASE_TTL: Final = 6.0  # a lease its holder stops renewing is free after this long
 
 # Server error code we act on (nats-server `server/errors.json`).
@@ -108,6 +119,30 @@ def stream_configs(replicas: int, *, events_max_age: float = 0.0) -> list[Stream
             duplicate_window=120.0,
             allow_direct=True,
         ),
+        # Made by every role, so a trigger published before any orchestrator ran waits here.
+        # no_ack: JetStream's own ack would be the first (and only) answer a `nats req` gets;
+        # the handler answers instead (services/nats/triggers.py).
+        StreamConfig(
+            name=TRIGGERS_STREAM,
+            description="Cyclonetix subject triggers: requests to start runs",
+            subjects=[TRIGGER_SUBJECTS],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            no_ack=True,
+        ),
+        StreamConfig(
+            name=TRIGGER_LOG_STREAM,
+            description="Cyclonetix: what became of each trigger (accepted or rejected)",
+            subjects=[TRIGGER_LOG_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=TRIGGER_LOG_MAX_AGE,
+            max_msgs=TRIGGER_LOG_MAX_MSGS,
+            duplicate_window=TRIGGER_LOG_DUPLICATE_WINDOW,
+            allow_direct=True,
+        ),
     ]
 
 
@@ -118,6 +153,7 @@ def kv_configs(replicas: int) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=AGENTS_BUCKET, ttl=AGENT_TTL, **common),
         KeyValueConfig(bucket=LEASES_BUCKET, ttl=LEASE_TTL, **common),
         KeyValueConfig(bucket=CHECKPOINTS_BUCKET, **common),
+        KeyValueConfig(bucket=SCHEDULES_BUCKET, **common),
     ]
 
 
@@ -131,6 +167,19 @@ def object_store_configs(replicas: int) -> list[ObjectStoreConfig]:
         )
     ]
 
+
+# Shared by every orchestrator's trigger handler: each message to one of them. Redelivered
+# without limit: the handler itself terminates what it refuses and retries (nak) only what
+# failed for want of NATS or definitions.
+TRIGGER_CONSUMER_CONFIG: Final = ConsumerConfig(
+    name=TRIGGER_CONSUMER,
+    durable_name=TRIGGER_CONSUMER,
+    filter_subject=TRIGGER_SUBJECTS,
+    ack_policy=AckPolicy.EXPLICIT,
+    ack_wait=30.0,
+    max_deliver=-1,
+    max_ack_pending=4096,
+)
 
 LOST_CONSUMER_CONFIG: Final = ConsumerConfig(
     name=LOST_CONSUMER,
@@ -167,6 +216,7 @@ class Provisioner:
                 assert obj_cfg.bucket is not None
                 self._objects[obj_cfg.bucket] = await self._ensure_object_store(obj_cfg)
             await self.ensure_consumer(ADVISORIES_STREAM, LOST_CONSUMER_CONFIG)
+            await self.ensure_consumer(TRIGGERS_STREAM, TRIGGER_CONSUMER_CONFIG)
             for consumer in list(self._work_consumers.values()):
                 await self.ensure_consumer(WORK_STREAM, consumer)
 

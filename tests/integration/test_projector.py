@@ -27,6 +27,7 @@ from tests.rolekit import (
     schedule,
     stand_in_agent,
     until_end,
+    until_stopped,
 )
 from tests.waiting import eventually
 
@@ -46,17 +47,9 @@ async def projecting(url: str, store: MemoryReadModel) -> AsyncIterator[Projecto
     """A projector on its own connection, as in its own process; stopped on exit (and it must
     return promptly once stopped)."""
     own = await connect(url, name="projector")
-    stop = asyncio.Event()
     projector = Projector(own.events, store)
-    task = asyncio.ensure_future(projector.run(stop))
-    try:
+    async with until_stopped(projector.run, own):
         yield projector
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 10)
-        finally:
-            await own.close()
 
 
 async def applied_up_to(backplane: NatsBackplane, store: MemoryReadModel) -> int:

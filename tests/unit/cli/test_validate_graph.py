@@ -120,7 +120,7 @@ def test_validate_reports_every_error_and_exits_1(
         "tasks/e.yaml: dependencies[0]: unknown task 'ghost'",
         "tasks/f.yaml: colour: unknown field (allowed: id, command, name, description, "
         "dependencies, parameters, parameter_sets, queue, retries, timeout_seconds, "
-        "evaluation_point, tags, schedule)",
+        "evaluation_point, tags, schedule, notify)",
         f"4 errors in {tmp_path}",
     ]
 

@@ -27,6 +27,9 @@ from core.events import (
     Dispatch,
     EvaluationResult,
     GraphExtended,
+    Notification,
+    NotificationDelivered,
+    NotificationFailed,
     RunCancelled,
     RunCancelRequested,
     RunFailed,
@@ -76,7 +79,11 @@ GOLDEN: dict[str, str] = {
          ],
          "context": {"ENV": "prod"}, "context_id": "production",
          "params": {"train.EPOCHS": "3"}, "trigger": "rerun", "idempotency_key": null,
-         "rerun_of": "r-0000"}
+         "rerun_of": "r-0000",
+         "notify": [
+            {"url": "https://hooks.example.com/cx", "on": ["failed", "cancelled"],
+             "secret_env": "CX_HOOK_SECRET"}
+         ]}
     """,
     "TaskQueued": """
         {"type": "TaskQueued", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
@@ -147,6 +154,17 @@ GOLDEN: dict[str, str] = {
         {"type": "RunCancelled", "run_id": "r-0001", "ts": "2026-01-01T00:00:05.250000Z",
          "reason": ""}
     """,
+    "NotificationDelivered": """
+        {"type": "NotificationDelivered", "run_id": "r-0001", "ts": "2026-01-01T00:00:05.250000Z",
+         "notification": 0, "url": "https://hooks.example.com/cx", "outcome": "failed",
+         "attempt": 2, "status": 204, "duration_ms": 12.5}
+    """,
+    "NotificationFailed": """
+        {"type": "NotificationFailed", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
+         "notification": 0, "url": "https://hooks.example.com/cx", "outcome": "failed",
+         "attempt": 1, "status": 500, "duration_ms": 3.0, "error": "HTTP 500",
+         "retrying": true, "retry_at": "2026-01-01T00:00:05.250000Z"}
+    """,
     "Dispatch": """
         {"run_id": "r-0001", "task_id": "extract", "attempt": 1, "queue": "default",
          "command": "echo extract", "env": {"ENV": "prod", "CYCLONETIX_RUN_ID": "r-0001"},
@@ -181,6 +199,13 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
         params={"train.EPOCHS": "3"},
         trigger="rerun",
         rerun_of="r-0000",
+        notify=(
+            Notification(
+                url="https://hooks.example.com/cx",
+                on=("failed", "cancelled"),
+                secret_env="CX_HOOK_SECRET",
+            ),
+        ),
     ),
     "TaskQueued": TaskQueued(run_id=RUN, ts=T0, task_id="extract", attempt=1, queue="default"),
     "TaskStarted": TaskStarted(
@@ -232,6 +257,29 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
         run_id=RUN, ts=T1, reason="1 task(s) failed: extract", failed_tasks=("extract",)
     ),
     "RunCancelled": RunCancelled(run_id=RUN, ts=T1),
+    "NotificationDelivered": NotificationDelivered(
+        run_id=RUN,
+        ts=T1,
+        notification=0,
+        url="https://hooks.example.com/cx",
+        outcome="failed",
+        attempt=2,
+        status=204,
+        duration_ms=12.5,
+    ),
+    "NotificationFailed": NotificationFailed(
+        run_id=RUN,
+        ts=T0,
+        notification=0,
+        url="https://hooks.example.com/cx",
+        outcome="failed",
+        attempt=1,
+        status=500,
+        duration_ms=3.0,
+        error="HTTP 500",
+        retrying=True,
+        retry_at=T1,
+    ),
     "Dispatch": Dispatch(
         run_id=RUN,
         task_id="extract",
@@ -496,6 +544,15 @@ def test_a_run_scheduled_written_before_rerun_of_existed_decodes_as_no_rerun() -
     expected = EXPECTED["RunScheduled"]
     assert isinstance(expected, RunScheduled)
     assert event == msgspec.structs.replace(expected, rerun_of=None)
+
+
+def test_a_run_scheduled_written_before_notify_existed_decodes_as_no_webhooks() -> None:
+    document = json.loads(GOLDEN["RunScheduled"])
+    del document["notify"]
+    event = decode(json.dumps(document).encode())
+    expected = EXPECTED["RunScheduled"]
+    assert isinstance(expected, RunScheduled)
+    assert event == msgspec.structs.replace(expected, notify=())
 
 
 def drive_to_the_end(state: RunState, *, fail_first: str = "") -> list[AnyEvent]:

@@ -37,6 +37,7 @@ from tests.rolekit import (
     schedule,
     stand_in_agent,
     until_end,
+    until_stopped,
 )
 from tests.waiting import eventually
 
@@ -79,17 +80,9 @@ async def projecting(
 ) -> AsyncIterator[Projector]:
     """A projector on its own connection, as in its own process; stopped on exit."""
     conn = server.connect("projector")
-    stop = asyncio.Event()
     projector = Projector(conn.events, store, retry_first=0.01, retry_cap=0.05, **options)
-    task = asyncio.ensure_future(projector.run(stop))
-    try:
+    async with until_stopped(projector.run, conn):
         yield projector
-    finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, 10)
-        finally:
-            await conn.close()
 
 
 async def applied_up_to(store: MemoryReadModel | Any, seq: int) -> None:

@@ -299,6 +299,10 @@ def test_every_bad_file_value_is_one_line_naming_file_and_key(
         ("CYCLONETIX_EVENTS_MAX_AGE", "-2h", MAX_AGE),
         ("CYCLONETIX_EVENTS_MAX_AGE", "forever", MAX_AGE),
         ("CYCLONETIX_EVENTS_MAX_AGE", "nan", MAX_AGE),
+        ("CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW", "0.5", "seconds, at least 1"),
+        ("CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW", "a day", "seconds, at least 1"),
+        ("CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES", "8", "bytes from 16 to 8388608"),
+        ("CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES", "64k", "bytes from 16 to 8388608"),
     ],
 )
 def test_every_bad_variable_is_one_line_naming_the_variable(
@@ -316,6 +320,12 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
         "log.format",
         "log.level",
         "shutdown_grace",
+        "notify.attempts",
+        "notify.first_delay",
+        "notify.timeout",
+        "notify.concurrency",
+        "triggers.idempotency_window",
+        "triggers.max_message_bytes",
     }
     env = {f.env: "[1, 2]" for f in FIELDS if ".".join(f.path) in strings}
     settings = load_settings(env, tmp_path)
@@ -327,7 +337,8 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
     [
         (
             "colour: x",
-            "colour: unknown field (allowed: nats, definitions, data_dir, log, shutdown_grace)",
+            "colour: unknown field (allowed: nats, triggers, notify, definitions, data_dir, "
+            "log, shutdown_grace)",
         ),
         ("nats_url: x", "nats_url: unknown field (did you mean 'nats'?)"),
         ("nats: {urll: x}", "nats.urll: unknown field (did you mean 'url'?)"),
@@ -412,3 +423,16 @@ def test_installed_examples_are_preferred_over_the_repository(
 
 def test_runtime_default_data_dir_is_the_setting_default() -> None:
     assert Path(Settings().data_dir) == runtime_info.DEFAULT_DATA_DIR
+
+
+def test_trigger_settings_default_to_a_day_and_64_kib_and_read_the_environment(
+    tmp_path: Path,
+) -> None:
+    assert load_settings({}, tmp_path).triggers.idempotency_window == 86_400.0
+    assert load_settings({}, tmp_path).triggers.max_message_bytes == 65_536
+    env = {
+        "CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW": "3600",
+        "CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES": "1024",
+    }
+    triggers = load_settings(env, tmp_path).triggers
+    assert (triggers.idempotency_window, triggers.max_message_bytes) == (3600.0, 1024)
