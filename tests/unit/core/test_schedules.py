@@ -8,7 +8,7 @@ import datetime as dt
 import textwrap
 
 import msgspec
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.definitions import check_definitions, parse_definitions
@@ -192,6 +192,7 @@ def test_last_run_candidates_newest_first() -> None:
     assert last_run_candidates(hourly(False), None) == []
 
 
+@settings(max_examples=max(10, settings().max_examples // 10))  # up to 25 ticks over days
 @given(
     catchup=st.booleans(),
     max_active=st.integers(1, 3),

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.triggers import (
@@ -146,6 +146,7 @@ def test_any_json_gives_a_request_or_a_clear_rejection(value: object) -> None:
     _check(parse(json.dumps(value).encode()))
 
 
+@settings(max_examples=max(10, settings().max_examples // 3))  # (large nested documents)
 @given(near_messages)
 def test_any_object_of_roughly_the_right_shape_gives_a_request_or_a_rejection(
     doc: dict[str, Any],
