@@ -18,7 +18,8 @@
   // Above this many tasks the graph is drawn for speed, not beauty: dagre's crossing
   // minimisation takes seconds on thousands of nodes, so big runs get a precomputed layered
   // layout instead (column = longest dependency chain, long columns wrapped), no animation,
-  // edges hidden and the canvas cached while panning, and labels only once zoomed in.
+  // only the selected task's edges, the canvas cached while panning, and labels only once
+  // zoomed in.
   var BIG = 300;
   var WRAP = 40; // nodes per column of a big graph's layer
 
@@ -68,7 +69,7 @@
     return positions;
   }
 
-  function elements(graph) {
+  function elements(graph, big) {
     var out = [];
     graph.forEach(function (n) {
       var row = tasks[n.id];
@@ -76,12 +77,32 @@
         id: n.id, label: n.name || n.id, status: row ? row.status : "pending"
       } });
     });
+    if (big) return out; // (its edges: those of the task selected, see edgesOf)
     graph.forEach(function (n) {
-      n.dependencies.forEach(function (dep) {
-        if (nodes[dep]) out.push({ group: "edges", data: { id: dep + "\u2192" + n.id, source: dep, target: n.id } });
-      });
+      n.dependencies.forEach(function (dep) { if (nodes[dep]) out.push(edge(dep, n.id)); });
     });
     return out;
+  }
+
+  function edge(from, to) {
+    return { group: "edges", data: { id: from + "\u2192" + to, source: from, target: to } };
+  }
+
+  // A big graph is drawn without its thousands of edges (styling them was half of the first
+  // draw, and they cannot be followed at that size anyway): its columns show the depth, and
+  // the task selected shows its own edges, to what it needs and to what needs it.
+  function edgesOf(id) {
+    if (!cy || detail.graph.length <= BIG) return;
+    cy.batch(function () {
+      cy.edges().remove();
+      if (!id || !nodes[id]) return;
+      var out = [];
+      nodes[id].dependencies.forEach(function (dep) { if (nodes[dep]) out.push(edge(dep, id)); });
+      detail.graph.forEach(function (n) {
+        if (n.dependencies.indexOf(id) >= 0) out.push(edge(id, n.id));
+      });
+      cy.add(out);
+    });
   }
 
   function style(big) {
@@ -119,7 +140,7 @@
     if (cy) cy.destroy();
     cy = cytoscape({
       container: document.getElementById("graph"),
-      elements: elements(graph),
+      elements: elements(graph, big),
       style: style(big),
       layout: big
         ? { name: "preset", positions: function (n) { return positions[n.id()]; }, fit: true, padding: 20 }
@@ -338,7 +359,7 @@
     selected = id;
     if (panel.hidden) { panel.hidden = false; if (cy) fitSmall(); }
     panel.setAttribute("data-task", id);
-    if (cy) { cy.nodes(":selected").unselect(); cy.getElementById(id).select(); }
+    if (cy) { cy.nodes(":selected").unselect(); cy.getElementById(id).select(); edgesOf(id); }
     text("panel-title", n.name || n.id);
     text("panel-task", n.id);
     text("panel-queue", n.queue);
@@ -404,7 +425,7 @@
     logToken++;
     panel.hidden = true;
     panel.removeAttribute("data-task");
-    if (cy) { cy.nodes(":selected").unselect(); fitSmall(); }
+    if (cy) { cy.nodes(":selected").unselect(); edgesOf(null); fitSmall(); }
     history.replaceState(null, "", window.location.pathname);
   }
   document.getElementById("panel-close").addEventListener("click", closePanel);
@@ -466,6 +487,7 @@
 
   // Read-only view of the drawn graph, for the browser tests and for debugging in a console.
   window.cxRun = {
+    edges: function () { return cy.edges().map(function (e) { return e.id(); }); },
     statuses: function () {
       var out = {};
       cy.nodes().forEach(function (n) { out[n.id()] = n.data("status"); });
