@@ -58,12 +58,15 @@ class MemoryTables:
                 self.events.setdefault(c.event.run_id, []).append(c.event)
             if c.run is not None:
                 self._put_run(c.run)
-            for task in c.tasks:
-                self.tasks.setdefault(task.run_id, {})[task.task_id] = task
-            if c.graph:
-                run_id = c.tasks[0].run_id
+            if c.graph and c.run is not None:
+                run_id = c.run.run_id
+                tasks = self.tasks.setdefault(run_id, {})
+                for node in c.graph:
+                    tasks[node.id] = rows.pending_row(run_id, node, c.seq)
                 self.graph.setdefault(run_id, []).extend(c.graph)
                 self.definitions.setdefault(run_id, set()).update(n.task_id for n in c.graph)
+            for task in c.tasks:
+                self.tasks.setdefault(task.run_id, {})[task.task_id] = task
             if c.attempt is not None:
                 a = c.attempt
                 self.attempts.setdefault((a.run_id, a.task_id), {})[a.attempt] = a

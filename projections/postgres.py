@@ -569,14 +569,21 @@ class PostgresReadModel:
         )
 
     async def task_attempts(self, run_id: str, task_id: str) -> tuple[AttemptRow, ...]:
-        async with self._connection() as con:
+        async with (
+            self._connection() as con,
+            con.transaction(isolation="repeatable_read", readonly=True),
+        ):
             found = await con.fetch(
-                f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE run_id = $1 AND task_id = $2"
-                " ORDER BY attempt",
+                f"SELECT {_ATTEMPT_SELECT} FROM attempts WHERE run_id = $1 AND task_id = $2",
                 run_id,
                 task_id,
             )
-        return tuple(_attempt_row(r) for r in found)
+            task = await con.fetchrow(
+                f"SELECT {_TASK_SELECT} FROM task_runs WHERE run_id = $1 AND task_id = $2",
+                run_id,
+                task_id,
+            )
+        return rows.with_queued(map(_attempt_row, found), _task_row(task) if task else None)
 
     async def recent_events(
         self, run_id: str, after_seq: int = 0, limit: int = 100
@@ -658,11 +665,9 @@ class _Staged:
             self.runs[c.run.run_id] = c.run
         # A task that joins a graph pending gets no row until it leaves pending: `get_run` makes
         # that row from the graph (a 5,000-task run starts with one row, not 5,001).
-        new = {n.id for n in c.graph}
         for t in c.tasks:
-            if t.status != TaskStatus.PENDING or t.task_id not in new:
-                self.tasks[t.run_id, t.task_id] = t
-        if (a := c.attempt) is not None:
+            self.tasks[t.run_id, t.task_id] = t
+        if (a := rows.attempt_to_write(c)) is not None:
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
     def arguments(self) -> list[str]:

@@ -15,35 +15,36 @@ Every key of one installation starts with its prefix `P` (default `cx:rm:`), so 
     P at                 zset     run id by scheduled_at (microseconds since 1970): `since`/`until`
     P n:<field>:<value>  hash     status -> runs with that kind, target, trigger or task definition
     P d:<run>            set      the task definitions in a run's graph (what its counts are under)
-    P t:<run>            hash     node id -> TaskRunRow
-    P g:<run>            hash     graph position -> TaskNode (the graph, in order)
+    P t:<run>            hash     node id -> TaskRunRow, once the task has left pending
+    P g:<run>            hash     graph position -> "<seq> <TaskNode>": the graph, in order,
+                                  each node with the sequence of the event that added it
     P a:<run>            hash     "<node id> <attempt>" -> AttemptRow
     P e:<run>            zset     EventRow by seq (also the history a cold cache rebuilds from)
 
-Writes follow `projections.rows` exactly as `projections.memory` does. Each batch is folded in
-this process, then written with ONE Lua script call (EVALSHA) per chunk of at most
-`CHUNK` entries: the script compares the stored checkpoint with the one the fold started from,
-and only if they match writes every row, index and the new checkpoint. A Lua script runs
-atomically in Redis (no other command sees half of it), takes one round trip, and can check the
-checkpoint and write in the same step; MULTI/EXEC would need WATCH on a dedicated connection and
-a retry loop for the same guarantee. A script is not rolled back if a command fails mid-way, so
-every write in it is idempotent (HSET, ZADD, a status index moved by the status it records) and
-the checkpoint is set last: a script cut short leaves the old checkpoint and rows that the retry
-overwrites with the same values. A mismatch (another projector, a reset, or this store's own
-write whose reply was lost and that redis-py sent again) drops the cache of open runs and folds
-the rest again from what is committed, so two projectors on one store still apply each entry
-once. When a write fails the cache is dropped as well (the runs are rebuilt from their events).
-
-A batch larger than `CHUNK` is written as several atomic steps, each with its checkpoint: an
-interrupted batch leaves a prefix of it applied, which the projector resumes after (the rows are
-the same whatever the split). Lists read the smallest index that the filter names (`list_runs`
-by status is one ZREVRANGEBYSCORE of `limit + 1` ids and one HMGET); counts are ZCARD or
-ZINTERCARD of the indexes, never a scan of the runs (a time window reads only the runs in it).
-
-Needs Redis >= 7.0 (ZINTERCARD) and a single server or primary (not Cluster: the script builds
-its keys from the prefix). When Redis cannot be reached, or a connection dies mid-call, every
-method raises `core.errors.Unavailable` with one line; the caller retries and the store catches
-up from its checkpoint.
+Writes follow `projections.rows` exactly as `projections.memory` does, but for two rows that
+`get_run` and `task_attempts` make when read: a pending task's (from its node: a 5,000-task run
+is scheduled without 5,000 rows) and a queued attempt's (`rows.queued_attempt`, from its task's
+row). Each batch is folded in this process, then written with ONE Lua script call (EVALSHA) per
+chunk of at most `CHUNK` entries: the script compares the stored checkpoint with the one the
+fold started from, and only if they match writes every row, index and the new checkpoint. A Lua
+script runs atomically in Redis (no other command sees half of it), takes one round trip, and
+can check the checkpoint and write in the same step; MULTI/EXEC would need WATCH on a dedicated
+connection and a retry loop for the same guarantee. A script is not rolled back if a command
+fails mid-way, so every write in it is idempotent (HSET, ZADD, a status index moved by the
+status it records) and the checkpoint is set last: a script cut short leaves the old checkpoint
+and rows that the retry overwrites with the same values. A mismatch (another projector, a
+reset, or this store's own write whose reply was lost and that redis-py sent again) drops the
+cache of open runs and folds the rest again from what is committed, so two projectors on one
+store still apply each entry once. When a write fails the cache is dropped as well (the runs
+are rebuilt from their events). A batch larger than `CHUNK` is written as several atomic steps,
+each with its checkpoint: an interrupted batch leaves a prefix of it applied, which the
+projector resumes after (the rows are the same whatever the split). Lists read the smallest
+index that the filter names (`list_runs` by status is one ZREVRANGEBYSCORE of `limit + 1` ids
+and one HMGET); counts are ZCARD or ZINTERCARD of the indexes, never a scan of the runs (a time
+window reads only the runs in it). Needs Redis >= 7.0 (ZINTERCARD) and a single server or
+primary (not Cluster: the script builds its keys from the prefix). When Redis cannot be
+reached, or a connection dies mid-call, every method raises `core.errors.Unavailable` with one
+line; the caller retries and the store catches up from its checkpoint.
 """
 
 from __future__ import annotations
@@ -570,20 +571,28 @@ class RedisReadModel:
             raw, tasks, graph, checkpoint = await pipe.execute()
         if raw is None:
             return None
-        nodes = [_node(v) for _, v in sorted(graph.items(), key=lambda kv: int(kv[0]))]
         by_id = {k.decode(): _task_row(v) for k, v in tasks.items()}
+        nodes, task_rows = [], []
+        for _, value in sorted(graph.items(), key=lambda kv: int(kv[0])):
+            added, node = _graph_entry(value)
+            nodes.append(node)
+            found = by_id.get(node.id)
+            task_rows.append(found if found else rows.pending_row(run_id, node, added))
         return RunDetail(
             run=_run_row(raw),
-            tasks=tuple(by_id[n.id] for n in nodes if n.id in by_id),
+            tasks=tuple(task_rows),
             graph=tuple(nodes),
             as_of_seq=int(checkpoint or 0),
         )
 
     async def task_attempts(self, run_id: str, task_id: str) -> tuple[AttemptRow, ...]:
-        async with self._guard():
-            found = await self._redis.hvals(self._k("a", run_id))
+        async with self._guard(), self._redis.pipeline(transaction=True) as pipe:
+            pipe.hvals(self._k("a", run_id))
+            pipe.hget(self._k("t", run_id), task_id)
+            found, task = await pipe.execute()
         attempts = (_attempt_row(raw) for raw in found)
-        return tuple(sorted((a for a in attempts if a.task_id == task_id), key=_by_attempt))
+        mine = (a for a in attempts if a.task_id == task_id)
+        return rows.with_queued(mine, _task_row(task) if task is not None else None)
 
     async def recent_events(
         self, run_id: str, after_seq: int = 0, limit: int = 100
@@ -595,10 +604,6 @@ class RedisReadModel:
         return tuple(_event_row(raw) for raw in found)
 
 
-def _by_attempt(a: AttemptRow) -> int:
-    return a.attempt
-
-
 class _Batch:
     """The rows one chunk writes, the last version of each."""
 
@@ -606,7 +611,8 @@ class _Batch:
         self.events: list[EventRow] = []
         self.runs: dict[str, tuple[RunRow, bool]] = {}  # run id -> (row, opened in this chunk)
         self.tasks: dict[tuple[str, str], TaskRunRow] = {}
-        self.graph: list[tuple[str, int, TaskNode, int]] = []  # run, position, node, its seq
+        # run, position, node, the run's scheduled_seq, the seq that added the node
+        self.graph: list[tuple[str, int, TaskNode, int, int]] = []
         self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
 
     def add(self, c: rows.Changes, run: rows.OpenRun) -> None:
@@ -615,14 +621,13 @@ class _Batch:
         if c.run is not None:
             opened = c.opened is not None or self.runs.get(c.run.run_id, (c.run, False))[1]
             self.runs[c.run.run_id] = (c.run, opened)
-        for t in c.tasks:
-            self.tasks[t.run_id, t.task_id] = t
         if c.graph:
             run_id, first = run.state.run_id, len(run.state.tasks) - len(c.graph)
             for i, node in enumerate(c.graph, start=first):
-                self.graph.append((run_id, i, node, run.scheduled_seq))
-        if c.attempt is not None:
-            a = c.attempt
+                self.graph.append((run_id, i, node, run.scheduled_seq, c.seq))
+        for t in c.tasks:
+            self.tasks[t.run_id, t.task_id] = t
+        if (a := rows.attempt_to_write(c)) is not None:
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
     def payload(self) -> bytes:
@@ -639,9 +644,18 @@ class _Batch:
         for t in self.tasks.values():
             tasks += (t.run_id, t.task_id, _json(t))
         graph: list[str] = []
-        for run_id, position, node, seq in self.graph:
-            graph += (run_id, str(position), _json(node), node.task_id, str(seq))
+        for run_id, position, node, scheduled, added in self.graph:
+            graph += (run_id, str(position), f"{added} {_json(node)}", node.task_id, str(scheduled))
         attempts: list[str] = []
         for a in self.attempts.values():
             attempts += (a.run_id, f"{a.task_id} {a.attempt}", _json(a))
         return _msgpack((events, runs, tasks, graph, attempts))
+
+
+def _graph_entry(value: bytes) -> tuple[int, TaskNode]:
+    """A `g:<run>` value: the sequence that added the node, and the node. A store written
+    before that sequence was kept holds the node alone, and a row for each pending task."""
+    if value.startswith(b"{"):
+        return 0, _node(value)
+    added, _, node = value.partition(b" ")
+    return int(added), _node(node)

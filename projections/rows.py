@@ -43,7 +43,7 @@ from core.events import (
     TaskSucceeded,
     encode,
 )
-from core.run import EVALUATING, PENDING, RunState, RunStatus, TaskRun, fold
+from core.run import EVALUATING, PENDING, QUEUED, RunState, RunStatus, TaskRun, fold
 from core.snapshots import TaskNode
 from projections.views import (
     AttemptRow,
@@ -103,9 +103,12 @@ class Changes(msgspec.Struct, kw_only=True, gc=False):
     seq: int
     event: EventRow | None = None  # None: a skipped entry (it only advances the checkpoint)
     run: RunRow | None = None
-    tasks: tuple[TaskRunRow, ...] = ()
+    tasks: tuple[TaskRunRow, ...] = ()  # rows of tasks already in the graph that changed
     attempt: AttemptRow | None = None
-    graph: tuple[TaskNode, ...] = ()  # nodes added to the run's graph (append in this order)
+    # Nodes added to the run's graph (append in this order). They are pending: a store that
+    # keeps rows of pending tasks makes them with `pending_row(run_id, node, seq)`; one that
+    # makes them when read skips that work (a 5,000-task RunScheduled: 5,000 rows).
+    graph: tuple[TaskNode, ...] = ()
     opened: OpenRun | None = None
     closed: bool = False
 
@@ -160,9 +163,8 @@ def _open(seq: int, event: RunScheduled, row: EventRow) -> Changes:
     state = fold(None, event)
     assert state is not None
     run = OpenRun(state, event, seq)
-    tasks = tuple(task_row(state.run_id, t, None, seq) for t in state.tasks.values())
     graph = tuple(t.node for t in state.tasks.values())
-    return Changes(seq=seq, event=row, run=run_row(run, seq), tasks=tasks, graph=graph, opened=run)
+    return Changes(seq=seq, event=row, run=run_row(run, seq), graph=graph, opened=run)
 
 
 def _task_key(t: TaskRun) -> tuple[object, ...]:
@@ -196,11 +198,10 @@ def _advance(run: OpenRun, seq: int, event: AnyEvent, row: EventRow) -> Changes:
     if added:
         new = list(itertools.islice(reversed(state.tasks.values()), added))[::-1]
         run.counts[PENDING] += added
-        rows.extend(task_row(state.run_id, t, None, seq) for t in new)
         graph = tuple(t.node for t in new)
     if isinstance(event, RunCancelRequested) and state.cancel_requested and not cancel_before:
         run.cancelled_by = event.by
-    if not rows and cancel_before == state.cancel_requested and not state.finished:
+    if not rows and not graph and cancel_before == state.cancel_requested and not state.finished:
         return Changes(seq=seq, event=row)  # core ignored it: a duplicate or a fenced result
     return Changes(
         seq=seq,
@@ -293,6 +294,44 @@ def task_row(run_id: str, t: TaskRun, attempt: AttemptRow | None, seq: int) -> T
 def pending_row(run_id: str, node: TaskNode, seq: int) -> TaskRunRow:
     """The row of a task that joined its run's graph at `seq` and has not left pending."""
     return task_row(run_id, TaskRun(node, 0), None, seq)
+
+
+def queued_attempt(t: TaskRunRow) -> AttemptRow | None:
+    """The row of a task's current attempt while it waits in its queue, made from the task's
+    own row (None when the task is not queued). A store that makes this row when read need not
+    write it: at a run's start every task is queued at once (5,000 attempt rows fewer)."""
+    if t.status != QUEUED or t.queued_at is None:
+        return None
+    return AttemptRow(
+        run_id=t.run_id,
+        task_id=t.task_id,
+        attempt=t.attempt,
+        status=AttemptStatus.QUEUED,
+        queue=t.queue,
+        queued_at=t.queued_at,
+        last_seq=t.last_seq,
+    )
+
+
+def attempt_to_write(c: Changes) -> AttemptRow | None:
+    """`c.attempt`, or None when `queued_attempt` of its task's row in `c` makes it as is."""
+    a = c.attempt
+    if a is None or a.status != AttemptStatus.QUEUED:
+        return a
+    for t in c.tasks:
+        if t.task_id == a.task_id and queued_attempt(t) == a:
+            return None
+    return a
+
+
+def with_queued(stored: Iterable[AttemptRow], task: TaskRunRow | None) -> tuple[AttemptRow, ...]:
+    """A task's attempts, by number: those stored, and its queued attempt made from its row
+    if none is stored (see `attempt_to_write`)."""
+    found = {a.attempt: a for a in stored}
+    queued = queued_attempt(task) if task is not None else None
+    if queued is not None and queued.attempt not in found:
+        found[queued.attempt] = queued
+    return tuple(found[n] for n in sorted(found))
 
 
 def run_row(run: OpenRun, seq: int) -> RunRow:

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 from redis import exceptions as rexc
@@ -33,7 +34,8 @@ from core.events import (
     RunSucceeded,
     TaskStarted,
 )
-from core.run import RunStatus
+from core.run import RunStatus, TaskStatus
+from projections import rows
 from projections.memory import MemoryReadModel
 from projections.protocol import Entry, ReadModel
 from projections.redis import RedisReadModel
@@ -523,3 +525,28 @@ async def test_the_redis_read_model_benchmark_runs_on_a_tiny_size(redis_url: str
     figures = await read_model_redis_bench.run(redis_url, 5, 10, 100, 1000)
     assert figures["replay_events"] == 55 and figures["list_runs"] == 1000
     assert isinstance(figures["list_failed_50"], dict) and figures["list_failed_50"]["p50_ms"] > 0
+
+
+async def test_a_store_written_before_pending_rows_were_made_when_read_reads_the_same(
+    store: RedisReadModel, admin: aioredis.Redis, prefix: str
+) -> None:
+    """Before, every graph value was the node alone, and pending tasks and queued attempts had
+    rows of their own; such a store (rewritten here into that layout) reads as it did."""
+    entries = stream(6, 4)
+    await store.apply_batch(entries)
+    before = await everything(store)
+    keys: list[Any] = await admin.keys(f"{prefix}g:*")
+    for key in keys:
+        run_id = key.decode().removeprefix(f"{prefix}g:")
+        detail = await store.get_run(run_id)
+        assert detail is not None
+        graph: dict[Any, Any] = await admin.hgetall(key)
+        for position, value in graph.items():
+            await admin.hset(key, position, value.partition(b" ")[2])  # the node alone
+        for task in detail.tasks:
+            if task.status == TaskStatus.PENDING:
+                await admin.hset(f"{prefix}t:{run_id}", task.task_id, msgspec.json.encode(task))
+            elif (attempt := rows.queued_attempt(task)) is not None:
+                field = f"{task.task_id} {attempt.attempt}"
+                await admin.hset(f"{prefix}a:{run_id}", field, msgspec.json.encode(attempt))
+    assert await everything(store) == before

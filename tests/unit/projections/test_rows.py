@@ -61,7 +61,7 @@ def test_a_new_run_gives_its_row_its_tasks_and_its_graph() -> None:
     assert changes.opened is not None and changes.run is not None
     assert changes.run.status == RunStatus.SCHEDULED
     assert changes.run.counts[TaskStatus.PENDING] == 2
-    assert [t.task_id for t in changes.tasks] == ["a", "b"]
+    assert changes.tasks == ()  # pending: a store makes their rows from the graph
     assert [n.id for n in changes.graph] == ["a", "b"]
     assert changes.event is not None and changes.event.type == "RunScheduled"
 
@@ -87,6 +87,26 @@ def test_events_core_ignores_change_no_row() -> None:
     assert only_the_event(project(scheduled(node("a"))))  # nor schedules it again
 
 
+def test_a_queued_attempt_is_made_from_its_task_row_and_not_written() -> None:
+    project = Projector()
+    project(scheduled(node("a"), node("b")))
+    usual = project(TaskQueued(run_id=RUN, ts=T0, task_id="a", attempt=1, queue="default"))
+    assert usual.attempt is not None and rows.attempt_to_write(usual) is None
+    (row,) = usual.tasks
+    assert rows.with_queued((), row) == (usual.attempt,)
+    # Queued elsewhere than its node says: the row cannot be made, so it is written.
+    moved = project(TaskQueued(run_id=RUN, ts=T0, task_id="b", attempt=1, queue="gpu"))
+    assert moved.attempt is not None and rows.attempt_to_write(moved) == moved.attempt
+    (row,) = moved.tasks
+    assert rows.with_queued((moved.attempt,), row) == (moved.attempt,)
+    started = project(TaskStarted(run_id=RUN, ts=T0, task_id="a", attempt=1, agent_id="x"))
+    assert rows.attempt_to_write(started) == started.attempt
+    (row,) = started.tasks
+    assert started.attempt is not None and rows.with_queued((started.attempt,), row) == (
+        started.attempt,
+    )
+
+
 def test_unknown_runs_and_skipped_entries_change_no_row() -> None:
     project = Projector()
     assert only_the_event(project(TaskQueued(run_id="x", ts=T0, task_id="a", attempt=1, queue="q")))
@@ -105,10 +125,7 @@ def test_an_evaluation_point_adds_pending_tasks() -> None:
     grown = project(
         GraphExtended(run_id=RUN, ts=T0, task_id="ev", attempt=1, nodes=(node("x", "ev"),))
     )
-    assert [(t.task_id, t.status) for t in grown.tasks] == [
-        ("ev", TaskStatus.SUCCEEDED),
-        ("x", TaskStatus.PENDING),
-    ]
+    assert [(t.task_id, t.status) for t in grown.tasks] == [("ev", TaskStatus.SUCCEEDED)]
     assert [n.id for n in grown.graph] == ["x"]
     assert grown.run is not None and grown.run.tasks_total == 2
     assert grown.run.counts[TaskStatus.PENDING] == 1
