@@ -144,15 +144,33 @@ end
 for i = 1, #tasks, 3 do
   redis.call('HSET', p .. 't:' .. tasks[i], tasks[i + 1], tasks[i + 2])
 end
+-- A 5,000-node graph: its nodes go in a few HSETs of many fields, not 5,000; each definition
+-- is indexed once per run; the run's status (its row came first) is read once.
+local nodes, indexed, statuses = {}, {}, {}
+local function flush(run)
+  if #nodes[run] > 0 then redis.call('HSET', p .. 'g:' .. run, unpack(nodes[run])) end
+  nodes[run] = {}
+end
 for i = 1, #graph, 5 do
   local run, definition = graph[i], graph[i + 3]
-  redis.call('HSET', p .. 'g:' .. run, graph[i + 1], graph[i + 2])
-  redis.call('ZADD', p .. 'by:task:' .. definition, graph[i + 4], run)
-  if redis.call('SADD', p .. 'd:' .. run, definition) == 1 then
-    local now = redis.call('HGET', p .. 'status', run)  -- (its run row came first)
-    if now then redis.call('HINCRBY', p .. 'n:task:' .. definition, now, 1) end
+  if not nodes[run] then nodes[run], indexed[run] = {}, {} end
+  local fields = nodes[run]
+  fields[#fields + 1] = graph[i + 1]
+  fields[#fields + 1] = graph[i + 2]
+  if #fields >= 2000 then flush(run) end  -- (unpack's limit is a few thousand values)
+  if not indexed[run][definition] then
+    indexed[run][definition] = true
+    redis.call('ZADD', p .. 'by:task:' .. definition, graph[i + 4], run)
+    if redis.call('SADD', p .. 'd:' .. run, definition) == 1 then
+      if statuses[run] == nil then
+        statuses[run] = redis.call('HGET', p .. 'status', run) or false
+      end
+      local now = statuses[run]
+      if now then redis.call('HINCRBY', p .. 'n:task:' .. definition, now, 1) end
+    end
   end
 end
+for run in pairs(nodes) do flush(run) end
 for i = 1, #attempts, 3 do
   redis.call('HSET', p .. 'a:' .. attempts[i], attempts[i + 1], attempts[i + 2])
 end

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from services.cli.common import (
     nats_url,
     run,
     shutdown_grace,
+    until_stopped,
 )
 from services.cli.main import CliError
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, seal_inherited_fds
@@ -112,27 +112,16 @@ def main(args: argparse.Namespace) -> int:
         max_output_bytes=args.max_output_bytes,
     )
 
-    async def serve() -> None:
-        stop, kill = asyncio.Event(), asyncio.Event()
+    kill = asyncio.Event()  # a second signal: kill running commands now
 
-        def on_signal() -> None:
-            # First signal: stop gracefully. Second: kill running commands now.
-            (kill if stop.is_set() else stop).set()
-
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, on_signal)
+    async def serve(stop: asyncio.Event) -> None:
+        backplane = await connect(args, f"cyclonetix-agent-{agent_id}")
         try:
-            backplane = await connect(args, f"cyclonetix-agent-{agent_id}")
-            try:
-                await Agent(backplane, config, agent_id=agent_id).run(stop, kill)
-            finally:
-                await backplane.close()
+            await Agent(backplane, config, agent_id=agent_id).run(stop, kill)
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+            await backplane.close()
 
-    run(serve())
+    run(until_stopped(serve, kill))
     return 0
 
 

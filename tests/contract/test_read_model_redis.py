@@ -28,13 +28,16 @@ from redis import exceptions as rexc
 from core.errors import Unavailable
 from core.events import (
     AnyEvent,
+    EvaluationResult,
     GraphExtended,
     RunFailed,
     RunScheduled,
     RunSucceeded,
     TaskStarted,
+    TaskSucceeded,
 )
 from core.run import RunStatus, TaskStatus
+from core.snapshots import TaskNode
 from projections import rows
 from projections.memory import MemoryReadModel
 from projections.protocol import Entry, ReadModel
@@ -550,3 +553,29 @@ async def test_a_store_written_before_pending_rows_were_made_when_read_reads_the
                 field = f"{task.task_id} {attempt.attempt}"
                 await admin.hset(f"{prefix}a:{run_id}", field, msgspec.json.encode(attempt))
     assert await everything(store) == before
+
+
+async def test_a_graph_of_thousands_of_nodes_is_written_in_parts_and_reads_as_in_memory(
+    store: RedisReadModel,
+) -> None:
+    """The script writes a graph's nodes a thousand at a time and indexes each definition once
+    per run (here 4,500 nodes of 2,250 definitions, then an evaluation point's 1,200 more)."""
+    ev = TaskNode(id="ev", task_id="ev", command="true", evaluation_point=True)
+    graph = (ev, *(node(f"n{i}") for i in range(4500)))
+    graph = tuple(msgspec.structs.replace(n, task_id=f"d{i // 2}") for i, n in enumerate(graph))
+    extended = tuple(node(f"x{i}", "ev") for i in range(1200))
+    result = EvaluationResult(next_tasks=tuple(n.id for n in extended))
+    events: list[AnyEvent] = [
+        RunScheduled(run_id="big", ts=T0, kind="dag", target="t", name="big", graph=graph),
+        queued("big", "ev"),
+        TaskSucceeded(run_id="big", ts=T0, task_id="ev", attempt=1, evaluation=result),
+        GraphExtended(run_id="big", ts=T0, task_id="ev", attempt=1, nodes=extended),
+    ]
+    entries: list[Entry] = list(enumerate(events, start=1))
+    await store.apply_batch(entries)
+    assert await everything(store) == await replayed_in_memory(entries)
+    for definition in ("d0", "d2250", "x0", "x1199"):
+        assert await store.count_runs(RunFilter(task=definition)) == {
+            **dict.fromkeys(RunStatus, 0),
+            RunStatus.RUNNING: 1,
+        }
