@@ -291,7 +291,10 @@ class RedisReadModel:
                 raise
 
     async def _apply(self, entries: Sequence[Entry]) -> int:
-        last = await self._checkpoint()
+        # The checkpoint this process wrote last is taken as the store's: the script checks it
+        # anyway, and a live batch is then one round trip, not two. If the store moved
+        # meanwhile, the script writes nothing and the checkpoint is read.
+        last = self._committed if self._committed is not None else await self._checkpoint()
         while True:
             pending = [e for e in entries if e[0] > last]
             if not pending:
