@@ -47,7 +47,6 @@ from core.events import TERMINAL, RunSucceeded, TaskFailed, TaskSucceeded
 from projections.protocol import Entry, ReadModel
 from projections.stores import open_read_model
 from services.bench import _cluster, _new_run, fanout_definitions, percentile
-from services.collector import settle_collector
 from services.nats import connect
 from services.projector import Projector
 
@@ -149,7 +148,6 @@ async def projector_lag(
             try:
                 assert cluster.nats_url is not None
                 async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
-                    settle_collector()  # as the projector role does once started
                     projector = Projector(backplane.events, cast("ReadModel", store))
                     stop = asyncio.Event()
                     projecting = asyncio.ensure_future(projector.run(stop))

@@ -14,7 +14,6 @@ from core.events import AnyEvent
 from core.run import RunState, fold
 from services.cli.main import CliError
 from services.cli.validate import load_or_report
-from services.collector import settle_collector
 from services.logging import configure_logging
 from services.nats import connect as connect_nats
 from services.runtime_info import resolve_nats_url
@@ -120,7 +119,6 @@ async def until_stopped(
 ) -> None:
     """Run a long-lived role until SIGTERM or SIGINT sets the stop event it is given; a second
     signal sets `kill` (stop now: no more grace), when the role has one."""
-    settle_collector()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
