@@ -15,12 +15,29 @@ import pytest
 
 from services.embedded_nats import EmbeddedNats, EmbeddedNatsError
 from services.nats import NatsBackplane, connect
+from tests.chaos.report import WORKER_OUTPUT, print_table, rows_in
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
     from pathlib import Path
 
 REQUIRE_SERVICES_ENV = "CYCLONETIX_REQUIRE_SERVICES"
+_chaos_sent = pytest.StashKey[list[dict[str, Any]]]()
+
+
+# The suite runs on pytest-xdist workers (pyproject: -n 2); the chaos table comes from the
+# worker that ran the scenarios and is printed here, by the controller.
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    sent = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if sent and sent["rows"]:
+        node.config.stash.setdefault(_chaos_sent, []).append(sent)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    sent = config.stash.get(_chaos_sent, [])
+    rows = [row for one in sent for row in rows_in(one)]
+    print_table(terminalreporter, rows, any(one["long"] for one in sent))
 
 
 def requires_service(name: str, reason: str) -> NoReturn:

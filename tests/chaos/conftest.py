@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from tests.chaos.harness import Size
-from tests.chaos.report import Row, table
+from tests.chaos.report import ROWS, WORKER_OUTPUT, Row, print_table, rows_out
 
 if TYPE_CHECKING:
     from _pytest.terminal import TerminalReporter
@@ -41,7 +41,6 @@ LONG_SIZE = Size(
 )
 LONG_TIMEOUT_S = 3600  # per scenario, instead of the project's 300
 
-_rows = pytest.StashKey[list[Row]]()
 _seed = pytest.StashKey[int]()
 
 
@@ -71,7 +70,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if seed is None and os.environ.get(SEED_ENV):
         seed = int(os.environ[SEED_ENV])
     config.stash[_seed] = secrets.randbelow(2**31) if seed is None else int(seed)
-    config.stash[_rows] = []
+    config.stash[ROWS] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -94,13 +93,14 @@ def chaos_seed(request: pytest.FixtureRequest) -> int:
 
 @pytest.fixture
 def chaos_rows(request: pytest.FixtureRequest) -> list[Row]:
-    return request.config.stash[_rows]
+    return request.config.stash[ROWS]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    output = getattr(session.config, "workeroutput", None)  # (a pytest-xdist worker)
+    if output is not None:
+        output[WORKER_OUTPUT] = rows_out(session.config.stash[ROWS], is_long(session.config))
 
 
 def pytest_terminal_summary(terminalreporter: TerminalReporter, config: pytest.Config) -> None:
-    rows = config.stash.get(_rows, [])
-    if not rows:
-        return
-    size = "long" if is_long(config) else "CI"
-    terminalreporter.write_sep("=", f"chaos ({size} size, seed {config.stash[_seed]})")
-    terminalreporter.write_line(table(rows))
+    print_table(terminalreporter, config.stash.get(ROWS, []), is_long(config))

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+import pytest
 
 COLUMNS = (
     "scenario",
@@ -61,3 +65,26 @@ def table(rows: list[Row]) -> str:
     rule = "-" * len(line(COLUMNS))
     notes = [f"{row.scenario}: {note}" for row in rows for note in row.notes]
     return "\n".join([line(COLUMNS), rule, *(line(row.cells()) for row in rows), *notes])
+
+
+# The rows of this pytest process. Under pytest-xdist a worker runs the scenarios and sends its
+# rows to the controller at its end (`WORKER_OUTPUT`), which prints the table
+# (tests/conftest.py: the chaos conftest is not loaded there).
+ROWS = pytest.StashKey[list[Row]]()
+WORKER_OUTPUT = "cyclonetix_chaos"
+
+
+def rows_out(rows: list[Row], long: bool) -> dict[str, Any]:
+    """Rows as a worker sends them (plain data, what execnet carries)."""
+    return {"long": long, "rows": [dataclasses.asdict(r) for r in rows]}
+
+
+def rows_in(sent: dict[str, Any]) -> list[Row]:
+    return [Row(**{**r, "notes": tuple(r["notes"])}) for r in sent["rows"]]
+
+
+def print_table(reporter: Any, rows: list[Row], long: bool) -> None:
+    if rows:
+        size = "long" if long else "CI"
+        reporter.write_sep("=", f"chaos ({size} size, seed {rows[0].seed})")
+        reporter.write_line(table(rows))
