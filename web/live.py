@@ -1,14 +1,14 @@
 """The live feed of one web process: one tail of the event log, fanned out to SSE clients.
 
 Every browser tab subscribes here, never to NATS (DESIGN §4: one hub per web process). The feed
-tails `CX_EVENTS` from its live end through the EventLog port; for each event it waits (up to a
-second) until the read model has applied it, so that what a client is sent agrees with what a
-GET would answer, then hands a `RunChange` to the clients of that run and the `RunRow` to the
-clients of every run. When the log has more waiting (a burst), the events read so far are
-sent together after one read of each run they touch: its rows as of the burst's last event
-(a 2,000-task run does not cost a read per event). Each SSE id is the stream sequence: a
-client that reconnects with `Last-Event-ID` (or `?after_seq=`) is sent what it missed of its
-run from the read model first.
+tails `CX_EVENTS` from its live end through the EventLog port; for each event it waits until
+the read model has applied it (however long: a warning each second), so that what a client is
+sent agrees with what a GET would answer, then hands a `RunChange` to the clients of that run
+and the `RunRow` to the clients of every run. When the log has more waiting (a burst), the
+events read so far are sent together after one read of each run they touch: its rows as of the
+burst's last event (a 2,000-task run does not cost a read per event). Each SSE id is the stream
+sequence: a client that reconnects with `Last-Event-ID` (or `?after_seq=`) is sent what it
+missed of its run from the read model first.
 
 A client that cannot keep up (its queue of changes full) is dropped; its browser reconnects and
 resumes from its last id. A client that disconnects is removed when its stream ends.
@@ -42,7 +42,7 @@ __all__ = ["LiveFeed", "RunChange", "run_stream", "runs_stream"]
 log = structlog.get_logger("cyclonetix.web.live")
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
-APPLY_WAIT_S = 1.0  # how long an event waits for the read model before it is sent anyway
+APPLY_WAIT_S = 1.0  # how long an event waits for the read model before a warning (then again)
 QUEUE_SIZE = 1000  # changes a client may lag behind before it is dropped
 BACKLOG_PAGE = 500
 BURST = 200  # events read from the log at most before their changes are sent
@@ -81,6 +81,7 @@ class LiveFeed:
         self.read_model = read_model
         self.apply_wait = apply_wait
         self.ready = asyncio.Event()  # set once the tail starts (changes after it are sent)
+        self.behind = 0  # times a burst waited `apply_wait` for the read model in vain
         self.listeners: list[Callable[[int, AnyEvent], None]] = []  # e.g. metrics
         self._by_run: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
@@ -100,11 +101,12 @@ class LiveFeed:
                 self.ready.set()
                 burst: list[tuple[int, AnyEvent]] = []
                 async for seq, event, pending in self.events.tail(from_seq=start, stop=stop):
-                    start = seq + 1
                     burst.append((seq, event))
                     # A burst (the log had more waiting) reads each run once, not per event.
                     if pending == 0 or len(burst) >= BURST:
-                        await self._publish(burst)
+                        if not await self._publish(burst, stop):
+                            return  # stopped while the read model was behind
+                        start = seq + 1  # (sent: a reconnection tails on from here)
                         burst = []
                 delays = backoff(0.2, 5.0)
             except Unavailable as exc:
@@ -130,9 +132,14 @@ class LiveFeed:
             if not subs:
                 del self._by_run[sub.run_id]
 
-    async def _publish(self, burst: list[tuple[int, AnyEvent]]) -> None:
+    async def _publish(self, burst: list[tuple[int, AnyEvent]], stop: asyncio.Event) -> bool:
         """Once the read model applied the burst: each run's row to every-run clients (once
-        per run), and a change per event to the clients of its run."""
+        per run), and a change per event to the clients of its run. False if `stop` came
+        while the read model was behind.
+
+        A change is never sent before its rows are applied: a client takes its id as what it
+        has seen, so rows older than the id would stay on its page (a run's last change sent
+        early showed the run running for good)."""
         for seq, event in burst:
             for listener in self.listeners:
                 listener(seq, event)
@@ -141,8 +148,14 @@ class LiveFeed:
             if self._all or event.run_id in self._by_run:  # nobody listens: no query
                 runs.setdefault(event.run_id, []).append((seq, event))
         if not runs:
-            return
-        await self.read_model.wait_for(burst[-1][0], self.apply_wait)
+            return True
+        waited = 0.0
+        while not await self.read_model.wait_for(burst[-1][0], self.apply_wait):
+            waited += self.apply_wait
+            self.behind += 1
+            log.warning("live.read_model_behind", seq=burst[-1][0], waited_s=waited)
+            if stop.is_set():
+                return False
         for run_id, changes in runs.items():
             detail = await self.read_model.get_run(run_id)
             if detail is None:
@@ -153,6 +166,7 @@ class LiveFeed:
                 change = change_of(seq, event, detail)
                 for sub in list(self._by_run.get(run_id, ())):
                     self._offer(sub, seq, change)
+        return True
 
     def _offer(self, sub: Subscription, seq: int, item: Item) -> None:
         try:

@@ -3,11 +3,16 @@ from a sequence, keep-alives, and clients removed when they go."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING
 
 import pytest
 
+from core.events import RunCancelRequested, RunScheduled
+from projections.memory import MemoryReadModel
+from tests.contract.test_read_model import T0, node
+from tests.fakes.backplane import MemoryServer
 from tests.waiting import eventually
 from tests.web.api.helpers import Frame, ended, frame_where, start
 from web import live
@@ -101,3 +106,42 @@ async def test_the_stream_of_an_unknown_run_is_404(
     r = await client.get("/api/v1/runs/nope/stream")
     assert r.status_code == 404
     assert r.json()["error"]["message"] == "no run 'nope'"
+
+
+async def test_a_change_is_sent_only_once_the_read_model_applied_it_however_long_that_takes() -> (
+    None
+):
+    """A read model behind by many `apply_wait`s: the client gets nothing meanwhile (a change
+    sent early would carry older rows under its id, for good), then the change with its rows;
+    a stop while waiting ends the feed."""
+    server = MemoryServer()
+    async with server.connect("ui") as bp:
+        model = MemoryReadModel()
+        feed = LiveFeed(bp.events, model, apply_wait=0.02)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(feed.run(stop))
+        await feed.ready.wait()
+        sub = feed.subscribe("r1")
+        event = RunScheduled(
+            run_id="r1", ts=T0, kind="dag", target="g", name="g", graph=(node("a"),)
+        )
+        seq = await bp.events.append(event)
+
+        async def waited_twice() -> bool | None:
+            return True if feed.behind >= 2 else None
+
+        await eventually(waited_twice, timeout=10, what="the feed to wait for the read model")
+        assert sub.queue.empty()
+        await model.apply_batch([(seq, event)])
+        sent, change = await asyncio.wait_for(sub.queue.get(), 10)
+        assert sent == seq and isinstance(change, live.RunChange)
+        assert change.run.run_id == "r1" and change.run.last_seq == seq
+        await bp.events.append(RunCancelRequested(run_id="r1", ts=T0, reason="", by="x"))
+        behind = feed.behind
+        await eventually(lambda: _more(feed, behind), timeout=10, what="the feed to wait again")
+        stop.set()
+        await asyncio.wait_for(running, 10)
+
+
+async def _more(feed: LiveFeed, than: int) -> bool | None:
+    return True if feed.behind > than else None
