@@ -386,17 +386,19 @@ class RedisReadModel:
             return await self._checkpoint()
 
     async def wait_for(self, seq: int, timeout: float) -> bool:
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    applied = self._applied
-                    if await self.checkpoint() >= seq:
-                        return True
-                    # Woken by this store's own commits at once, by other writers' on the poll.
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(applied.wait(), POLL_SECONDS)
-        except TimeoutError:
-            return False
+        # The timeout bounds the waiting, not a read: a slow answer that says yes is a yes.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            applied = self._applied
+            if await self.checkpoint() >= seq:
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            # Woken by this store's own commits at once, by other writers' on the poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(applied.wait(), min(left, POLL_SECONDS))
 
     async def reset(self) -> None:
         async with self._writing, self._guard():

@@ -598,3 +598,18 @@ async def test_a_live_batch_is_one_script_call_and_a_store_moved_under_it_is_rea
         await other.close()
     assert await store.apply_batch(entries[12:]) == entries[-1][0]
     assert await everything(store) == await replayed_in_memory(entries)
+
+
+async def test_a_slow_answer_that_the_sequence_is_applied_is_a_yes(
+    store: RedisReadModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timeout bounds the waiting, not a read (a loaded machine answered late: False)."""
+    read = store.checkpoint
+
+    async def slow() -> int:
+        await asyncio.sleep(0.1)
+        return await read()
+
+    monkeypatch.setattr(store, "checkpoint", slow)
+    assert await store.wait_for(0, timeout=0.01)
+    assert not await store.wait_for(1, timeout=0.01)
