@@ -42,6 +42,7 @@ __all__ = ["LiveFeed", "RunChange", "run_stream", "runs_stream"]
 log = structlog.get_logger("cyclonetix.web.live")
 
 KEEPALIVE_S = 15.0  # a comment line this often keeps proxies from closing a quiet stream
+CATCH_UP_S = 10.0  # how long a new client waits for the read model before reading its backlog
 APPLY_WAIT_S = 1.0  # how long an event waits for the read model before a warning (then again)
 QUEUE_SIZE = 1000  # changes a client may lag behind before it is dropped
 BACKLOG_PAGE = 500
@@ -82,6 +83,7 @@ class LiveFeed:
         self.apply_wait = apply_wait
         self.ready = asyncio.Event()  # set once the tail starts (changes after it are sent)
         self.behind = 0  # times a burst waited `apply_wait` for the read model in vain
+        self.passed = 0  # the last sequence handled: applied and sent, or heard by nobody
         self.listeners: list[Callable[[int, AnyEvent], None]] = []  # e.g. metrics
         self._by_run: dict[str, set[Subscription]] = {}
         self._all: set[Subscription] = set()
@@ -143,11 +145,8 @@ class LiveFeed:
         for seq, event in burst:
             for listener in self.listeners:
                 listener(seq, event)
-        runs: dict[str, list[tuple[int, AnyEvent]]] = {}
-        for seq, event in burst:
-            if self._all or event.run_id in self._by_run:  # nobody listens: no query
-                runs.setdefault(event.run_id, []).append((seq, event))
-        if not runs:
+        if not self._listened(burst):  # nobody listens: no query (see `caught_up`)
+            self.passed = burst[-1][0]
             return True
         waited = 0.0
         while not await self.read_model.wait_for(burst[-1][0], self.apply_wait):
@@ -156,6 +155,11 @@ class LiveFeed:
             log.warning("live.read_model_behind", seq=burst[-1][0], waited_s=waited)
             if stop.is_set():
                 return False
+        # Who listens is read now, after the wait: a client that came meanwhile is sent these.
+        runs: dict[str, list[tuple[int, AnyEvent]]] = {}
+        for seq, event in burst:
+            if self._all or event.run_id in self._by_run:
+                runs.setdefault(event.run_id, []).append((seq, event))
         for run_id, changes in runs.items():
             detail = await self.read_model.get_run(run_id)
             if detail is None:
@@ -166,7 +170,18 @@ class LiveFeed:
                 change = change_of(seq, event, detail)
                 for sub in list(self._by_run.get(run_id, ())):
                     self._offer(sub, seq, change)
+        self.passed = burst[-1][0]
         return True
+
+    def _listened(self, burst: list[tuple[int, AnyEvent]]) -> bool:
+        return bool(self._all) or any(event.run_id in self._by_run for _, event in burst)
+
+    async def caught_up(self, timeout: float = CATCH_UP_S) -> None:
+        """For a client that just subscribed, before it reads its backlog: wait until the read
+        model holds what the feed has passed over (bursts nobody listened to are not waited
+        for by the feed), so that nothing falls between the backlog and the feed."""
+        if not await self.read_model.wait_for(self.passed, timeout):
+            log.warning("live.backlog_read_behind", passed=self.passed, waited_s=timeout)
 
     def _offer(self, sub: Subscription, seq: int, item: Item) -> None:
         try:
@@ -253,6 +268,8 @@ async def run_stream(
     sub = feed.subscribe(run_id)  # before the backlog is read: nothing falls in between
     try:
         resume = _resume_from(request, after_seq)
+        if resume is not None:
+            await feed.caught_up()
         backlog = [] if resume is None else await _backlog(ui.read_model, run_id, resume)
         # A run the read model has not applied yet (just scheduled) is streamed all the same.
         if (
