@@ -4,21 +4,24 @@ from a sequence, keep-alives, and clients removed when they go."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import TYPE_CHECKING
 
 import pytest
 
-from core.events import RunCancelRequested, RunScheduled
+from core.events import RunCancelRequested
 from projections.memory import MemoryReadModel
-from tests.contract.test_read_model import T0, node
-from tests.fakes.backplane import MemoryServer
+from tests.contract.test_read_model import T0, node, scheduled
+from tests.fakes.backplane import MemoryBackplane, MemoryServer
 from tests.waiting import eventually
 from tests.web.api.helpers import Frame, ended, frame_where, start
 from web import live
 from web.live import LiveFeed
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     import httpx
 
     from web.context import UiContext
@@ -114,17 +117,9 @@ async def test_a_change_is_sent_only_once_the_read_model_applied_it_however_long
     """A read model behind by many `apply_wait`s: the client gets nothing meanwhile (a change
     sent early would carry older rows under its id, for good), then the change with its rows;
     a stop while waiting ends the feed."""
-    server = MemoryServer()
-    async with server.connect("ui") as bp:
-        model = MemoryReadModel()
-        feed = LiveFeed(bp.events, model, apply_wait=0.02)
-        stop = asyncio.Event()
-        running = asyncio.ensure_future(feed.run(stop))
-        await feed.ready.wait()
+    async with feed_alone() as (bp, model, feed):
         sub = feed.subscribe("r1")
-        event = RunScheduled(
-            run_id="r1", ts=T0, kind="dag", target="g", name="g", graph=(node("a"),)
-        )
+        event = scheduled("r1", node("a"))
         seq = await bp.events.append(event)
 
         async def waited_twice() -> bool | None:
@@ -139,8 +134,6 @@ async def test_a_change_is_sent_only_once_the_read_model_applied_it_however_long
         await bp.events.append(RunCancelRequested(run_id="r1", ts=T0, reason="", by="x"))
         behind = feed.behind
         await eventually(lambda: _more(feed, behind), timeout=10, what="the feed to wait again")
-        stop.set()
-        await asyncio.wait_for(running, 10)
 
 
 async def _more(feed: LiveFeed, than: int) -> bool | None:
@@ -153,16 +146,8 @@ async def test_a_new_client_reads_its_backlog_once_the_read_model_holds_what_the
     """A burst nobody listened to is passed over without waiting for the read model; a client
     that subscribes next reads its backlog only once the read model holds it (else the run's
     first event fell between the two: a benchmark counted 61 changes of 62)."""
-    server = MemoryServer()
-    async with server.connect("ui") as bp:
-        model = MemoryReadModel()
-        feed = LiveFeed(bp.events, model, apply_wait=0.02)
-        stop = asyncio.Event()
-        running = asyncio.ensure_future(feed.run(stop))
-        await feed.ready.wait()
-        event = RunScheduled(
-            run_id="r1", ts=T0, kind="dag", target="g", name="g", graph=(node("a"),)
-        )
+    async with feed_alone() as (bp, model, feed):
+        event = scheduled("r1", node("a"))
         seq = await bp.events.append(event)
 
         async def passed() -> bool | None:
@@ -176,5 +161,20 @@ async def test_a_new_client_reads_its_backlog_once_the_read_model_holds_what_the
         await model.apply_batch([(seq, event)])
         await caught
         assert [s for s, _ in await live._backlog(model, "r1", 0)] == [seq]
-        stop.set()
-        await asyncio.wait_for(running, 10)
+
+
+@contextlib.asynccontextmanager
+async def feed_alone() -> AsyncIterator[tuple[MemoryBackplane, MemoryReadModel, LiveFeed]]:
+    """A feed over an in-memory log and a read model nothing applies to but the test; it is
+    stopped at the end (also while it waits for the read model)."""
+    async with MemoryServer().connect("ui") as bp:
+        model = MemoryReadModel()
+        feed = LiveFeed(bp.events, model, apply_wait=0.02)
+        stop = asyncio.Event()
+        running = asyncio.ensure_future(feed.run(stop))
+        await feed.ready.wait()
+        try:
+            yield bp, model, feed
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 10)
