@@ -10,7 +10,15 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from core.events import AnyEvent, RunFailed, RunScheduled, RunSucceeded, TaskQueued, TaskStarted
+from core.events import (
+    AnyEvent,
+    QueuedTask,
+    RunFailed,
+    RunScheduled,
+    RunSucceeded,
+    TasksQueued,
+    TaskStarted,
+)
 from core.graph import TaskNode
 from core.run import RunStatus
 from projections.protocol import Entry, ReadModel
@@ -26,6 +34,9 @@ async def apply(store: ReadModel, entries: Sequence[Entry], batch: int) -> float
     for i in range(0, len(entries), batch):
         await store.apply_batch(entries[i : i + batch])
     return time.perf_counter() - t
+
+
+QUEUED = QueuedTask(task_id="a", attempt=1, queue="q")
 
 
 def many_runs(n: int) -> list[Entry]:
@@ -49,7 +60,7 @@ def many_runs(n: int) -> list[Entry]:
         )
         fate = rnd.random()
         if fate < 0.8:
-            events.append(TaskQueued(run_id=run_id, ts=ts, task_id="a", attempt=1, queue="q"))
+            events.append(TasksQueued(run_id=run_id, ts=ts, tasks=(QUEUED,)))
             events.append(TaskStarted(run_id=run_id, ts=ts, task_id="a", attempt=1, agent_id="x"))
         if fate < 0.1:
             events.append(RunFailed(run_id=run_id, ts=ts))

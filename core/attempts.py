@@ -21,8 +21,10 @@ from core.events import (
     TaskFailed,
     TaskLost,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 
 __all__ = ["held_elsewhere", "why_not_current"]
@@ -40,11 +42,13 @@ def why_not_current(d: Dispatch, last: AnyEvent | None) -> str | None:
         return f"its run has ended ({type(last).__name__})"
     if isinstance(last, RunCancelRequested):
         return "its run is being cancelled"
-    if isinstance(last, TaskEvent) and last.task_id == d.task_id:
-        if last.attempt > d.attempt:
-            return f"attempt {d.attempt} was superseded by attempt {last.attempt}"
-        if last.attempt == d.attempt and isinstance(last, _ENDS_ATTEMPT):
-            return f"attempt {d.attempt} has already ended ({type(last).__name__})"
+    # (A TasksQueued says of each attempt it holds what a TaskQueued of it would.)
+    for said in each_queued(last) if isinstance(last, TasksQueued) else (last,):
+        if isinstance(said, TaskEvent) and said.task_id == d.task_id:
+            if said.attempt > d.attempt:
+                return f"attempt {d.attempt} was superseded by attempt {said.attempt}"
+            if said.attempt == d.attempt and isinstance(said, _ENDS_ATTEMPT):
+                return f"attempt {d.attempt} has already ended ({type(said).__name__})"
     return None
 
 

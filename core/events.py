@@ -11,6 +11,7 @@ an event. `tests/unit/core/test_event_golden.py` keeps a golden document of each
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Literal
 
 import msgspec
@@ -72,6 +73,22 @@ class RunScheduled(Event, frozen=True, kw_only=True):
 
 class TaskQueued(TaskEvent, frozen=True, kw_only=True):
     queue: str
+
+
+class QueuedTask(msgspec.Struct, frozen=True, kw_only=True):
+    """One attempt of a TasksQueued."""
+
+    task_id: str
+    attempt: int
+    queue: str
+
+
+class TasksQueued(Event, frozen=True, kw_only=True):
+    """Attempts the orchestrator queued in one decision (their dispatches follow): all the ready
+    tasks of a run's start in one event, not one each (at most `core.run.QUEUED_PER_EVENT`).
+    Each attempt means what a TaskQueued of it means; TaskQueued is still read (older logs)."""
+
+    tasks: tuple[QueuedTask, ...]
 
 
 class TaskStarted(TaskEvent, frozen=True, kw_only=True):
@@ -172,6 +189,7 @@ class NotificationFailed(NotificationEvent, frozen=True, kw_only=True):
 AnyEvent = (
     RunScheduled
     | TaskQueued
+    | TasksQueued
     | TaskStarted
     | TaskSucceeded
     | TaskFailed
@@ -201,12 +219,42 @@ def decode(data: bytes) -> AnyEvent:
     return _decoder.decode(data)
 
 
+def each_queued(event: AnyEvent) -> tuple[TaskQueued, ...]:
+    """The attempts `event` queues, one TaskQueued each (stamped with its `ts`): a TasksQueued's,
+    or a TaskQueued itself (older logs); () for any other event."""
+    if isinstance(event, TasksQueued):
+        run_id, ts = event.run_id, event.ts
+        return tuple(
+            TaskQueued(run_id=run_id, ts=ts, task_id=t.task_id, attempt=t.attempt, queue=t.queue)
+            for t in event.tasks
+        )
+    if isinstance(event, TaskQueued):
+        return (event,)
+    return ()
+
+
+def task_ids(event: AnyEvent) -> tuple[str, ...]:
+    """The tasks `event` concerns (none for a run-level event)."""
+    if isinstance(event, TaskEvent):
+        return (event.task_id,)
+    if isinstance(event, TasksQueued):
+        return tuple(t.task_id for t in event.tasks)
+    return ()
+
+
 def msg_id(event: AnyEvent) -> str:
     """Deterministic message id (`Nats-Msg-Id`): a retried publish of the same fact is a no-op.
 
     Each delivery of a dispatch gets its own TaskStarted, so history shows redeliveries.
     """
     name = type(event).__name__
+    if isinstance(event, TasksQueued):
+        # The same attempts are the same fact, whenever decided; any other set is another one
+        # (folding it queues only the attempts not queued yet).
+        digest = hashlib.blake2b(digest_size=12)
+        for t in event.tasks:
+            digest.update(f"{t.task_id}\0{t.attempt}\0".encode())
+        return f"{event.run_id}/{name}/{digest.hexdigest()}"
     if isinstance(event, TaskStarted):
         return f"{event.run_id}/{event.task_id}/{event.attempt}/{name}/{event.delivery}"
     if isinstance(event, TaskCancelled):

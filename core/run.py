@@ -37,6 +37,7 @@ from core.events import (
     EvaluationResult,
     FailureReason,
     GraphExtended,
+    QueuedTask,
     RunCancelled,
     RunCancelRequested,
     RunFailed,
@@ -49,6 +50,7 @@ from core.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -104,6 +106,9 @@ TIMEOUT_GRACE = dt.timedelta(seconds=60)
 # cancellation (RunState.late_starts): its agent is told to kill it at once, but the report can
 # be lost (a dead agent, or deduplicated against an earlier result of that attempt).
 LATE_START_GRACE = dt.timedelta(seconds=15)
+# The most attempts one TasksQueued holds: a 100,000-task run starts with 100 events, each well
+# under NATS's 1 MB message limit (about 100 bytes an attempt with long task ids).
+QUEUED_PER_EVENT = 1000
 
 # Extends a run's graph for an evaluation point: (existing nodes, node id, result, the run's
 # schedule-time parameter overrides) -> new nodes. Raises an exception with a one-line message
@@ -288,28 +293,37 @@ def _finish_task(state: RunState, task: TaskRun, status: TaskStatus, ts: dt.date
 
 
 def _on_queued(state: RunState, e: TaskQueued) -> None:
-    task = state.tasks.get(e.task_id)
+    _queue(state, e.task_id, e.attempt, e.ts)
+
+
+def _on_tasks_queued(state: RunState, e: TasksQueued) -> None:
+    for t in e.tasks:
+        _queue(state, t.task_id, t.attempt, e.ts)
+
+
+def _queue(state: RunState, task_id: str, attempt: int, ts: dt.datetime) -> None:
+    """Attempt `attempt` of `task_id` is queued, if it is the one the task waits for (a
+    duplicate, or an attempt decided twice, changes nothing)."""
+    task = state.tasks.get(task_id)
     if task is None:
         return
-    if task.status == PENDING and e.attempt == 1 and e.task_id in state.ready:
-        del state.ready[e.task_id]
-    elif (
-        task.status == UP_FOR_RETRY and e.attempt == task.attempt and e.task_id in state.retry_wait
-    ):
-        del state.retry_wait[e.task_id]
+    if task.status == PENDING and attempt == 1 and task_id in state.ready:
+        del state.ready[task_id]
+    elif task.status == UP_FOR_RETRY and attempt == task.attempt and task_id in state.retry_wait:
+        del state.retry_wait[task_id]
     else:
         return
     task.status = QUEUED
-    task.attempt = e.attempt
-    task.queued_at = e.ts
+    task.attempt = attempt
+    task.queued_at = ts
     task.not_before = None
-    state.queued[e.task_id] = None
+    state.queued[task_id] = None
 
 
 def _queued_implicitly(state: RunState, e: TaskEvent) -> None:
-    """An agent's word on an attempt whose TaskQueued is not in the log yet means it was queued.
+    """An agent's word on an attempt whose TasksQueued is not in the log yet means it was queued.
 
-    Only the orchestrator dispatches, and only after folding its TaskQueued, so a result for the
+    Only the orchestrator dispatches, and only after folding its TasksQueued, so a result for the
     next attempt of a task that is ready (or waiting for its retry) proves that decision. Its
     append can still land after the agent's events when it had to be retried (NATS away for a
     moment); without this, a replay would ignore the results and see the attempt queued forever,
@@ -320,16 +334,7 @@ def _queued_implicitly(state: RunState, e: TaskEvent) -> None:
     if (task.status == PENDING and e.attempt == 1 and e.task_id in state.ready) or (
         e.attempt == task.attempt and e.task_id in state.retry_wait
     ):
-        _on_queued(
-            state,
-            TaskQueued(
-                run_id=e.run_id,
-                ts=e.ts,
-                task_id=e.task_id,
-                attempt=e.attempt,
-                queue=task.node.queue,
-            ),
-        )
+        _queue(state, e.task_id, e.attempt, e.ts)
 
 
 def _settle_late_start(state: RunState, e: TaskEvent) -> None:
@@ -477,6 +482,7 @@ def _on_run_end(state: RunState, e: RunSucceeded | RunFailed | RunCancelled) -> 
 
 _HANDLERS: dict[type, Callable[[RunState, Any], None]] = {
     TaskQueued: _on_queued,
+    TasksQueued: _on_tasks_queued,
     TaskStarted: _on_started,
     TaskSucceeded: _on_succeeded,
     TaskFailed: _on_failed,
@@ -579,23 +585,14 @@ def decide(
                 )
             )
     else:
-        for task_id in state.ready:
-            task = tasks[task_id]
-            out.append(
-                TaskQueued(run_id=run_id, ts=now, task_id=task_id, attempt=1, queue=task.node.queue)
-            )
+        due = [QueuedTask(task_id=t, attempt=1, queue=tasks[t].node.queue) for t in state.ready]
         for task_id in state.retry_wait:
             task = tasks[task_id]
             if task.not_before is None or task.not_before <= now:
-                out.append(
-                    TaskQueued(
-                        run_id=run_id,
-                        ts=now,
-                        task_id=task_id,
-                        attempt=task.attempt,
-                        queue=task.node.queue,
-                    )
-                )
+                due.append(QueuedTask(task_id=task_id, attempt=task.attempt, queue=task.node.queue))
+        for i in range(0, len(due), QUEUED_PER_EVENT):
+            chunk = tuple(due[i : i + QUEUED_PER_EVENT])
+            out.append(TasksQueued(run_id=run_id, ts=now, tasks=chunk))
 
     for task_id, deadline in state.deadlines.items() if racing else ():
         if deadline <= now:

@@ -67,8 +67,7 @@ class MemoryTables:
                 self.definitions.setdefault(run_id, set()).update(n.task_id for n in c.graph)
             for task in c.tasks:
                 self.tasks.setdefault(task.run_id, {})[task.task_id] = task
-            if c.attempt is not None:
-                a = c.attempt
+            for a in c.attempts:
                 self.attempts.setdefault((a.run_id, a.task_id), {})[a.attempt] = a
         self.checkpoint = checkpoint
 

@@ -667,7 +667,7 @@ class _Staged:
         # that row from the graph (a 5,000-task run starts with one row, not 5,001).
         for t in c.tasks:
             self.tasks[t.run_id, t.task_id] = t
-        if (a := rows.attempt_to_write(c)) is not None:
+        for a in rows.attempts_to_write(c):
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
     def arguments(self) -> list[str]:

@@ -650,7 +650,7 @@ class _Batch:
                 self.graph.append((run_id, i, node, run.scheduled_seq, c.seq))
         for t in c.tasks:
             self.tasks[t.run_id, t.task_id] = t
-        if (a := rows.attempt_to_write(c)) is not None:
+        for a in rows.attempts_to_write(c):
             self.attempts[a.run_id, a.task_id, a.attempt] = a
 
     def payload(self) -> bytes:

@@ -4,8 +4,9 @@ Statuses are never re-derived here. Each open run keeps the run's `core.run.RunS
 `OpenRun`) and every event is folded into it with `core.run.fold`, so the read model agrees with
 core by construction: duplicates, redeliveries, stale attempts (fenced by core), retries,
 cancellation and graph extensions mean here exactly what they mean to the orchestrator. The rows
-of a change are read off the state after the fold; only the event's own task (and the nodes a
-GraphExtended adds) can change, so an event costs O(1) rows whatever the size of its run.
+of a change are read off the state after the fold; only the tasks the event names (its own; each
+attempt of a TasksQueued) and the nodes a GraphExtended adds can change, so an event costs rows
+in proportion to what it says, whatever the size of its run.
 
 How a store uses it (see `projections.memory` for the reference):
 
@@ -39,11 +40,13 @@ from core.events import (
     TaskFailed,
     TaskLost,
     TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
     encode,
 )
-from core.run import EVALUATING, PENDING, QUEUED, RunState, RunStatus, TaskRun, fold
+from core.run import EVALUATING, PENDING, QUEUED, RunState, RunStatus, TaskRun, TaskStatus, fold
 from core.snapshots import TaskNode
 from projections.views import (
     AttemptRow,
@@ -104,7 +107,7 @@ class Changes(msgspec.Struct, kw_only=True, gc=False):
     event: EventRow | None = None  # None: a skipped entry (it only advances the checkpoint)
     run: RunRow | None = None
     tasks: tuple[TaskRunRow, ...] = ()  # rows of tasks already in the graph that changed
-    attempt: AttemptRow | None = None
+    attempts: tuple[AttemptRow, ...] = ()  # one per changed task at most
     # Nodes added to the run's graph (append in this order). They are pending: a store that
     # keeps rows of pending tasks makes them with `pending_row(run_id, node, seq)`; one that
     # makes them when read skips that work (a 5,000-task RunScheduled: 5,000 rows).
@@ -173,26 +176,32 @@ def _task_key(t: TaskRun) -> tuple[object, ...]:
 
 def _advance(run: OpenRun, seq: int, event: AnyEvent, row: EventRow) -> Changes:
     state = run.state
-    task = state.tasks.get(event.task_id) if isinstance(event, TaskEvent) else None
-    before = _task_key(task) if task is not None else None
-    status_before = task.status if task is not None else None
+    # Each task the event concerns, with what it says of that task (a TasksQueued says one
+    # TaskQueued of each), its key and its status before the fold.
+    parts = each_queued(event) if isinstance(event, TasksQueued) else (event,)
+    before: dict[str, tuple[TaskRun, TaskEvent, tuple[object, ...], TaskStatus]] = {}
+    for part in parts:
+        if isinstance(part, TaskEvent) and (task := state.tasks.get(part.task_id)) is not None:
+            before[part.task_id] = (task, part, _task_key(task), task.status)
     n_tasks = len(state.tasks)
     cancel_before = state.cancel_requested
 
     fold(state, event)
 
     rows: list[TaskRunRow] = []
-    attempt: AttemptRow | None = None
+    attempts: list[AttemptRow] = []
     graph: tuple[TaskNode, ...] = ()
-    if task is not None and _task_key(task) != before:
-        assert status_before is not None and isinstance(event, TaskEvent)
+    for task, said, key, status_before in before.values():
+        if _task_key(task) == key:
+            continue
         run.counts[status_before] -= 1
         run.counts[task.status] += 1
-        attempt = _attempt(run, task, seq, event)
+        attempt = _attempt(run, task, seq, said)
         if attempt is not None:
             run.attempts[task.node.id] = attempt
-        if isinstance(event, TaskStarted) and run.started_at is None:
-            run.started_at = event.ts
+            attempts.append(attempt)
+        if isinstance(said, TaskStarted) and run.started_at is None:
+            run.started_at = said.ts
         rows.append(task_row(state.run_id, task, run.attempts.get(task.node.id), seq))
     added = len(state.tasks) - n_tasks
     if added:
@@ -208,7 +217,7 @@ def _advance(run: OpenRun, seq: int, event: AnyEvent, row: EventRow) -> Changes:
         event=row,
         run=run_row(run, seq),
         tasks=tuple(rows),
-        attempt=attempt,
+        attempts=tuple(attempts),
         graph=graph,
         closed=state.finished,
     )
@@ -313,15 +322,18 @@ def queued_attempt(t: TaskRunRow) -> AttemptRow | None:
     )
 
 
-def attempt_to_write(c: Changes) -> AttemptRow | None:
-    """`c.attempt`, or None when `queued_attempt` of its task's row in `c` makes it as is."""
-    a = c.attempt
-    if a is None or a.status != AttemptStatus.QUEUED:
-        return a
-    for t in c.tasks:
-        if t.task_id == a.task_id and queued_attempt(t) == a:
-            return None
-    return a
+def attempts_to_write(c: Changes) -> list[AttemptRow]:
+    """`c.attempts`, but those that `queued_attempt` of their task's row in `c` makes as is."""
+    if not c.attempts:
+        return []
+    made = {t.task_id: t for t in c.tasks}
+    return [
+        a
+        for a in c.attempts
+        if a.status != AttemptStatus.QUEUED
+        or (t := made.get(a.task_id)) is None
+        or queued_attempt(t) != a
+    ]
 
 
 def with_queued(stored: Iterable[AttemptRow], task: TaskRunRow | None) -> tuple[AttemptRow, ...]:

@@ -19,11 +19,11 @@ figures rest on what each writer puts in `ts`:
   taking `ts` and appending: an agent takes TaskStarted's `ts` when it begins handling a
   dispatch, then reads the run's newest event and appends conditionally (retried on a conflict,
   and 16 agents' slots contend on the one run); the orchestrator gives every event of one
-  decision the same `ts` (the TaskQueued of all M tasks at the run's start are appended one
-  after another after it). Those figures are the staleness of the read model against the
-  moment things happened, not the projector's lag alone.
+  decision the same `ts` (the run's start queues all M tasks in M / QUEUED_PER_EVENT
+  TasksQueued events appended one after another after it). Those figures are the staleness of
+  the read model against the moment things happened, not the projector's lag alone.
 - `steady_p99_ms`: the results stamped `BURST_S` or more after the run's first event. The run
-  starts with a burst (RunScheduled of M nodes, then M TaskQueued at once) that a store writes at
+  starts with a burst (RunScheduled of M nodes, then TasksQueued of all M) that a store writes at
   its replay rate; results that come meanwhile wait behind it. This figure is the lag once that
   burst is written; `p99_ms` keeps them.
 Wall clocks of one machine: no skew between processes.
@@ -178,8 +178,9 @@ async def projector_lag(
     lags, results = store.lags_ms, store.result_lags_ms
     assert store.first_ts is not None and store.last_applied is not None and results
     seconds = (store.last_applied - store.first_ts).total_seconds()
-    # After the start: the run's M TaskQueued (and the RunScheduled of M nodes) come as one
-    # burst that every early result waits behind; results stamped later show the steady lag.
+    # After the start: the run's TasksQueued of M tasks (and the RunScheduled of M nodes) come
+    # as one burst that every early result waits behind; results stamped later show the steady
+    # lag.
     settled = store.first_ts + dt.timedelta(seconds=BURST_S)
     steady = [lag for lag, ts in zip(results, store.result_ts, strict=True) if ts >= settled]
     return {

@@ -14,12 +14,12 @@ live and writes its snapshot. Each round then:
 3. waits until the dead orchestrator's lease has expired (6 s after its last renewal; the
    standby-takeover budget counts that wait, this one does not), and schedules a probe run with
    one task;
-4. starts a new orchestrator process and measures from that moment to the probe's TaskQueued
+4. starts a new orchestrator process and measures from that moment to the probe's TasksQueued
    (its dispatch is published with it): process start-up, lease, restore, replay, deciding.
 
 `takeover`: standby takeover. Two orchestrator processes, one leading, one a hot standby; each
 round kills the leader with SIGKILL (at a random point of its renewal cycle), schedules a probe
-run at once and measures the kill to the probe's TaskQueued: the lease's expiry (up to
+run at once and measures the kill to the probe's TasksQueued: the lease's expiry (up to
 LEASE_TTL after the leader's last renewal), the standby's next try (every LEASE_RETRY_S), its
 replay and its first decision. The killed process is started again as the next standby.
 """
@@ -44,10 +44,12 @@ from typing import Any
 from core.definitions import Definitions, TaskDef
 from core.events import (
     AnyEvent,
+    QueuedTask,
     RunScheduled,
-    TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.scheduling import plan_run
 from services.embedded_nats import EmbeddedNats, die_with_parent
@@ -71,6 +73,11 @@ def long_run_definitions(steps: int) -> Definitions:
     return Definitions(tasks=tasks)
 
 
+def _queued(run_id: str, now: dt.datetime, task_id: str) -> TasksQueued:
+    task = QueuedTask(task_id=task_id, attempt=1, queue="bench")
+    return TasksQueued(run_id=run_id, ts=now, tasks=(task,))
+
+
 def run_history(scheduled: RunScheduled, steps: int, now: dt.datetime) -> list[AnyEvent]:
     """One run's events: every step done, `held` started."""
     run_id = scheduled.run_id
@@ -78,12 +85,12 @@ def run_history(scheduled: RunScheduled, steps: int, now: dt.datetime) -> list[A
     for i in range(steps):
         task_id = f"s{i:03d}"
         events += [
-            TaskQueued(run_id=run_id, ts=now, task_id=task_id, attempt=1, queue="bench"),
+            _queued(run_id, now, task_id),
             TaskStarted(run_id=run_id, ts=now, task_id=task_id, attempt=1, agent_id="bench"),
             TaskSucceeded(run_id=run_id, ts=now, task_id=task_id, attempt=1, agent_id="bench"),
         ]
     events += [
-        TaskQueued(run_id=run_id, ts=now, task_id="held", attempt=1, queue="bench"),
+        _queued(run_id, now, "held"),
         TaskStarted(run_id=run_id, ts=now, task_id="held", attempt=1, agent_id="bench"),
     ]
     return events
@@ -191,7 +198,7 @@ async def _lease_free(backplane: NatsBackplane, timeout: float = 30.0) -> float:
 async def _first_dispatch(backplane: NatsBackplane, run_id: str, timeout: float = 120.0) -> None:
     async with asyncio.timeout(timeout):
         async for _seq, event in backplane.events.follow_run(run_id):
-            if isinstance(event, TaskQueued):
+            if each_queued(event):
                 return
 
 

@@ -45,8 +45,8 @@ from core.events import (
     RunCancelRequested,
     RunScheduled,
     TaskLost,
-    TaskQueued,
     TaskStarted,
+    each_queued,
 )
 from core.graph import Overrides, TaskNode, extend_graph
 from core.run import (
@@ -437,7 +437,7 @@ class Orchestrator:
             skipped=self.skipped,
             replay_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        # A crash between appending TaskQueued and publishing its dispatch must not strand the
+        # A crash between appending TasksQueued and publishing its dispatches must not strand the
         # attempt: re-send every queued one (the work stream drops duplicates by message id).
         for state in self.runs.values():
             for task_id in state.queued:
@@ -551,8 +551,8 @@ class Orchestrator:
         self.writes.add(future)
         future.add_done_callback(self.writes.discard)
         future.add_done_callback(lambda f: self.appended(event, f))
-        if isinstance(event, TaskQueued):
-            self.publish_dispatch(state, event.task_id)  # (already folded)
+        for queued in each_queued(event):
+            self.publish_dispatch(state, queued.task_id)  # (already folded)
 
     def appended(self, event: AnyEvent, future: asyncio.Future[int]) -> None:
         run_id = event.run_id

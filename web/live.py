@@ -30,9 +30,9 @@ from litestar.params import FromPath, FromQuery
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from core.errors import NotFound, Unavailable
-from core.events import AnyEvent, TaskEvent
+from core.events import AnyEvent, decode, task_ids
 from projections.protocol import ReadModel
-from projections.views import RunDetail, RunRow, TaskRunRow
+from projections.views import EventRow, RunDetail, RunRow, TaskRunRow
 from services.ports import EventLog
 from services.retrying import backoff
 from web.context import UiContext
@@ -191,15 +191,25 @@ class LiveFeed:
             self.unsubscribe(sub)
 
 
-def change_of(
-    seq: int, event: AnyEvent | str, detail: RunDetail, task_id: str | None = None
-) -> RunChange:
-    """The change an event made to a run: its row and the row of the task it touched."""
-    if isinstance(event, TaskEvent):
-        task_id = event.task_id
-    kind = event if isinstance(event, str) else type(event).__name__
-    tasks = tuple(t for t in detail.tasks if t.task_id == task_id) if task_id else ()
+def change_of(seq: int, event: AnyEvent | EventRow, detail: RunDetail) -> RunChange:
+    """The change an event made to a run: its row and the rows of the tasks it touched."""
+    if isinstance(event, EventRow):
+        kind, touched = event.type, _row_task_ids(event)
+    else:
+        kind, touched = type(event).__name__, frozenset(task_ids(event))
+    tasks = tuple(t for t in detail.tasks if t.task_id in touched) if touched else ()
     return RunChange(seq=seq, type=kind, run=detail.run, tasks=tasks)
+
+
+def _row_task_ids(row: EventRow) -> frozenset[str]:
+    if row.task_id is not None:
+        return frozenset((row.task_id,))
+    if row.type != "TasksQueued":
+        return frozenset()
+    try:
+        return frozenset(task_ids(decode(row.body.encode())))
+    except msgspec.DecodeError:  # (a ValidationError too) a newer writer's form: no task rows
+        return frozenset()
 
 
 def _message(seq: int, item: Item) -> ServerSentEventMessage:
@@ -249,7 +259,7 @@ async def _backlog(read_model: ReadModel, run_id: str, after: int) -> list[tuple
     out: list[tuple[int, Item]] = []
     while True:
         rows = await read_model.recent_events(run_id, after_seq=after, limit=BACKLOG_PAGE)
-        out.extend((r.seq, change_of(r.seq, r.type, detail, r.task_id)) for r in rows)
+        out.extend((r.seq, change_of(r.seq, r, detail)) for r in rows)
         if len(rows) < BACKLOG_PAGE:
             return out
         after = rows[-1].seq

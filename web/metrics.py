@@ -7,7 +7,7 @@
     cyclonetix_agent_running_tasks{agent}      what each of them runs
     cyclonetix_projector_lag_events            events in the log the read model has not applied
     cyclonetix_events_last_seq                 the newest stream sequence
-    cyclonetix_dispatch_to_start_seconds       TaskQueued -> TaskStarted, seen by this process
+    cyclonetix_dispatch_to_start_seconds       TasksQueued -> TaskStarted, seen by this process
     cyclonetix_source_up{source}               1 when that source answered this scrape
 
 Counts are read when scraped (one call per source, each bounded), so they need no process-wide
@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.events import AnyEvent, TaskQueued, TaskStarted
+from core.events import AnyEvent, TaskStarted, each_queued
 from core.run import RunStatus, TaskStatus
 from projections.views import RunFilter
 from web.context import UiContext
@@ -51,7 +51,7 @@ class Metrics(Collector):
         self.registry = CollectorRegistry(auto_describe=False)
         self.dispatch_to_start = Histogram(
             "cyclonetix_dispatch_to_start_seconds",
-            "Time from a task's TaskQueued to its TaskStarted (events this process saw live)",
+            "Time from a task's queueing to its TaskStarted (events this process saw live)",
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -64,11 +64,11 @@ class Metrics(Collector):
 
     def observe(self, _seq: int, event: AnyEvent) -> None:
         """A live event (a `LiveFeed` listener): times dispatch to start."""
-        if isinstance(event, TaskQueued):
-            self._queued[(event.run_id, event.task_id, event.attempt)] = event.ts
+        for q in each_queued(event):
+            self._queued[(q.run_id, q.task_id, q.attempt)] = q.ts
             if len(self._queued) > QUEUED_REMEMBERED:
                 self._queued.popitem(last=False)  # a start never seen: forget the oldest
-        elif isinstance(event, TaskStarted):
+        if isinstance(event, TaskStarted):
             queued = self._queued.pop((event.run_id, event.task_id, event.attempt), None)
             if queued is not None:
                 self.dispatch_to_start.observe(max(0.0, (event.ts - queued).total_seconds()))

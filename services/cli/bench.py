@@ -56,7 +56,7 @@ def register(sub: Any) -> None:
         description="Write the history of N open runs (S tasks done in each, one running), let "
         "an orchestrator process replay it and snapshot it, then R times each: SIGKILL it, "
         "(off: delete its snapshot), wait for its lease to expire, schedule a probe run, start "
-        "a new orchestrator and time its start to the probe's TaskQueued.",
+        "a new orchestrator and time its start to the probe's TasksQueued.",
     )
     rec.add_argument("--runs", type=int, default=1000, help="open runs (default 1000)")
     rec.add_argument("--steps", type=int, default=30, help="tasks done per run (default 30)")
@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
         help="kill to first dispatch by the standby after the leading orchestrator's SIGKILL",
         description="Start two orchestrator processes (one leads, one waits as a standby), then "
         "R times: SIGKILL the leader, schedule a probe run at once and time the kill to the "
-        "probe's TaskQueued from the standby that takes over, lease expiry included (the killed "
+        "probe's TasksQueued from the standby that takes over, lease expiry included (the killed "
         "orchestrator is started again as the next standby).",
     )
     take.add_argument("--rounds", type=int, default=5, help="kills (default 5)")

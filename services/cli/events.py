@@ -45,11 +45,15 @@ def line(seq: int, event: AnyEvent, as_json: bool) -> str:
             "trigger": fields["trigger"],
             "notify": len(fields.get("notify", ())) or None,
         }
+    elif kind == "TasksQueued":
+        queued = fields.pop("tasks")
+        task = f"{len(queued)} task{'s' if len(queued) != 1 else ''}"
+        fields = {"queued": " ".join(f"{t['task_id']}#{t['attempt']}@{t['queue']}" for t in queued)}
     elif kind.startswith("Notification"):
         fields.pop("notification", None)
         if fields.get("retry_at") is None:
             fields.pop("retrying", None)  # (retrying=False: the last attempt)
-    where = f"{task}#{attempt}" if task else ""
+    where = f"{task}#{attempt}" if attempt is not None else task
     details = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in (None, "", {}, []))
     return f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip()
 

@@ -19,6 +19,7 @@ from core.events import (
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.run import RunState, RunStatus, run_summary, summary
 from services import commands
@@ -118,8 +119,10 @@ async def schedule(args: argparse.Namespace) -> int:
 async def follow(events: EventLog, run_id: str, *, progress: bool) -> RunState:
     """Fold a run's events as they arrive until its terminal event; print transitions."""
     async for event, state in follow_state(events, run_id):
-        if progress and (line := progress_line(state, event)):
-            print(line, file=sys.stderr, flush=True)
+        if progress:
+            for part in each_queued(event) or (event,):  # a line per attempt queued
+                if line := progress_line(state, part):
+                    print(line, file=sys.stderr, flush=True)
         if state.finished:
             return state
     raise CliError(f"lost the event stream of run {run_id!r}")

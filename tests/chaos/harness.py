@@ -33,8 +33,10 @@ from core.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.scheduling import plan_run
 from projections.stores import open_read_model
@@ -53,7 +55,8 @@ RoleKind = Literal["orchestrator", "agent", "projector"]
 REPO = Path(__file__).resolve().parents[2]
 LEASE = "orchestrator"  # services.orchestrator.LEASE
 ORCHESTRATOR_EVENTS = (
-    TaskQueued,
+    TasksQueued,
+    TaskQueued,  # (older orchestrators)
     TaskRetryScheduled,
     TaskSkipped,
     TaskLost,
@@ -274,11 +277,12 @@ def progress_after(at: float, at_wall: float) -> Callable[[Observer], float | No
     both arrived: the orchestrator decides and the agents run again."""
 
     def measure(observer: Observer) -> float | None:
-        def decided_after(kind: type[AnyEvent]) -> Callable[[AnyEvent], bool]:
-            return lambda e: isinstance(e, kind) and e.ts.timestamp() > at_wall
+        def decided_after(match: Callable[[AnyEvent], bool]) -> Callable[[AnyEvent], bool]:
+            return lambda e: match(e) and e.ts.timestamp() > at_wall
 
-        queued = observer.first_after(at, decided_after(TaskQueued))
-        started = observer.first_after(at, decided_after(TaskStarted))
+        # (an attempt queued: a TasksQueued's, or a TaskQueued)
+        queued = observer.first_after(at, decided_after(lambda e: bool(each_queued(e))))
+        started = observer.first_after(at, decided_after(lambda e: isinstance(e, TaskStarted)))
         return None if queued is None or started is None else max(queued, started)
 
     return measure

@@ -16,6 +16,10 @@ as one line naming the run and task.
   event after the run's terminal event; a recorded start that never ran on an agent that was not
   killed.
 
+The orchestrator's queueing fact is a `TasksQueued` (the attempts of one decision); each of its
+attempts is checked exactly as a `TaskQueued` of it (`core.events.each_queued`), and a
+`TaskQueued` (older logs) is still read as one.
+
 How long a command went on after its agent was SIGKILLed (its `E` line after the kill) is
 reported in `orphans`, not asserted (a duration is a figure to print, not an invariant): the
 harm it can do — the same attempt running twice at once — is the `duplicated` check above.
@@ -48,11 +52,13 @@ from core.events import (
     TaskSkipped,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 
 Key = tuple[str, str, int]  # run, task (node id), attempt
 ATTEMPT_ENDS = (TaskSucceeded, TaskFailed, TaskLost, TaskCancelled)
-TASK_WORK = (TaskQueued, TaskStarted, TaskSucceeded, TaskFailed)
+TASK_WORK = (TaskQueued, TaskStarted, TaskSucceeded, TaskFailed)  # and each TasksQueued attempt
+TaskWork = TaskQueued | TaskStarted | TaskSucceeded | TaskFailed
 
 
 @dataclass
@@ -160,11 +166,12 @@ def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> tuple[f
     for event in events:
         if isinstance(event, GraphExtended):
             dependencies.update({node.id: node.dependencies for node in event.nodes})
-        if ended and isinstance(event, TASK_WORK):
-            verdict.violations.append(
-                f"run {run_id}: {type(event).__name__} of {event.task_id} attempt "
-                f"{event.attempt} after the run ended ({ended})"
-            )
+        if ended:
+            verdict.violations += [
+                f"run {run_id}: {type(event).__name__} of {work.task_id} attempt "
+                f"{work.attempt} after the run ended ({ended})"
+                for work in _task_work(event)
+            ]
         if isinstance(event, TaskStarted):
             verdict.started += 1
             if event.delivery > 1:
@@ -195,6 +202,14 @@ def _check_run(run_id: str, events: list[AnyEvent], verdict: Verdict) -> tuple[f
     return _ts(terminals[0].ts), type(terminals[0]).__name__
 
 
+def _task_work(event: AnyEvent) -> tuple[TaskWork, ...]:
+    """The work on tasks `event` states: one TaskQueued per attempt a TasksQueued queues, the
+    event itself for a TaskQueued, TaskStarted, TaskSucceeded or TaskFailed, else none."""
+    if isinstance(event, TASK_WORK):
+        return (event,)
+    return each_queued(event)
+
+
 def _check_ended_tasks(
     run_id: str,
     events: list[AnyEvent],
@@ -207,9 +222,8 @@ def _check_ended_tasks(
     finished: set[tuple[str, int]] = set()
     settled: set[str] = set()  # tasks with an end: success, skip, or a failed last attempt
     for event in events:
-        if isinstance(event, TaskQueued):
-            queued.add((event.task_id, event.attempt))
-        elif isinstance(event, ATTEMPT_ENDS):
+        queued.update((q.task_id, q.attempt) for q in each_queued(event))
+        if isinstance(event, ATTEMPT_ENDS):
             finished.add((event.task_id, event.attempt))
         if isinstance(event, TaskSucceeded | TaskSkipped | TaskCancelled):
             settled.add(event.task_id)

@@ -11,12 +11,14 @@ from pathlib import Path
 from core.definitions.checks import check_definitions
 from core.events import (
     AnyEvent,
+    QueuedTask,
     RunFailed,
     RunScheduled,
     RunSucceeded,
     TaskFailed,
     TaskQueued,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -46,9 +48,28 @@ def scheduled() -> RunScheduled:
     return RunScheduled(run_id=RUN, ts=at(0), kind="outcome", target="b", name="b", graph=graph)
 
 
-def ran(task: str, t: float, *, pid: int = 100, attempt: int = 1) -> list[AnyEvent]:
+def fan() -> RunScheduled:
+    """x, y (independent: queued in one decision)"""
+    graph = (
+        TaskNode(id="x", task_id="x", command="true"),
+        TaskNode(id="y", task_id="y", command="true"),
+    )
+    return RunScheduled(run_id=RUN, ts=at(0), kind="dag", target="f", name="f", graph=graph)
+
+
+def queued(t: float, *tasks: str, attempt: int = 1) -> TasksQueued:
+    """The orchestrator's one decision queueing `attempt` of each of `tasks`."""
+    return TasksQueued(
+        run_id=RUN,
+        ts=at(t),
+        tasks=tuple(QueuedTask(task_id=task, attempt=attempt, queue="default") for task in tasks),
+    )
+
+
+def started_and_succeeded(
+    task: str, t: float, *, pid: int = 100, attempt: int = 1
+) -> list[AnyEvent]:
     return [
-        TaskQueued(run_id=RUN, ts=at(t), task_id=task, attempt=attempt, queue="default"),
         TaskStarted(
             run_id=RUN, ts=at(t + 0.1), task_id=task, attempt=attempt, agent_id="x", pid=pid
         ),
@@ -56,8 +77,26 @@ def ran(task: str, t: float, *, pid: int = 100, attempt: int = 1) -> list[AnyEve
     ]
 
 
-def clean_run() -> list[AnyEvent]:
-    return [scheduled(), *ran("a", 1), *ran("b", 2), RunSucceeded(run_id=RUN, ts=at(3))]
+def ran(
+    task: str, t: float, *, pid: int = 100, attempt: int = 1, old: bool = False
+) -> list[AnyEvent]:
+    """Queued (in a TasksQueued of its own; `old`: a TaskQueued, as older logs have), started,
+    succeeded."""
+    decided: AnyEvent = (
+        TaskQueued(run_id=RUN, ts=at(t), task_id=task, attempt=attempt, queue="default")
+        if old
+        else queued(t, task, attempt=attempt)
+    )
+    return [decided, *started_and_succeeded(task, t, pid=pid, attempt=attempt)]
+
+
+def clean_run(*, old: bool = False) -> list[AnyEvent]:
+    return [
+        scheduled(),
+        *ran("a", 1, old=old),
+        *ran("b", 2, old=old),
+        RunSucceeded(run_id=RUN, ts=at(3)),
+    ]
 
 
 def execution(task: str, *, agent: str = "agent-1", ended: float | None = None) -> Execution:
@@ -90,6 +129,58 @@ def test_a_clean_run_passes_every_check() -> None:
     assert (result.runs, result.tasks, result.started, result.executions) == (1, 2, 2, 2)
 
 
+def test_a_clean_run_of_an_older_log_with_task_queued_passes_every_check() -> None:
+    result = verdict(clean_run(old=True))
+    assert result.problems == []
+    assert (result.runs, result.tasks, result.started, result.executions) == (1, 2, 2, 2)
+
+
+def test_every_attempt_of_one_tasks_queued_is_queued() -> None:
+    both = [
+        fan(),
+        queued(1, "x", "y"),
+        *started_and_succeeded("x", 1),
+        *started_and_succeeded("y", 1.2),
+    ]
+    ran_both = [
+        Execution((RUN, "x", 1), "agent-1", 4242, ended_at=at(1.4).timestamp()),
+        Execution((RUN, "y", 1), "agent-1", 4243, ended_at=at(1.6).timestamp()),
+    ]
+    result = verdict([*both, RunSucceeded(run_id=RUN, ts=at(2))], ran_both)
+    assert result.problems == []
+    assert (result.tasks, result.started) == (2, 2)
+    # y's attempt, queued in the same event as x's, never finished: lost like a TaskQueued's
+    events = [
+        fan(),
+        queued(1, "x", "y"),
+        *started_and_succeeded("x", 1),
+        RunSucceeded(run_id=RUN, ts=at(2)),
+    ]
+    assert verdict(events, ran_both[:1]).lost == [
+        "run r: y attempt 1 queued, never finished",
+        "run r: y never reached an end",
+        "run r: succeeded without y succeeding",
+    ]
+
+
+def test_a_task_s_last_attempt_is_the_last_one_queued_in_any_form() -> None:
+    """A failed attempt 1 (TaskQueued), then attempt 2 queued in a TasksQueued and never run: the
+    task has not reached its end."""
+    events: list[AnyEvent] = [
+        scheduled(),
+        TaskQueued(run_id=RUN, ts=at(1), task_id="a", attempt=1, queue="default"),
+        started_and_succeeded("a", 1)[0],
+        TaskFailed(run_id=RUN, ts=at(1.5), task_id="a", attempt=1),
+        queued(2, "a", attempt=2),
+        TaskSkipped(run_id=RUN, ts=at(2.5), task_id="b", attempt=1),
+        RunFailed(run_id=RUN, ts=at(3), failed_tasks=("a",)),
+    ]
+    assert verdict(events, [execution("a", ended=1.4)]).lost == [
+        "run r: a attempt 2 queued, never finished",
+        "run r: a never reached an end",
+    ]
+
+
 def test_two_terminal_events_are_a_duplicate() -> None:
     result = verdict([*clean_run(), RunFailed(run_id=RUN, ts=at(4))])
     assert result.duplicated == ["run r: 2 terminal events (RunSucceeded, RunFailed)"]
@@ -111,6 +202,24 @@ def test_a_start_after_the_run_ended_is_a_violation() -> None:
     result = verdict(events, [*executions(), Execution((RUN, "b", 2), "agent-1", 4343)])
     assert result.violations == [
         "run r: TaskStarted of b attempt 2 after the run ended (RunSucceeded)"
+    ]
+
+
+def test_attempts_queued_after_the_run_ended_are_violations_old_and_new() -> None:
+    late: list[AnyEvent] = [
+        queued(4, "a", "b", attempt=2),
+        TaskQueued(run_id=RUN, ts=at(4), task_id="a", attempt=3, queue="default"),
+    ]
+    result = verdict([*clean_run(), *late])
+    assert result.violations == [
+        "run r: TasksQueued of a attempt 2 after the run ended (RunSucceeded)",
+        "run r: TasksQueued of b attempt 2 after the run ended (RunSucceeded)",
+        "run r: TaskQueued of a attempt 3 after the run ended (RunSucceeded)",
+    ]
+    assert result.lost == [
+        "run r: a attempt 2 queued, never finished",
+        "run r: a attempt 3 queued, never finished",
+        "run r: b attempt 2 queued, never finished",
     ]
 
 

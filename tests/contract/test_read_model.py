@@ -50,11 +50,13 @@ from core.events import (
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
     encode,
 )
-from core.run import RunStatus, TaskStatus, replay, run_summary
+from core.run import QUEUED_PER_EVENT, RunStatus, TaskStatus, advance, fold, replay, run_summary
 from core.snapshots import RetrySpec, TaskNode
 from projections.memory import MemoryReadModel, MemoryTables
 from projections.protocol import Entry, ReadModel, decode_entry
@@ -448,6 +450,44 @@ class ReadModelContract:
                 RunStatus.RUNNING,
                 5,
             )
+
+    async def test_a_large_run_queued_a_thousand_attempts_an_event_reads_as_core(
+        self, stores: Stores
+    ) -> None:
+        """A run's start queues every ready task in TasksQueued events of up to
+        QUEUED_PER_EVENT attempts: each attempt gets its row, in any batches, as core folds it
+        (and as the older one-TaskQueued-per-attempt log of the same run)."""
+        graph = [node(f"t{i:04d}") for i in range(2 * QUEUED_PER_EVENT + 500)]
+        state = fold(None, scheduled("big", *graph))
+        assert state is not None
+        decided = advance(state, T0)
+        assert [len(e.tasks) for e in decided if isinstance(e, TasksQueued)] == [
+            QUEUED_PER_EVENT,
+            QUEUED_PER_EVENT,
+            500,
+        ]
+        started = TaskStarted(run_id="big", ts=T0, task_id="t1234", attempt=1, agent_id="a")
+        new: list[AnyEvent] = [scheduled("big", *graph), *decided, started]
+        old = [new[0], *(q for e in decided for q in each_queued(e)), started]
+        store, older = await stores.open(), await stores.open()
+        await store.apply_batch(list(enumerate(new[:2], start=1)))
+        await store.apply_batch(list(enumerate(new, start=1))[1:])  # (a redelivery of seq 2)
+        entries = list(enumerate(new, start=1))
+        await assert_agrees_with_core(store, entries)
+        detail = await store.get_run("big")
+        assert detail is not None
+        queued_rows = [t for t in detail.tasks if t.status == TaskStatus.QUEUED]
+        assert len(queued_rows) == len(graph) - 1
+        assert {t.queued_at for t in queued_rows} == {T0}
+        [attempt] = await store.task_attempts("big", "t0007")
+        assert (attempt.status, attempt.queued_at) == ("queued", T0)
+        await older.reset()
+        await older.apply_batch(list(enumerate(old, start=1)))
+        then = await older.get_run("big")
+        assert then is not None
+        assert [(t.task_id, t.status, t.attempt) for t in then.tasks] == [
+            (t.task_id, t.status, t.attempt) for t in detail.tasks
+        ]
 
     # -- lists ---------------------------------------------------------------------------------
 

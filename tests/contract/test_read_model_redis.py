@@ -266,7 +266,7 @@ async def test_an_outage_mid_stream_raises_unavailable_and_the_store_catches_up(
 async def test_connections_killed_mid_stream_are_replaced_and_nothing_is_lost(
     store: RedisReadModel, admin: aioredis.Redis, client_name: str
 ) -> None:
-    entries = stream(43, 12)
+    entries = stream(43, 30)  # (32 batches: long enough for the killer to strike often)
     batches = splits(random.Random(43), entries)
     failures: list[str] = []
     killed = 0

@@ -12,7 +12,7 @@ import pytest
 
 from core.agents import AgentInfo
 from core.errors import Unavailable
-from core.events import Dispatch, RunScheduled, TaskQueued, TaskStarted
+from core.events import Dispatch, QueuedTask, RunScheduled, TasksQueued, TaskStarted
 from tests.fakes import AGENT_TTL, DUPLICATE_WINDOW, MemoryBackplane, MemoryServer
 
 NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
@@ -44,7 +44,9 @@ async def test_a_lost_ack_leaves_the_event_stored_and_a_retry_recognises_it() ->
     first = await bp.events.append(
         RunScheduled(run_id="r1", ts=NOW, kind="dag", target="d", name="d", graph=())
     )
-    queued = TaskQueued(run_id="r1", ts=NOW, task_id="t1", attempt=1, queue="default")
+    queued = TasksQueued(
+        run_id="r1", ts=NOW, tasks=(QueuedTask(task_id="t1", attempt=1, queue="default"),)
+    )
     bp.server.faults.lose_append_acks()
     with pytest.raises(Unavailable):
         await bp.events.append_expected(queued, first)

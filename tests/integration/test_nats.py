@@ -25,9 +25,10 @@ from core.definitions import (
 from core.errors import Conflict, Unavailable
 from core.events import (
     AnyEvent,
+    QueuedTask,
     RunScheduled,
     RunSucceeded,
-    TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -210,7 +211,9 @@ async def test_schedule_run_uses_a_run_id_once(backplane: NatsBackplane) -> None
 async def test_append_expected_detects_conflicts(backplane: NatsBackplane) -> None:
     events = backplane.events
     first = await events.append(scheduled("r1"))
-    queued = TaskQueued(run_id="r1", ts=NOW, task_id="t1", attempt=1, queue="default")
+    queued = TasksQueued(
+        run_id="r1", ts=NOW, tasks=(QueuedTask(task_id="t1", attempt=1, queue="default"),)
+    )
     second = await events.append_expected(queued, first)
     assert await events.append_expected(queued, first) == second  # retried after a lost ack
     with pytest.raises(Conflict):

@@ -28,9 +28,9 @@ from core.events import (
     AnyEvent,
     RunScheduled,
     RunSucceeded,
-    TaskQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.scheduling import plan_run
 from services.cluster import LocalCluster
@@ -159,7 +159,7 @@ def assert_done_once(histories: dict[str, list[AnyEvent]]) -> None:
         assert isinstance(events[-1], RunSucceeded), (run_id, events[-1])
         successes = Counter(e.task_id for e in events if isinstance(e, TaskSucceeded))
         assert successes == Counter(f"c{i}" for i in range(CHAIN)), (run_id, successes)
-        queued = Counter((e.task_id, e.attempt) for e in events if isinstance(e, TaskQueued))
+        queued = Counter((q.task_id, q.attempt) for e in events for q in each_queued(e))
         assert queued == Counter((f"c{i}", 1) for i in range(CHAIN)), (run_id, queued)
 
 

@@ -32,10 +32,11 @@ from core.events import (
     NotificationDelivered,
     NotificationEvent,
     NotificationFailed,
+    QueuedTask,
     RunFailed,
     RunSucceeded,
     TaskFailed,
-    TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -199,7 +200,9 @@ async def end_run(
     await backplane.events.schedule_run(scheduled)
     common: dict[str, Any] = {"run_id": run_id, "task_id": name, "attempt": 1}
     events: list[AnyEvent] = [
-        TaskQueued(ts=_now(), queue="default", **common),
+        TasksQueued(
+            ts=_now(), run_id=run_id, tasks=(QueuedTask(task_id=name, attempt=1, queue="default"),)
+        ),
         TaskStarted(ts=_now(), agent_id="agent-1", **common),
     ]
     if fail:

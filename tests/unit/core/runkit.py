@@ -12,6 +12,7 @@ from core.events import (
     TaskQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.graph import TaskNode
 from core.run import RunState, advance, fold
@@ -64,7 +65,12 @@ def start(*nodes: TaskNode, run_id: str = "run-1") -> tuple[RunState, list[AnyEv
 
 
 def queued_ids(events: list[AnyEvent]) -> list[str]:
-    return [e.task_id for e in events if isinstance(e, TaskQueued)]
+    return [q.task_id for q in queued(events)]
+
+
+def queued(events: list[AnyEvent]) -> list[TaskQueued]:
+    """The attempts `events` queue, one TaskQueued each."""
+    return [q for e in events for q in each_queued(e)]
 
 
 def started(q: TaskQueued, *, delivery: int = 1, agent: str = "agent-1") -> TaskStarted:

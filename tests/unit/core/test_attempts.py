@@ -13,6 +13,7 @@ from core.attempts import held_elsewhere, why_not_current
 from core.events import (
     AnyEvent,
     Dispatch,
+    QueuedTask,
     RunCancelled,
     RunCancelRequested,
     RunFailed,
@@ -23,6 +24,7 @@ from core.events import (
     TaskLost,
     TaskQueued,
     TaskRetryScheduled,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -32,6 +34,11 @@ D = Dispatch(run_id="r", task_id="t", attempt=2, queue="default", command="true"
 
 
 R: Any = {"run_id": "r", "ts": NOW}  # (the fields every event has)
+
+
+def queued(*attempts: tuple[str, int]) -> TasksQueued:
+    tasks = tuple(QueuedTask(task_id=t, attempt=n, queue="default") for t, n in attempts)
+    return TasksQueued(**R, tasks=tasks)
 
 
 @pytest.mark.parametrize(
@@ -44,6 +51,8 @@ R: Any = {"run_id": "r", "ts": NOW}  # (the fields every event has)
         TaskSucceeded(**R, task_id="other", attempt=2),  # another task's news
         TaskQueued(**R, task_id="other", attempt=5, queue="default"),
         TaskFailed(**R, task_id="t", attempt=1),  # the attempt before this one
+        queued(("other", 4), ("t", 2)),  # this attempt queued with others
+        queued(("other", 3)),
     ],
 )
 def test_current(last: AnyEvent | None) -> None:
@@ -66,6 +75,8 @@ def test_current(last: AnyEvent | None) -> None:
             "superseded by attempt 3",
         ),
         (TaskQueued(**R, task_id="t", attempt=3, queue="default"), "superseded by attempt 3"),
+        (queued(("t", 3)), "superseded by attempt 3"),
+        (queued(("a", 1), ("t", 3), ("b", 1)), "superseded by attempt 3"),
     ],
 )
 def test_not_current(last: AnyEvent, reason: str) -> None:

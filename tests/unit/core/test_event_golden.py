@@ -30,6 +30,7 @@ from core.events import (
     Notification,
     NotificationDelivered,
     NotificationFailed,
+    QueuedTask,
     RunCancelled,
     RunCancelRequested,
     RunFailed,
@@ -41,10 +42,12 @@ from core.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
     decode,
     decode_dispatch,
+    each_queued,
     encode,
     encode_dispatch,
 )
@@ -88,6 +91,13 @@ GOLDEN: dict[str, str] = {
     "TaskQueued": """
         {"type": "TaskQueued", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
          "task_id": "extract", "attempt": 1, "queue": "default"}
+    """,
+    "TasksQueued": """
+        {"type": "TasksQueued", "run_id": "r-0001", "ts": "2026-01-01T00:00:05.250000Z",
+         "tasks": [
+            {"task_id": "extract", "attempt": 1, "queue": "default"},
+            {"task_id": "train:big", "attempt": 2, "queue": "gpu"}
+         ]}
     """,
     "TaskStarted": """
         {"type": "TaskStarted", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
@@ -208,6 +218,14 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
         ),
     ),
     "TaskQueued": TaskQueued(run_id=RUN, ts=T0, task_id="extract", attempt=1, queue="default"),
+    "TasksQueued": TasksQueued(
+        run_id=RUN,
+        ts=T1,
+        tasks=(
+            QueuedTask(task_id="extract", attempt=1, queue="default"),
+            QueuedTask(task_id="train:big", attempt=2, queue="gpu"),
+        ),
+    ),
     "TaskStarted": TaskStarted(
         run_id=RUN, ts=T0, task_id="extract", attempt=1, agent_id="agent-a", pid=4242
     ),
@@ -509,6 +527,8 @@ def test_injection_reaches_every_nesting_level_and_every_stored_struct() -> None
         ("RunScheduled", "$.graph[1].retries"),
         ("TaskSucceeded", "$.evaluation"),
         ("GraphExtended", "$.nodes[0].retries"),
+        ("TasksQueued", "$.tasks[0]"),
+        ("TasksQueued", "$.tasks[1]"),
         ("Dispatch", "$"),
     } <= paths
     # Mappings of data are not structs: a key added there would be data, not a field.
@@ -564,24 +584,19 @@ def drive_to_the_end(state: RunState, *, fail_first: str = "") -> list[AnyEvent]
         log.extend(decisions)
         if state.finished:
             return log
-        for event in decisions:
-            if isinstance(event, TaskQueued):
-                results: list[AnyEvent] = [started(event)]
-                if event.task_id == fail_first and event.attempt == 1:
-                    results.append(
-                        TaskFailed(
-                            run_id=event.run_id,
-                            ts=now,
-                            task_id=event.task_id,
-                            attempt=1,
-                            exit_code=1,
-                        )
+        for queued in (q for decision in decisions for q in each_queued(decision)):
+            results: list[AnyEvent] = [started(queued)]
+            if queued.task_id == fail_first and queued.attempt == 1:
+                results.append(
+                    TaskFailed(
+                        run_id=queued.run_id, ts=now, task_id=queued.task_id, attempt=1, exit_code=1
                     )
-                else:
-                    results.append(succeeded(event.run_id, event.task_id, event.attempt, ts=now))
-                for result in results:
-                    fold(state, result)
-                log.extend(results)
+                )
+            else:
+                results.append(succeeded(queued.run_id, queued.task_id, queued.attempt, ts=now))
+            for result in results:
+                fold(state, result)
+            log.extend(results)
         now += dt.timedelta(seconds=30)
     raise AssertionError("the run did not end")
 

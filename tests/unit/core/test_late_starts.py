@@ -19,6 +19,7 @@ from core.events import (
     msg_id,
 )
 from core.run import LATE_START_GRACE, RunState, advance, decide, fold, is_racing, next_wakeup
+from tests.unit.core import runkit
 from tests.unit.core.runkit import T0, node, start, started, succeeded
 
 
@@ -26,7 +27,7 @@ def cancelled_with_both_queued() -> tuple[RunState, dict[str, TaskQueued]]:
     """Two independent tasks queued, the run's cancellation, and both queued attempts cancelled
     by the orchestrator."""
     state, decided = start(node("a"), node("b"))
-    queued = {e.task_id: e for e in decided if isinstance(e, TaskQueued)}
+    queued = {q.task_id: q for q in runkit.queued(decided)}
     fold(state, RunCancelRequested(run_id="run-1", ts=T0))
     cancels = decide(state, T0, racing=True)
     assert {type(e) for e in cancels} == {TaskCancelled}

@@ -15,11 +15,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.events import EvaluationResult, GraphExtended, TaskQueued
+from core.events import EvaluationResult, GraphExtended
 from core.rerun import UnknownTask, downstream, rerun_graph
 from core.run import SUCCEEDED, RunState, fold, replay
 from core.snapshots import TaskNode
-from tests.unit.core.runkit import DIAMOND, T0, node, scheduled, start, started, succeeded
+from tests.unit.core.runkit import (
+    DIAMOND,
+    T0,
+    node,
+    queued,
+    scheduled,
+    start,
+    started,
+    succeeded,
+)
 from tests.unit.core.test_run_properties import random_graph, simulate
 
 # Simulating a world costs more than one rerun: a fraction of the profile's examples.
@@ -146,9 +155,9 @@ def test_the_diamond_from_one_branch_and_from_failure() -> None:
 
 
 def test_nodes_an_evaluation_point_added_are_rerun_too() -> None:
-    state, [queued] = start(node("e", evaluation_point=True))
-    assert isinstance(queued, TaskQueued)
-    fold(state, started(queued))
+    state, decided = start(node("e", evaluation_point=True))
+    [attempt] = queued(decided)
+    fold(state, started(attempt))
     fold(state, succeeded("run-1", "e", evaluation=EvaluationResult(next_tasks=("x",))))
     fold(
         state, GraphExtended(run_id="run-1", ts=T0, task_id="e", attempt=1, nodes=(node("x", "e"),))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 
 import pytest
 
@@ -13,6 +14,7 @@ from core.events import (
     AnyEvent,
     EvaluationResult,
     GraphExtended,
+    QueuedTask,
     RunCancelled,
     RunCancelRequested,
     RunFailed,
@@ -23,8 +25,11 @@ from core.events import (
     TaskQueued,
     TaskRetryScheduled,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
+    encode,
     msg_id,
 )
 from core.graph import NO_OVERRIDES, GraphError, Overrides, TaskNode
@@ -32,6 +37,8 @@ from core.run import (
     EVALUATING,
     FAILED,
     PENDING,
+    QUEUED,
+    QUEUED_PER_EVENT,
     RUN_RUNNING,
     RUNNING,
     SKIPPED,
@@ -43,9 +50,11 @@ from core.run import (
     RunSummary,
     TaskStatus,
     advance,
+    decide,
     dispatch_for,
     fold,
     next_wakeup,
+    replay,
     run_summary,
     summary,
 )
@@ -55,6 +64,7 @@ from tests.unit.core.runkit import (
     T0,
     failed,
     node,
+    queued,
     queued_ids,
     scheduled,
     start,
@@ -95,7 +105,7 @@ def test_run_succeeds_once_every_task_succeeded() -> None:
 def test_queue_of_each_task_is_in_its_queued_event_and_dispatch() -> None:
     state, _ = start(node("prep"), node("train", "prep", queue="gpu"))
     fold(state, succeeded("run-1", "prep"))
-    (q,) = [e for e in advance(state, T0) if isinstance(e, TaskQueued)]
+    (q,) = queued(advance(state, T0))
     assert q.queue == "gpu"
     assert dispatch_for(state, q.task_id).queue == "gpu"
 
@@ -104,8 +114,9 @@ def test_dispatch_env_is_context_under_parameters() -> None:
     n = TaskNode(id="t", task_id="t", command="echo $A", parameters={"A": "task", "B": "task"})
     state = fold(None, scheduled(n, context={"A": "ctx", "C": "ctx"}))
     assert state is not None
-    (q,) = advance(state, T0)
-    assert isinstance(q, TaskQueued)
+    decisions = advance(state, T0)
+    assert [type(e) for e in decisions] == [TasksQueued]
+    (q,) = queued(decisions)
     env = dispatch_for(state, q.task_id).env
     assert {k: v for k, v in env.items() if not k.startswith("CYCLONETIX_")} == {
         "A": "task",
@@ -147,7 +158,8 @@ def test_retry_is_scheduled_with_backoff_then_queued_after_not_before() -> None:
     assert next_wakeup(state) == retry.not_before
     assert advance(state, T0 + dt.timedelta(seconds=9)) == []
     (q,) = advance(state, T0 + dt.timedelta(seconds=10))
-    assert isinstance(q, TaskQueued) and q.attempt == 2
+    assert isinstance(q, TasksQueued)
+    assert [(t.task_id, t.attempt) for t in q.tasks] == [("a", 2)]
     fold(state, failed("run-1", "a", 2))
     (retry3,) = advance(state, T0)
     assert isinstance(retry3, TaskRetryScheduled)
@@ -208,9 +220,10 @@ def test_a_stale_result_of_any_kind_changes_nothing(kind: str, where: str) -> No
 
 def test_duplicate_events_change_nothing() -> None:
     state, events = start(*DIAMOND)
-    (qa,) = events
-    assert isinstance(qa, TaskQueued)
-    for event in (qa, started(qa), succeeded("run-1", "a")):
+    (decision,) = events
+    assert isinstance(decision, TasksQueued)
+    (qa,) = each_queued(decision)
+    for event in (decision, qa, started(qa), succeeded("run-1", "a")):
         fold(state, event)
         before = state.snapshot()
         fold(state, event)
@@ -225,8 +238,8 @@ def test_a_queued_decision_is_never_repeated() -> None:
 
 
 def test_redelivery_to_another_agent_moves_the_task() -> None:
-    state, (qa,) = start(node("a"))
-    assert isinstance(qa, TaskQueued)
+    state, events = start(node("a"))
+    (qa,) = queued(events)
     fold(state, started(qa, agent="one"))
     fold(state, started(qa, agent="two", delivery=2))
     assert state.tasks["a"].agent_id == "two" and state.tasks["a"].delivery == 2
@@ -242,8 +255,8 @@ def test_timeout_failure_is_retried_like_any_failure() -> None:
 
 
 def test_silent_agent_past_timeout_and_grace_fails_the_attempt() -> None:
-    state, (qa,) = start(node("a", timeout=5))
-    assert isinstance(qa, TaskQueued)
+    state, events = start(node("a", timeout=5))
+    (qa,) = queued(events)
     fold(state, started(qa))
     assert state.tasks["a"].status == RUNNING
     deadline = next_wakeup(state)
@@ -261,8 +274,8 @@ def test_lost_task_counts_as_a_failed_attempt() -> None:
 
 
 def test_cancel_skips_waiting_tasks_cancels_queued_and_ends_cancelled() -> None:
-    state, (qa,) = start(*DIAMOND)
-    assert isinstance(qa, TaskQueued)
+    state, events = start(*DIAMOND)
+    assert queued_ids(events) == ["a"]
     fold(state, RunCancelRequested(run_id="run-1", ts=T0, reason="user"))
     decisions = advance(state, T0)
     assert [type(e) for e in decisions] == [TaskCancelled, *[TaskSkipped] * 3, RunCancelled]
@@ -272,8 +285,8 @@ def test_cancel_skips_waiting_tasks_cancels_queued_and_ends_cancelled() -> None:
 
 
 def test_cancel_waits_for_running_tasks() -> None:
-    state, (qa,) = start(*DIAMOND)
-    assert isinstance(qa, TaskQueued)
+    state, events = start(*DIAMOND)
+    (qa,) = queued(events)
     fold(state, started(qa))
     fold(state, RunCancelRequested(run_id="run-1", ts=T0))
     assert advance(state, T0) == []
@@ -350,6 +363,172 @@ def test_message_ids_are_deterministic_and_distinct_per_fact() -> None:
     assert msg_id(started(qa, delivery=1)) != msg_id(started(qa, delivery=2))
 
 
+# --- queueing: one TasksQueued per decision --------------------------------------------------
+
+
+def batch(*attempts: tuple[str, int], run_id: str = "run-1", ts: dt.datetime = T0) -> TasksQueued:
+    tasks = tuple(QueuedTask(task_id=t, attempt=a, queue="default") for t, a in attempts)
+    return TasksQueued(run_id=run_id, ts=ts, tasks=tasks)
+
+
+@pytest.mark.parametrize("n", [QUEUED_PER_EVENT, QUEUED_PER_EVENT + 1, 2 * QUEUED_PER_EVENT + 1])
+def test_a_decision_queues_its_ready_tasks_in_events_of_at_most_queued_per_event(n: int) -> None:
+    ids = [f"task-{i:05d}-{'x' * 80}" for i in range(n)]  # long ids: the largest events
+    state = fold(None, scheduled(*(node(t) for t in ids)))
+    assert state is not None
+    decisions = decide(state, T0)  # one decision
+    chunks = [e for e in decisions if isinstance(e, TasksQueued)]
+    assert chunks == decisions
+    assert len(chunks) == math.ceil(n / QUEUED_PER_EVENT)
+    assert [len(c.tasks) for c in chunks[:-1]] == [QUEUED_PER_EVENT] * (len(chunks) - 1)
+    # every ready task exactly once, in the order they became ready
+    assert [(t.task_id, t.attempt) for c in chunks for t in c.tasks] == [(t, 1) for t in ids]
+    assert len({msg_id(c) for c in chunks}) == len(chunks)  # no chunk is a duplicate of another
+    assert all(len(encode(c)) < 1_000_000 for c in chunks)  # NATS's message limit
+    for c in chunks:
+        fold(state, c)
+    assert all(state.tasks[t].status == QUEUED for t in ids)
+    assert decide(state, T0) == []
+
+
+def test_first_attempts_and_due_retries_share_the_chunks_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("core.run.QUEUED_PER_EVENT", 3)
+    graph = (node("a", retries=1), node("b", retries=1), node("x"), node("c", "x"), node("d", "x"))
+    state, events = start(*graph)
+    assert queued_ids(events) == ["a", "b", "x"]
+    fold(state, failed("run-1", "a"))
+    fold(state, failed("run-1", "b"))
+    advance(state, T0)  # their retries, due at T0 + 10 s
+    fold(state, succeeded("run-1", "x"))
+    decisions = decide(state, T0 + dt.timedelta(seconds=10))  # one decision
+    assert [
+        [(t.task_id, t.attempt) for t in e.tasks] for e in decisions if isinstance(e, TasksQueued)
+    ] == [
+        [("c", 1), ("d", 1), ("a", 2)],
+        [("b", 2)],
+    ]
+    assert len(decisions) == 2
+
+
+def test_a_tasks_queued_folded_again_or_overlapping_queues_each_attempt_once() -> None:
+    state = fold(None, scheduled(node("a"), node("b"), node("c"), node("d", "c"), node("e")))
+    assert state is not None
+    t1 = T0 + dt.timedelta(seconds=5)
+    first = batch(("a", 1), ("b", 1), ("c", 1))
+    fold(state, first)
+    before = state.snapshot()
+    fold(state, first)  # redelivered
+    assert state.snapshot() == before
+    (qa, _, _) = each_queued(first)
+    fold(state, started(qa))
+    fold(state, succeeded("run-1", "c"))
+    before = state.snapshot()
+    fold(state, first)  # redelivered once a runs and c is done
+    assert state.snapshot() == before
+    # Another set of attempts (another message id), partly queued already: a runs, b is
+    # queued, c is done; only d and e are new.
+    fold(state, batch(("a", 1), ("b", 1), ("c", 1), ("d", 1), ("e", 1), ts=t1))
+
+    def seen(task_id: str) -> tuple[str, int, dt.datetime | None]:
+        task = state.tasks[task_id]
+        return task.status, task.attempt, task.queued_at
+
+    assert [seen(t) for t in "abcde"] == [
+        (RUNNING, 1, T0),
+        (QUEUED, 1, T0),
+        (SUCCEEDED, 1, T0),
+        (QUEUED, 1, t1),
+        (QUEUED, 1, t1),
+    ]
+    assert list(state.queued) == ["b", "d", "e"]
+    assert advance(state, t1) == []
+
+
+def test_a_stale_attempt_in_a_tasks_queued_queues_nothing() -> None:
+    state, _ = start(node("a", retries=1), node("b"))
+    fold(state, failed("run-1", "a"))
+    advance(state, T0)  # attempt 2 waits for its backoff
+    before = state.snapshot()
+    fold(state, batch(("a", 1), ("b", 1), ts=T0 + dt.timedelta(seconds=1)))  # both old news
+    assert state.snapshot() == before
+    assert state.tasks["a"].status == UP_FOR_RETRY and state.tasks["a"].attempt == 2
+
+
+def per_task(event: AnyEvent) -> tuple[AnyEvent, ...]:
+    """`event` as an orchestrator that wrote one TaskQueued per attempt would have logged it."""
+    return each_queued(event) if isinstance(event, TasksQueued) else (event,)
+
+
+def run_log() -> list[AnyEvent]:
+    """A whole run as the orchestrator logs it now: a's first attempt fails, its second succeeds,
+    then b and c are queued together, then d."""
+    first = scheduled(node("a", retries=1), node("b", "a"), node("c", "a"), node("d", "b", "c"))
+    state = fold(None, first)
+    assert state is not None
+    log: list[AnyEvent] = [first]
+    now = T0
+    while not state.finished:
+        decisions = advance(state, now)
+        log += decisions
+        for q in queued(decisions):
+            result = failed if (q.task_id, q.attempt) == ("a", 1) else succeeded
+            for event in (started(q), result(q.run_id, q.task_id, q.attempt, ts=now)):
+                fold(state, event)
+                log.append(event)
+        now += dt.timedelta(seconds=30)
+    return log
+
+
+def test_an_old_log_of_one_task_queued_per_attempt_folds_to_the_same_states() -> None:
+    new = run_log()
+    assert [
+        [(t.task_id, t.attempt) for t in e.tasks] for e in new if isinstance(e, TasksQueued)
+    ] == [
+        [("a", 1)],
+        [("a", 2)],
+        [("b", 1), ("c", 1)],
+        [("d", 1)],
+    ]
+    assert isinstance(new[-1], RunSucceeded)
+    # The same run, folded event by event from either log: the same state after each decision.
+    state_new = fold(None, new[0])
+    state_old = fold(None, new[0])
+    assert state_new is not None and state_old is not None
+    for event in new[1:]:
+        fold(state_new, event)
+        old = per_task(event)
+        assert not any(isinstance(e, TasksQueued) for e in old)
+        for part in old:
+            fold(state_old, part)
+        assert state_old.snapshot() == state_new.snapshot(), event
+    # A log that changes style at any point (an orchestrator upgraded mid-run) folds the same.
+    final = replay(new)["run-1"].snapshot()
+    for split in range(1, len(new)):
+        mixed = [e for event in new[:split] for e in per_task(event)] + new[split:]
+        assert replay(mixed)["run-1"].snapshot() == final, split
+
+
+def test_a_tasks_queued_message_id_names_its_attempts_not_its_time() -> None:
+    ab = batch(("a", 1), ("b", 1), run_id="r")
+    later = batch(("a", 1), ("b", 1), run_id="r", ts=T0 + dt.timedelta(days=1))
+    assert msg_id(ab) == msg_id(later)
+    assert msg_id(ab).startswith("r/TasksQueued/")
+    others = [
+        batch(("a", 1), run_id="r"),  # fewer
+        batch(("a", 1), ("b", 1), ("c", 1), run_id="r"),  # more
+        batch(("a", 1), ("c", 1), run_id="r"),  # another task
+        batch(("a", 1), ("b", 2), run_id="r"),  # another attempt
+        batch(("a", 1), ("b", 1), run_id="s"),  # another run
+        batch(("ab", 1), run_id="r"),  # the same characters, split otherwise
+        batch(("a", 11), run_id="r"),
+        batch(("a1", 1), run_id="r"),
+        batch(run_id="r"),
+    ]
+    assert len({msg_id(ab), *(msg_id(e) for e in others)}) == 1 + len(others)
+
+
 # --- statuses and the typed view ---------------------------------------------------------------
 
 
@@ -417,8 +596,9 @@ def test_the_state_machine_waits_the_whole_backoff_sequence() -> None:
         waits.append((retry.not_before - now).total_seconds())
         assert advance(state, retry.not_before - dt.timedelta(milliseconds=1)) == []
         now = retry.not_before
-        (queued,) = advance(state, now)
-        assert isinstance(queued, TaskQueued) and queued.attempt == attempt + 1
+        (decision,) = advance(state, now)
+        assert isinstance(decision, TasksQueued)
+        assert [(t.task_id, t.attempt) for t in decision.tasks] == [("a", attempt + 1)]
     assert waits == [1, 3, 9, 20, 20]
 
 
@@ -427,8 +607,8 @@ def test_the_state_machine_waits_the_whole_backoff_sequence() -> None:
 
 @pytest.mark.parametrize("how", ["failed", "lost"])
 def test_a_failure_after_a_cancel_request_is_never_retried(how: str) -> None:
-    state, (qa,) = start(node("a", retries=3), node("b", "a"))
-    assert isinstance(qa, TaskQueued)
+    state, events = start(node("a", retries=3), node("b", "a"))
+    (qa,) = queued(events)
     fold(state, started(qa))
     fold(state, RunCancelRequested(run_id="run-1", ts=T0))
     assert advance(state, T0) == []  # a runs: the agent is killing it
@@ -449,7 +629,7 @@ def test_a_retry_decided_around_a_cancel_request_is_cancelled_before_it_is_queue
     fold(state, failed("run-1", "a", 1))  # attempt 1 failed before the cancel
     fold(state, RunCancelRequested(run_id="run-1", ts=T0))
     decisions = advance(state, T0 + dt.timedelta(hours=1))
-    assert not any(isinstance(e, TaskQueued) for e in decisions)
+    assert not any(isinstance(e, TaskQueued | TasksQueued) for e in decisions)
     assert isinstance(decisions[-1], RunCancelled)
     assert state.tasks["a"].status == "cancelled"
 
@@ -474,14 +654,14 @@ def test_an_invalid_evaluation_is_not_retried_even_with_retries_left() -> None:
     decisions = advance(state, T0 + dt.timedelta(hours=1), refuse)
     verdict = decisions[0]
     assert isinstance(verdict, TaskFailed) and verdict.reason == "invalid_evaluation"
-    assert not any(isinstance(e, TaskRetryScheduled | TaskQueued) for e in decisions)
+    assert not any(isinstance(e, TaskRetryScheduled | TaskQueued | TasksQueued) for e in decisions)
     assert state.tasks["check"].status == FAILED and state.tasks["check"].attempt == 1
     assert isinstance(decisions[-1], RunFailed)
 
 
 def test_a_bad_decision_file_reported_by_the_agent_is_not_retried_either() -> None:
-    state, (q,) = start(node("check", retries=3, evaluation_point=True))
-    assert isinstance(q, TaskQueued)
+    state, events = start(node("check", retries=3, evaluation_point=True))
+    (q,) = queued(events)
     fold(state, started(q))
     fold(
         state,

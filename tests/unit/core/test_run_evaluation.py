@@ -9,10 +9,10 @@ from __future__ import annotations
 import textwrap
 
 from core.definitions import Definitions, load_definitions
-from core.events import EvaluationResult, GraphExtended, RunScheduled, TaskQueued
+from core.events import EvaluationResult, GraphExtended, RunScheduled
 from core.graph import NO_OVERRIDES, Overrides, TaskNode, extend_graph, outcome_graph
 from core.run import EVALUATING, PENDING, SUCCEEDED, Extender, RunState, advance, dispatch_for, fold
-from tests.unit.core.runkit import T0, queued_ids, succeeded
+from tests.unit.core.runkit import T0, queued, queued_ids, succeeded
 
 
 def y(text: str) -> str:
@@ -116,8 +116,8 @@ def test_extensions_use_the_current_definitions_and_the_run_keeps_its_snapshot()
     assert state.tasks["prepare"].node.command == "echo prepare v1"
     assert state.tasks["check"].node.command == "echo check v1"
     assert state.tasks["check"].status == SUCCEEDED
-    (queued,) = [e for e in decisions if isinstance(e, TaskQueued)]
-    assert dispatch_for(state, queued.task_id).command == "echo deploy v2"
+    (deploy,) = queued(decisions)
+    assert dispatch_for(state, deploy.task_id).command == "echo deploy v2"
 
 
 def test_tasks_added_by_an_evaluation_point_get_the_runs_schedule_time_parameters() -> None:

@@ -13,12 +13,15 @@ from core.events import (
     AnyEvent,
     EvaluationResult,
     GraphExtended,
+    QueuedTask,
     RunSucceeded,
     TaskFailed,
     TaskQueued,
     TaskRetryScheduled,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from core.run import RunStatus, TaskStatus
 from projections import rows
@@ -78,7 +81,7 @@ def test_events_core_ignores_change_no_row() -> None:
     assert only_the_event(project(stale))  # fenced: attempt 1 is no longer current
     started = TaskStarted(run_id=RUN, ts=T0, task_id="a", attempt=2, agent_id="x")
     first = project(started)
-    assert first.attempt is not None and first.attempt.status == AttemptStatus.RUNNING
+    assert [a.status for a in first.attempts] == [AttemptStatus.RUNNING]
     assert only_the_event(project(started))  # the same delivery again
     moved = project(msgspec.structs.replace(started, agent_id="y", delivery=2))
     assert [t.agent_id for t in moved.tasks] == ["y"]
@@ -90,21 +93,61 @@ def test_events_core_ignores_change_no_row() -> None:
 def test_a_queued_attempt_is_made_from_its_task_row_and_not_written() -> None:
     project = Projector()
     project(scheduled(node("a"), node("b")))
-    usual = project(TaskQueued(run_id=RUN, ts=T0, task_id="a", attempt=1, queue="default"))
-    assert usual.attempt is not None and rows.attempt_to_write(usual) is None
+    usual = project(queued("a"))
+    (attempt,) = usual.attempts
+    assert rows.attempts_to_write(usual) == []
     (row,) = usual.tasks
-    assert rows.with_queued((), row) == (usual.attempt,)
+    assert rows.with_queued((), row) == (attempt,)
     # Queued elsewhere than its node says: the row cannot be made, so it is written.
-    moved = project(TaskQueued(run_id=RUN, ts=T0, task_id="b", attempt=1, queue="gpu"))
-    assert moved.attempt is not None and rows.attempt_to_write(moved) == moved.attempt
+    moved = project(queued("b", queue="gpu"))
+    (attempt,) = moved.attempts
+    assert rows.attempts_to_write(moved) == [attempt]
     (row,) = moved.tasks
-    assert rows.with_queued((moved.attempt,), row) == (moved.attempt,)
+    assert rows.with_queued((attempt,), row) == (attempt,)
     started = project(TaskStarted(run_id=RUN, ts=T0, task_id="a", attempt=1, agent_id="x"))
-    assert rows.attempt_to_write(started) == started.attempt
+    (attempt,) = started.attempts
+    assert rows.attempts_to_write(started) == [attempt]
     (row,) = started.tasks
-    assert started.attempt is not None and rows.with_queued((started.attempt,), row) == (
-        started.attempt,
-    )
+    assert rows.with_queued((attempt,), row) == (attempt,)
+
+
+def queued(*task_ids: str, queue: str = "default", attempt: int = 1) -> TasksQueued:
+    tasks = tuple(QueuedTask(task_id=t, attempt=attempt, queue=queue) for t in task_ids)
+    return TasksQueued(run_id=RUN, ts=T0, tasks=tasks)
+
+
+def test_one_tasks_queued_changes_the_row_and_attempt_of_each_task_it_queues() -> None:
+    project = Projector()
+    project(scheduled(node("a"), node("b"), node("c", "a")))
+    changes = project(queued("a", "b"))
+    assert [(t.task_id, t.status, t.attempt) for t in changes.tasks] == [
+        ("a", TaskStatus.QUEUED, 1),
+        ("b", TaskStatus.QUEUED, 1),
+    ]
+    assert [(a.task_id, a.status) for a in changes.attempts] == [
+        ("a", AttemptStatus.QUEUED),
+        ("b", AttemptStatus.QUEUED),
+    ]
+    assert rows.attempts_to_write(changes) == []  # both made from their task rows
+    assert changes.run is not None and changes.run.counts[TaskStatus.QUEUED] == 2
+    assert changes.run.counts[TaskStatus.PENDING] == 1
+    # c is not ready, a is queued already: the same event again, or one naming them, is inert.
+    assert only_the_event(project(queued("a", "b")))
+    assert only_the_event(project(queued("a", "c")))
+
+
+def test_a_tasks_queued_projects_as_its_attempts_one_event_each() -> None:
+    graph = (node("a"), node("b"), node("c"))
+    one, each = Projector(), Projector()
+    one(scheduled(*graph))
+    each(scheduled(*graph))
+    together = one(queued("a", "b", "c"))
+    apart = [each(q) for q in each_queued(queued("a", "b", "c"))]
+    # The same rows, but for the sequence that wrote them.
+    seqless = [msgspec.structs.replace(t, last_seq=0) for t in together.tasks]
+    assert seqless == [msgspec.structs.replace(t, last_seq=0) for c in apart for t in c.tasks]
+    assert together.run is not None and apart[-1].run is not None
+    assert together.run.counts == apart[-1].run.counts
 
 
 def test_unknown_runs_and_skipped_entries_change_no_row() -> None:
@@ -117,11 +160,11 @@ def test_an_evaluation_point_adds_pending_tasks() -> None:
     project = Projector()
     ev = node("ev", evaluation_point=True)
     project(scheduled(ev))
-    project(TaskQueued(run_id=RUN, ts=T0, task_id="ev", attempt=1, queue="default"))
+    project(queued("ev"))
     result = EvaluationResult(next_tasks=("x",))
     done = project(TaskSucceeded(run_id=RUN, ts=T0, task_id="ev", attempt=1, evaluation=result))
     assert [t.status for t in done.tasks] == [TaskStatus.EVALUATING]
-    assert done.attempt is not None and done.attempt.status == AttemptStatus.EVALUATING
+    assert [a.status for a in done.attempts] == [AttemptStatus.EVALUATING]
     grown = project(
         GraphExtended(run_id=RUN, ts=T0, task_id="ev", attempt=1, nodes=(node("x", "ev"),))
     )
@@ -129,7 +172,7 @@ def test_an_evaluation_point_adds_pending_tasks() -> None:
     assert [n.id for n in grown.graph] == ["x"]
     assert grown.run is not None and grown.run.tasks_total == 2
     assert grown.run.counts[TaskStatus.PENDING] == 1
-    assert grown.attempt is not None and grown.attempt.status == AttemptStatus.SUCCEEDED
+    assert [a.status for a in grown.attempts] == [AttemptStatus.SUCCEEDED]
 
 
 @given(seed=st.integers(0, 2**32), data=st.data())
@@ -156,7 +199,7 @@ def test_the_run_started_when_its_first_task_did() -> None:
     project = Projector()
     project(scheduled(node("a"), node("b")))
     at = T0 + dt.timedelta(seconds=5)
-    project(TaskQueued(run_id=RUN, ts=T0, task_id="a", attempt=1, queue="default"))
+    project(queued("a"))
     changes = project(TaskStarted(run_id=RUN, ts=at, task_id="a", attempt=1, agent_id="x"))
     assert changes.run is not None and changes.run.started_at == at
     assert changes.run.status == RunStatus.RUNNING

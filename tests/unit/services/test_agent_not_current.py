@@ -18,14 +18,17 @@ from core.events import (
     TERMINAL,
     AnyEvent,
     Dispatch,
+    QueuedTask,
     RunCancelled,
     RunCancelRequested,
     RunScheduled,
     TaskCancelled,
     TaskFailed,
     TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    each_queued,
 )
 from services import agent as agent_module
 from services import orchestrator as orchestrator_module
@@ -94,7 +97,7 @@ async def test_the_queued_tasks_of_a_cancelled_run_do_not_run(tmp_path: Path) ->
 
         async def all_queued() -> bool | None:
             history = await bp.events.history(run_id)
-            return True if sum(isinstance(e, TaskQueued) for _, e in history) == 3 else None
+            return True if sum(len(each_queued(e)) for _, e in history) == 3 else None
 
         await eventually(all_queued, what="three dispatches waiting for an agent")
         await cancel(bp.events, run_id, reason="test")
@@ -111,7 +114,16 @@ async def test_the_queued_tasks_of_a_cancelled_run_do_not_run(tmp_path: Path) ->
 
 
 SCHEDULED = RunScheduled(run_id="r", ts=NOW, kind="dag", target="d", name="d", graph=())
-QUEUED = TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=1, queue="default")
+
+
+def queued(attempt: int, *others: str) -> TasksQueued:
+    """The orchestrator's decision queueing attempt `attempt` of t (and attempt 1 of `others`)."""
+    tasks = [QueuedTask(task_id=t, attempt=1, queue="default") for t in others]
+    tasks.append(QueuedTask(task_id="t", attempt=attempt, queue="default"))
+    return TasksQueued(run_id="r", ts=NOW, tasks=tuple(tasks))
+
+
+QUEUED = queued(1)
 
 
 @pytest.mark.parametrize(
@@ -120,15 +132,25 @@ QUEUED = TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=1, queue="default")
         # A redelivery of an attempt whose result is stored (its ack was lost).
         [SCHEDULED, QUEUED, TaskSucceeded(run_id="r", ts=NOW, task_id="t", attempt=1)],
         # Attempt 1 was lost and attempt 2 queued: attempt 1's dispatch comes again.
+        [SCHEDULED, QUEUED, queued(2)],
+        # The same, attempt 2 queued with other tasks in one decision.
+        [SCHEDULED, QUEUED, queued(2, "o1", "o2")],
+        # The same in an older log, where each queued attempt was a TaskQueued of its own.
         [
             SCHEDULED,
-            QUEUED,
+            TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=1, queue="default"),
             TaskQueued(run_id="r", ts=NOW, task_id="t", attempt=2, queue="default"),
         ],
         # A queued attempt the orchestrator cancelled.
         [SCHEDULED, QUEUED, TaskCancelled(run_id="r", ts=NOW, task_id="t", attempt=1)],
     ],
-    ids=["already-succeeded", "superseded", "cancelled-attempt"],
+    ids=[
+        "already-succeeded",
+        "superseded",
+        "superseded-with-others",
+        "superseded-in-an-older-log",
+        "cancelled-attempt",
+    ],
 )
 async def test_a_stale_dispatch_is_terminated_unrun(tmp_path: Path, before: list[AnyEvent]) -> None:
     server = MemoryServer()
@@ -277,14 +299,15 @@ async def test_a_cancelled_run_waits_for_a_start_that_landed_after_its_cancellat
             await schedule(bp.events, definitions, ScheduleRequest(kind="dag", target="pair"))
         ).run_id
 
-        async def queued(task_id: str) -> TaskQueued | None:
+        async def queued_attempt(task_id: str) -> TaskQueued | None:
             for _, e in await bp.events.history(run_id):
-                if isinstance(e, TaskQueued) and e.task_id == task_id:
-                    return e
+                for q in each_queued(e):
+                    if q.task_id == task_id:
+                        return q
             return None
 
-        held = await eventually(lambda: queued("held"), what="held queued")
-        late = await eventually(lambda: queued("late"), what="late queued")
+        held = await eventually(lambda: queued_attempt("held"), what="held queued")
+        late = await eventually(lambda: queued_attempt("late"), what="late queued")
         # `held` runs (its agent is slow), so the cancelled run waits for it.
         await bp.events.append(
             TaskStarted(run_id=run_id, ts=NOW, task_id="held", attempt=1, agent_id="slow")

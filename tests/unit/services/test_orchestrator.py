@@ -12,6 +12,7 @@ import datetime as dt
 
 import pytest
 
+from core import run as run_module
 from core.definitions import TaskDef
 from core.events import (
     TERMINAL,
@@ -23,14 +24,19 @@ from core.events import (
     TaskFailed,
     TaskQueued,
     TaskSkipped,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    decode_dispatch,
+    each_queued,
     msg_id,
+    task_ids,
 )
 from services import orchestrator as orchestrator_module
 from services.commands import cancel
 from services.orchestrator import CHECKPOINT, Orchestrator
 from tests.fakes import MemoryBackplane, MemoryServer
+from tests.fakes.work import MemoryWorkQueue
 from tests.rolekit import (
     DIAMOND,
     RETRIED,
@@ -39,6 +45,7 @@ from tests.rolekit import (
     fetch_one,
     lost_retry_attempt_ends_the_run,
     newer_writers_run_ends,
+    queued_attempts,
     running_orchestrator,
     schedule,
     stand_in_agent,
@@ -65,8 +72,11 @@ async def test_diamond_runs_in_dependency_order(bp: MemoryBackplane, connect: Co
     async with running_orchestrator(connect), stand_in_agent(bp, succeed):
         run_id = await schedule(bp, DIAMOND, "d")
         events = await until_end(bp, run_id)
-    order = [e.task_id for e in events if isinstance(e, TaskQueued)]
+    order = [task for task, _ in queued_attempts(events)]
     assert order[0] == "a" and sorted(order[1:3]) == ["b", "c"] and order[3] == "d"
+    # One TasksQueued per decision: b and c, ready together when a succeeds, in one.
+    decisions = [sorted(task_ids(e)) for e in events if isinstance(e, TaskQueued | TasksQueued)]
+    assert decisions == [["a"], ["b", "c"], ["d"]]
     assert isinstance(events[-1], RunSucceeded)
     assert sum(isinstance(e, TERMINAL) for e in events) == 1
 
@@ -82,7 +92,7 @@ async def test_failure_skips_dependents_and_fails_the_run(
         events = await until_end(bp, run_id)
     assert isinstance(events[-1], RunFailed)
     assert {e.task_id for e in events if isinstance(e, TaskSkipped)} == {"b", "c", "d"}
-    assert not any(isinstance(e, TaskQueued) and e.task_id != "a" for e in events)
+    assert queued_attempts(events) == [("a", 1)]
 
 
 async def test_a_run_scheduled_by_a_newer_writer_runs_to_the_end(
@@ -110,10 +120,62 @@ async def test_each_attempt_has_its_own_dispatch(bp: MemoryBackplane, connect: C
             TaskFailed(run_id=run_id, ts=now, task_id="x", attempt=1, exit_code=1)
         )
         await first.ack()
-        await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskQueued) and e.attempt == 2)
+        await wait_for_event(bp, run_id, lambda e: ("x", 2) in queued_attempts([e]))
         second = await fetch_one(consumer, timeout=5)
     assert (second.dispatch.task_id, second.dispatch.attempt) == ("x", 2)
     assert second.delivery == 1  # a message of its own, not attempt 1's delivered again
+
+
+@pytest.mark.parametrize(("limit", "ready"), [(3, 7), (None, run_module.QUEUED_PER_EVENT + 1)])
+async def test_a_start_with_more_ready_tasks_than_one_event_holds_is_queued_in_several(
+    monkeypatch: pytest.MonkeyPatch,
+    bp: MemoryBackplane,
+    connect: Connect,
+    limit: int | None,
+    ready: int,
+) -> None:
+    """The start's decision queues its ready tasks in ceil(ready / QUEUED_PER_EVENT)
+    TasksQueued, none over the limit, and sends one dispatch for each attempt of each: every
+    task runs once and the run succeeds. (`limit`: the limit as patched, None: the real one.)"""
+    if limit is not None:
+        monkeypatch.setattr(run_module, "QUEUED_PER_EVENT", limit)
+    per_event = run_module.QUEUED_PER_EVENT
+    sent: list[tuple[str, int]] = []
+    publish = MemoryWorkQueue._publish
+
+    def recording(self: MemoryWorkQueue, queue: str, data: bytes, mid: str) -> int:
+        d = decode_dispatch(data)
+        sent.append((d.task_id, d.attempt))
+        return publish(self, queue, data, mid)
+
+    monkeypatch.setattr(MemoryWorkQueue, "_publish", recording)
+    wide = defs(
+        *(TaskDef(id=f"t{i}", command="true") for i in range(ready)),
+        TaskDef(id="end", command="true", dependencies=tuple(f"t{i}" for i in range(ready))),
+    )
+    async with running_orchestrator(connect) as orch, stand_in_agent(bp, succeed):
+        await eventually(lambda: _true(orch.live), what="the orchestrator to lead")
+        run_id = await schedule(bp, wide, "end")
+        events = await until_end(bp, run_id, timeout=40)
+    assert isinstance(events[-1], RunSucceeded)
+    decisions = [e for e in events if isinstance(e, TaskQueued | TasksQueued)]
+    assert all(isinstance(e, TasksQueued) for e in decisions)
+    start, last = decisions[:-1], decisions[-1]
+    assert len(start) == -(-ready // per_event) > 1
+    assert all(0 < len(task_ids(e)) <= per_event for e in start)
+    assert len({e.ts for e in start}) == 1  # one decision
+    starting = sorted(q for e in start for q in queued_attempts([e]))
+    assert starting == sorted((f"t{i}", 1) for i in range(ready))
+    assert queued_attempts([last]) == [("end", 1)]
+    # One dispatch per attempt, each sent once; each task started and succeeded once.
+    everything = sorted([*starting, ("end", 1)])
+    assert sorted(sent) == everything
+    assert sorted((e.task_id, e.attempt) for e in events if isinstance(e, TaskStarted)) == (
+        everything
+    )
+    assert sorted((e.task_id, e.attempt) for e in events if isinstance(e, TaskSucceeded)) == (
+        everything
+    )
 
 
 async def test_a_lost_retry_attempt_ends_as_task_lost_for_that_attempt(
@@ -148,35 +210,34 @@ async def test_a_restarted_orchestrator_resumes_without_queueing_twice(
         )
         async with running_orchestrator(connect):
             events = await until_end(bp, run_id)
-    queued = [(e.task_id, e.attempt) for e in events if isinstance(e, TaskQueued)]
-    assert sorted(queued) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
+    assert sorted(queued_attempts(events)) == [("a", 1), ("b", 1), ("c", 1), ("d", 1)]
     assert isinstance(events[-1], RunSucceeded)
 
 
 async def test_a_dispatch_that_fails_to_send_is_retried_until_it_is_sent(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect
 ) -> None:
-    """NATS refusing writes for a while must not strand an attempt whose TaskQueued is stored:
+    """NATS refusing writes for a while must not strand an attempt whose TasksQueued is stored:
     the orchestrator keeps sending its dispatch (same message id) while the run is open."""
     async with stand_in_agent(bp, succeed), running_orchestrator(connect):
         server.faults.fail_dispatches(5)  # the pipelined send and four retries
         run_id = await schedule(bp, defs(TaskDef(id="x", command="true")), "x")
         events = await until_end(bp, run_id)
     assert server.faults.failing_dispatches == 0
-    assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["x"]
+    assert queued_attempts(events) == [("x", 1)]
     assert isinstance(events[-1], RunSucceeded)
 
 
 async def test_a_restarted_orchestrator_sends_a_dispatch_that_was_stored_but_never_sent(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect
 ) -> None:
-    """TaskQueued is stored, its dispatch is not (every send fails), and the orchestrator
+    """TasksQueued is stored, its dispatch is not (every send fails), and the orchestrator
     dies: the next one sends it again when it goes live."""
     async with stand_in_agent(bp, succeed):
         server.faults.fail_dispatches(1_000_000)  # for as long as the first orchestrator runs
         async with running_orchestrator(connect):
             run_id = await schedule(bp, defs(TaskDef(id="x", command="true")), "x")
-            await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskQueued))
+            await wait_for_event(bp, run_id, lambda e: isinstance(e, TasksQueued))
 
             async def dispatches_failed() -> bool | None:
                 return True if server.faults.failing_dispatches <= 1_000_000 - 2 else None
@@ -186,8 +247,8 @@ async def test_a_restarted_orchestrator_sends_a_dispatch_that_was_stored_but_nev
         server.faults.failing_dispatches = 0
         async with running_orchestrator(connect):
             events = await until_end(bp, run_id)
-    assert [(type(e), e.task_id) for e in events if isinstance(e, TaskQueued)] == [
-        (TaskQueued, "x")
+    assert [(type(e), task_ids(e)) for e in events if each_queued(e)] == [
+        (TasksQueued, ("x",))
     ]  # sent again, not queued again
     assert isinstance(events[-1], RunSucceeded)
 

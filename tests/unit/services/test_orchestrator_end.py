@@ -1,6 +1,6 @@
 """A run's end is the last event of its run: nothing the orchestrator decided earlier lands
 after it, even when that decision's append had to be retried (seen in the chaos suite: a
-`TaskQueued` retried through a stream leader election landed after `RunSucceeded`)."""
+`TasksQueued` retried through a stream leader election landed after `RunSucceeded`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ import pytest
 
 from core.definitions import Definitions, TaskDef
 from core.errors import Unavailable
-from core.events import TERMINAL, AnyEvent, RunCancelled, RunSucceeded, TaskQueued, TaskSucceeded
+from core.events import (
+    TERMINAL,
+    AnyEvent,
+    RunCancelled,
+    RunSucceeded,
+    TasksQueued,
+    TaskSucceeded,
+)
 from services import orchestrator as orchestrator_module
 from services.commands import cancel
 from tests.fakes import MemoryBackplane, MemoryServer
@@ -18,6 +25,7 @@ from tests.rolekit import (
     Connect,
     history,
     plan,
+    queued_attempts,
     running_orchestrator,
     stand_in_agent,
     until_end,
@@ -32,21 +40,21 @@ pytestmark = pytest.mark.timeout(60)
 async def test_the_end_waits_for_the_runs_own_decisions_still_being_retried(
     server: MemoryServer, bp: MemoryBackplane, connect: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The TaskQueued append fails and is retried for a while; its dispatch went out at once,
-    # so the task runs and succeeds before the TaskQueued is stored.
+    # The TasksQueued append fails and is retried for a while; its dispatch went out at once,
+    # so the task runs and succeeds before the TasksQueued is stored.
     monkeypatch.setattr(orchestrator_module, "RETRY_FIRST_S", 0.25)
     definitions = Definitions(tasks={"only": TaskDef(id="only", command="true")})
     async with running_orchestrator(connect), stand_in_agent(bp):
         await bp.definitions.put(definitions)
         scheduled = plan(definitions, "only")
         await bp.events.schedule_run(scheduled)
-        # The orchestrator's next appends (its TaskQueued, then retries of it) fail for ~0.7 s.
+        # The orchestrator's next appends (its TasksQueued, then retries of it) fail for ~0.7 s.
         server.faults.fail_appends(3, connection="orchestrator")
         events = await until_end(bp, scheduled.run_id)
     assert server.faults.failing_appends == 0  # the faults did hit the appends
     assert isinstance(events[-1], RunSucceeded)
     assert sum(isinstance(e, TERMINAL) for e in events) == 1
-    assert any(isinstance(e, TaskQueued) for e in events[:-1])
+    assert any(isinstance(e, TasksQueued) for e in events[:-1])
 
 
 async def test_a_racing_decision_that_conflicts_is_made_again_even_with_nothing_new_to_fold(
@@ -80,8 +88,8 @@ async def test_a_racing_decision_that_conflicts_is_made_again_even_with_nothing_
         await bp.events.schedule_run(scheduled)
 
         async def both_queued() -> bool | None:
-            queued = [e for e in await history(bp, scheduled.run_id) if isinstance(e, TaskQueued)]
-            return True if len(queued) == 2 else None
+            queued = queued_attempts(await history(bp, scheduled.run_id))
+            return True if sorted(queued) == [("a", 1), ("b", 1)] else None
 
         await eventually(both_queued, what="a and b queued")
         await cancel(bp.events, scheduled.run_id, reason="test")

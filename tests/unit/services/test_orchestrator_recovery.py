@@ -23,7 +23,7 @@ from core.events import (
     AnyEvent,
     Dispatch,
     RunSucceeded,
-    TaskQueued,
+    TasksQueued,
     TaskStarted,
     TaskSucceeded,
 )
@@ -45,6 +45,7 @@ from tests.fakes.faults import EVERY_CALL
 from tests.rolekit import (
     Connect,
     defs,
+    queued_attempts,
     running_orchestrator,
     schedule,
     stand_in_agent,
@@ -140,8 +141,7 @@ async def release_held(bp: Backplane, release: asyncio.Event, run_ids: list[str]
 def assert_ran_once_each(events: list[AnyEvent]) -> None:
     assert isinstance(events[-1], RunSucceeded)
     assert sum(isinstance(e, TERMINAL) for e in events) == 1
-    queued = [(e.task_id, e.attempt) for e in events if isinstance(e, TaskQueued)]
-    assert sorted(queued) == sorted((t, 1) for t in LONG.tasks)
+    assert sorted(queued_attempts(events)) == sorted((t, 1) for t in LONG.tasks)
 
 
 # -- resuming from a snapshot -----------------------------------------------------------------
@@ -234,7 +234,7 @@ async def test_a_decision_not_yet_stored_is_not_in_the_snapshot(
     )
     async with running_orchestrator(connect) as first:
         run_id = await schedule(bp, two, "b")
-        await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskQueued))
+        await wait_for_event(bp, run_id, lambda e: isinstance(e, TasksQueued))
         now = dt.datetime.now(dt.UTC)
         await bp.events.append(
             TaskStarted(run_id=run_id, ts=now, task_id="a", attempt=1, agent_id="t")
@@ -242,8 +242,8 @@ async def test_a_decision_not_yet_stored_is_not_in_the_snapshot(
         await snapshot_current(server, bp)
         taken = first.snapshot_keeper.taken
         await bp.events.append(TaskSucceeded(run_id=run_id, ts=now, task_id="a", attempt=1))
-        # Neither the orchestrator's TaskQueued(b) nor its dispatch is stored (a dispatch that
-        # reached an agent while its TaskQueued was lost is another story: not this test's).
+        # Neither the orchestrator's TasksQueued(b) nor its dispatch is stored (a dispatch that
+        # reached an agent while its TasksQueued was lost is another story: not this test's).
         server.faults.fail_appends(EVERY_CALL)
         server.faults.fail_dispatches(EVERY_CALL)
 
@@ -260,7 +260,7 @@ async def test_a_decision_not_yet_stored_is_not_in_the_snapshot(
     server.faults.failing_appends = server.faults.failing_dispatches = 0
     async with stand_in_agent(bp), running_orchestrator(connect):
         events = await until_end(bp, run_id)
-    assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["a", "b"]
+    assert queued_attempts(events) == [("a", 1), ("b", 1)]
     assert isinstance(events[-1], RunSucceeded)
 
 
@@ -296,7 +296,7 @@ async def test_a_run_never_snapshotted_is_replayed_from_its_first_event(
             events = await until_end(bp, run_id)
             for other in others:
                 assert_ran_once_each(await until_end(bp, other))
-    assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["x"]
+    assert queued_attempts(events) == [("x", 1)]
     assert restarted.replay_from == first_seq
 
 

@@ -14,14 +14,20 @@ from core.events import (
     Dispatch,
     RunScheduled,
     RunSucceeded,
-    TaskQueued,
     encode,
 )
 from services import orchestrator as orchestrator_module
 from services.orchestrator import CHECKPOINT
 from services.ports import Backplane
 from tests.fakes import DUPLICATE_WINDOW, MemoryServer
-from tests.rolekit import defs, running_orchestrator, schedule, stand_in_agent, until_end
+from tests.rolekit import (
+    defs,
+    queued_attempts,
+    running_orchestrator,
+    schedule,
+    stand_in_agent,
+    until_end,
+)
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -69,7 +75,7 @@ async def test_a_run_scheduled_published_again_reopens_nothing() -> None:
             await eventually(checkpoint_at_held, what="the checkpoint at the open run")
 
         # Restarted from the checkpoint, it meets the RunScheduled in the middle of history,
-        # past the duplicate window (a second TaskQueued would be stored, not deduplicated).
+        # past the duplicate window (a second TasksQueued would be stored, not deduplicated).
         server.clock.advance(DUPLICATE_WINDOW + 1)
         async with running_orchestrator(connect) as restarted:
             release.set()
@@ -81,4 +87,4 @@ async def test_a_run_scheduled_published_again_reopens_nothing() -> None:
     events = [e for _, e in history]
     assert history[-1][0] == again  # nothing was appended after it
     assert sum(isinstance(e, TERMINAL) for e in events) == 1
-    assert [e.task_id for e in events if isinstance(e, TaskQueued)] == ["x"]
+    assert queued_attempts(events) == [("x", 1)]

@@ -10,7 +10,7 @@ import datetime as dt
 import pytest
 
 from core.definitions import TaskDef
-from core.events import RunSucceeded, TaskQueued, TaskStarted, TaskSucceeded, encode, msg_id
+from core.events import RunSucceeded, TasksQueued, TaskStarted, TaskSucceeded, encode, msg_id
 from services.orchestrator import LEASE, Orchestrator
 from tests.fakes import MemoryBackplane, MemoryServer
 from tests.rolekit import defs, history, schedule, wait_for_event
@@ -28,7 +28,7 @@ async def queued_run(
     orchestrator = Orchestrator(server.connect("orchestrator"), shutdown_grace=shutdown_grace)
     task = asyncio.ensure_future(orchestrator.run(stop, kill))
     run_id = await schedule(bp, ONE, "only")
-    await wait_for_event(bp, run_id, lambda e: isinstance(e, TaskQueued))
+    await wait_for_event(bp, run_id, lambda e: isinstance(e, TasksQueued))
     return run_id, stop, kill, task
 
 

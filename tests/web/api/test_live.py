@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from core.events import RunCancelRequested
+from core.events import QueuedTask, RunCancelRequested, TasksQueued
 from projections.memory import MemoryReadModel
 from tests.contract.test_read_model import T0, node, scheduled
 from tests.fakes.backplane import MemoryBackplane, MemoryServer
@@ -70,6 +70,10 @@ async def test_a_run_is_followed_to_its_end_resuming_from_its_start(
     assert seqs == sorted(set(seqs))  # each event once, in order
     started = [c for c in seen if c["type"] == "TaskStarted"]
     assert {t["task_id"] for c in started for t in c["tasks"]} == {"a", "b", "c", "d"}  # type: ignore[attr-defined]
+    # b and c, ready together once a succeeded, are queued by one TasksQueued: its change
+    # (live, or from the backlog) carries both rows
+    queued = [c for c in seen if c["type"] == "TasksQueued"]
+    assert [sorted(t["task_id"] for t in c["tasks"]) for c in queued] == [["a"], ["b", "c"], ["d"]]  # type: ignore[attr-defined]
     await ended(client, run_id)
 
 
@@ -161,6 +165,38 @@ async def test_a_new_client_reads_its_backlog_once_the_read_model_holds_what_the
         await model.apply_batch([(seq, event)])
         await caught
         assert [s for s, _ in await live._backlog(model, "r1", 0)] == [seq]
+
+
+async def test_a_tasks_queued_change_carries_the_rows_of_all_its_tasks_live_and_resumed() -> None:
+    """One TasksQueued names several tasks (the attempts of one decision): its change carries
+    the row of each (and of no other task), as sent live from the event and as read back from
+    the read model's event row (which has no task id of its own) by a resuming client."""
+    async with feed_alone() as (bp, model, feed):
+        sub = feed.subscribe("r1")
+        entries = []
+        for event in (
+            scheduled("r1", node("a"), node("b"), node("c"), node("d", "a")),
+            TasksQueued(
+                run_id="r1",
+                ts=T0,
+                tasks=tuple(QueuedTask(task_id=t, attempt=1, queue="default") for t in "abc"),
+            ),
+        ):
+            entries.append((await bp.events.append(event), event))
+        await model.apply_batch(entries)
+        sent = [await asyncio.wait_for(sub.queue.get(), 10) for _ in entries]
+        queued_seq = entries[1][0]
+        assert [seq for seq, _ in sent] == [seq for seq, _ in entries]
+        change = sent[1][1]
+        assert isinstance(change, live.RunChange) and change.type == "TasksQueued"
+        assert [(t.task_id, t.status, t.attempt, t.last_seq) for t in change.tasks] == [
+            (t, "queued", 1, queued_seq) for t in "abc"
+        ]
+        [row] = await model.recent_events("r1", after_seq=entries[0][0])
+        assert (row.type, row.task_id) == ("TasksQueued", None)  # the tasks are in its body
+        backlog = await live._backlog(model, "r1", 0)
+        assert backlog == sent  # the same changes, rows included, from the read model
+        assert await live._backlog(model, "r1", entries[0][0]) == sent[1:]
 
 
 @contextlib.asynccontextmanager

@@ -3,6 +3,7 @@ counts, one run, its tasks, a task's attempts, its events and its past states.""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import pytest
@@ -34,7 +35,10 @@ async def test_a_run_from_schedule_to_its_end(client: httpx.AsyncClient, system:
     ]
 
     events = (await client.get(f"/api/v1/runs/{run_id}/events", params={"limit": 3})).json()
-    assert [e["type"] for e in events] == ["RunScheduled", "TaskQueued", "TaskStarted"]
+    assert [e["type"] for e in events] == ["RunScheduled", "TasksQueued", "TaskStarted"]
+    queued = events[1]  # one row per TasksQueued: its tasks are in its body
+    assert queued["task_id"] is None
+    assert [t["task_id"] for t in json.loads(queued["body"])["tasks"]] == ["a"]
     rest = (
         await client.get(
             f"/api/v1/runs/{run_id}/events", params={"after_seq": events[-1]["seq"], "limit": 1000}

@@ -9,10 +9,12 @@ Every wait is a condition with a deadline (Playwright's `expect` and `wait_for_f
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import httpx
 import pytest
 
 from tests.web.browser.conftest import EVIL, UNICODE, artifact
@@ -167,5 +169,28 @@ async def test_the_history_slider_shows_earlier_colours(dev_page: Page, live_dev
         timeout=WAIT_MS,
     )
     await expect()(dev_page.locator("#history-label")).to_contain_text("event 2 of")
+    await expect()(dev_page.locator("#history-label")).to_contain_text("TasksQueued top")
+    # left and right, ready together once top succeeded, were queued by one TasksQueued
+    async with httpx.AsyncClient(base_url=live_dev, timeout=10) as c:
+        stored = (await c.get(f"/api/v1/runs/{run_id}/events", params={"limit": 1000})).json()
+    both = 1 + next(
+        i
+        for i, e in enumerate(stored)
+        if e["type"] == "TasksQueued" and len(json.loads(e["body"])["tasks"]) == 2
+    )
+    await slider.evaluate(f"r => {{ r.value = '{both}'; r.dispatchEvent(new Event('input')); }}")
+    await dev_page.wait_for_function(
+        "() => { const s = window.cxRun.statuses();"
+        " return s.top === 'succeeded' && s.left === 'queued' && s.right === 'queued'; }",
+        timeout=WAIT_MS,
+    )
+    await expect()(dev_page.locator("#history-label")).to_contain_text(
+        f"event {both} of {len(stored)}: TasksQueued (2 tasks)"
+    )
     await dev_page.click("#history-live")
     await dev_page.wait_for_function(ALL_GREEN, timeout=WAIT_MS)
+    # a task's panel lists the TasksQueued that queued it among its events
+    await click_node(dev_page, "right")
+    events = dev_page.locator("#panel-events li")
+    await expect()(events.first).to_contain_text(f"#{stored[both - 1]['seq']} TasksQueued")
+    await expect()(events).to_have_count(3)  # queued, started, succeeded

@@ -29,7 +29,7 @@
   var cy = null;
   var selected = null;
   var viewing = null; // null: live; else the index of the event shown
-  var events = [];    // the run's events {seq, type, task_id, ts}, oldest first
+  var events = [];    // the run's events {seq, type, task_ids, ts}, oldest first
   var seenSeq = {};
   var lastSeq = detail.as_of_seq;
 
@@ -228,7 +228,7 @@
       });
     }
     showRun();
-    addEvent({ seq: c.seq, type: c.type, task_id: c.tasks.length ? c.tasks[0].task_id : null, ts: when(c) });
+    addEvent({ seq: c.seq, type: c.type, task_ids: c.tasks.map(function (t) { return t.task_id; }), ts: when(c) });
     slider();
     if (selected && c.tasks.some(function (t) { return t.task_id === selected; })) openTask(selected, true);
   }
@@ -238,7 +238,7 @@
     var t = c.tasks.length ? c.tasks[0] : null;
     if (/^Run(Succeeded|Failed|Cancelled)$/.test(c.type)) return c.run.ended_at;
     if (!t) return null;
-    if (c.type === "TaskQueued") return t.queued_at;
+    if (c.type === "TaskQueued" || c.type === "TasksQueued") return t.queued_at;
     if (c.type === "TaskStarted") return t.started_at;
     if (/^Task(Succeeded|Failed|Cancelled|Skipped)$/.test(c.type)) return t.ended_at;
     return null;
@@ -273,7 +273,8 @@
   function describe(i) {
     var e = events[i - 1];
     if (!e) return "";
-    return "event " + i + " of " + events.length + ": " + e.type + (e.task_id ? " " + e.task_id : "") +
+    var which = e.task_ids.length === 1 ? " " + e.task_ids[0] : e.task_ids.length > 1 ? " (" + e.task_ids.length + " tasks)" : "";
+    return "event " + i + " of " + events.length + ": " + e.type + which +
       (e.ts ? " at " + e.ts.replace("T", " ").slice(0, 19) : "");
   }
 
@@ -320,15 +321,22 @@
   }
   liveButton.addEventListener("click", goLive);
 
+  // The tasks a stored event concerns: its own, or every attempt of a TasksQueued.
+  function taskIds(e) {
+    if (e.task_id) return [e.task_id];
+    if (e.type !== "TasksQueued") return [];
+    try { return JSON.parse(e.body).tasks.map(function (t) { return t.task_id; }); } catch (err) { return []; }
+  }
+
   function loadEvents(after) {
     return cx.api("GET", base + "/events?limit=1000&after_seq=" + after).then(function (r) {
       if (!r.ok) { label.textContent = r.data.message; return; }
       r.data.forEach(function (e) {
         if (seenSeq[e.seq]) { // known from the stream: keep the stored row's details
-          events.forEach(function (k) { if (k.seq === e.seq) { k.ts = e.ts; k.task_id = e.task_id; } });
+          events.forEach(function (k) { if (k.seq === e.seq) { k.ts = e.ts; k.task_ids = taskIds(e); } });
           return;
         }
-        addEvent({ seq: e.seq, type: e.type, task_id: e.task_id, ts: e.ts });
+        addEvent({ seq: e.seq, type: e.type, task_ids: taskIds(e), ts: e.ts });
       });
       slider();
       if (r.data.length === 1000) return loadEvents(r.data[r.data.length - 1].seq);
@@ -381,7 +389,7 @@
     var list = document.getElementById("panel-events");
     list.textContent = "";
     events.forEach(function (e) {
-      if (e.task_id === id) list.appendChild(el("li", null, "#" + e.seq + " " + e.type + (e.ts ? " " + e.ts.slice(11, 23) : "")));
+      if (e.task_ids.indexOf(id) >= 0) list.appendChild(el("li", null, "#" + e.seq + " " + e.type + (e.ts ? " " + e.ts.slice(11, 23) : "")));
     });
     if (fresh) tailLog(id);
     if (window.location.hash !== "#task=" + encodeURIComponent(id)) {
