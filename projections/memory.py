@@ -48,27 +48,38 @@ class MemoryTables:
         self.tasks: dict[str, dict[str, TaskRunRow]] = {}  # run -> node id -> row (graph order)
         self.graph: dict[str, list[TaskNode]] = {}
         self.definitions: dict[str, set[str]] = {}  # run -> task definitions in its graph
-        self.attempts: dict[tuple[str, str], dict[int, AttemptRow]] = {}
+        # run, task -> its attempts by number: a tuple, not a dict, for the cyclic collector's
+        # sake (a tuple of rows is untracked; a dict per task made replay a fifth slower)
+        self.attempts: dict[tuple[str, str], tuple[AttemptRow, ...]] = {}
         self.events: dict[str, list[EventRow]] = {}
         self.status_counts = all_statuses()
 
     def commit(self, changes: Sequence[rows.Changes], checkpoint: int) -> None:
+        events, tasks_of, attempts = self.events, self.tasks, self.attempts
         for c in changes:
             if c.event is not None:
-                self.events.setdefault(c.event.run_id, []).append(c.event)
-            if c.run is not None:
-                self._put_run(c.run)
-            if c.graph and c.run is not None:
-                run_id = c.run.run_id
-                tasks = self.tasks.setdefault(run_id, {})
+                events.setdefault(c.event.run_id, []).append(c.event)
+            if c.graph and c.of is not None:
+                run_id = c.of.state.run_id
+                tasks = tasks_of.setdefault(run_id, {})
                 for node in c.graph:
                     tasks[node.id] = rows.pending_row(run_id, node, c.seq)
                 self.graph.setdefault(run_id, []).extend(c.graph)
                 self.definitions.setdefault(run_id, set()).update(n.task_id for n in c.graph)
             for task in c.tasks:
-                self.tasks.setdefault(task.run_id, {})[task.task_id] = task
+                tasks_of.setdefault(task.run_id, {})[task.task_id] = task
             for a in c.attempts:
-                self.attempts.setdefault((a.run_id, a.task_id), {})[a.attempt] = a
+                key = (a.run_id, a.task_id)
+                kept = attempts.get(key, ())
+                if kept and kept[-1].attempt == a.attempt:
+                    attempts[key] = (*kept[:-1], a)
+                elif not kept or kept[-1].attempt < a.attempt:
+                    attempts[key] = (*kept, a)
+                else:  # (an earlier attempt's row: never written after a later one's, but kept)
+                    by_number = {r.attempt: r for r in kept} | {a.attempt: a}
+                    attempts[key] = tuple(by_number[n] for n in sorted(by_number))
+        for row in rows.run_rows(changes):
+            self._put_run(row)
         self.checkpoint = checkpoint
 
     def _put_run(self, row: RunRow) -> None:
@@ -203,8 +214,7 @@ class MemoryReadModel:
         )
 
     async def task_attempts(self, run_id: str, task_id: str) -> tuple[AttemptRow, ...]:
-        found = self.tables.attempts.get((run_id, task_id), {})
-        return tuple(found[n] for n in sorted(found))
+        return self.tables.attempts.get((run_id, task_id), ())
 
     async def recent_events(
         self, run_id: str, after_seq: int = 0, limit: int = 100

@@ -387,8 +387,8 @@ class PostgresReadModel:
             if changes.opened is not None:
                 self._open[changes.opened.state.run_id] = changes.opened
             if changes.graph:
-                assert changes.run is not None
-                staged.graph(changes, self._open[changes.run.run_id])
+                assert changes.of is not None
+                staged.graph(changes, changes.of)
             staged.add(changes)
             if changes.closed and event is not None:
                 self._open.pop(event.run_id, None)
@@ -646,23 +646,22 @@ class _Staged:
 
     def __init__(self) -> None:
         self.events: list[tuple[Any, ...]] = []
-        self.runs: dict[str, RunRow] = {}
+        self.runs: dict[str, rows.Changes] = {}  # run id -> its last change (rows.run_rows)
         self.tasks: dict[tuple[str, str], TaskRunRow] = {}
         self.attempts: dict[tuple[str, str, int], AttemptRow] = {}
         self.parts: list[tuple[str, int]] = []  # events whose nodes joined a graph: run, seq
         self.definitions: dict[str, list[str]] = {}  # run -> its graph's definitions, if grown
 
     def graph(self, c: rows.Changes, run: rows.OpenRun) -> None:
-        assert c.run is not None
-        self.parts.append((c.run.run_id, c.seq))
-        defs = sorted({t.node.task_id for t in run.state.tasks.values()})
-        self.definitions[c.run.run_id] = defs
+        run_id = run.state.run_id
+        self.parts.append((run_id, c.seq))
+        self.definitions[run_id] = sorted({t.node.task_id for t in run.state.tasks.values()})
 
     def add(self, c: rows.Changes) -> None:
         if (e := c.event) is not None:
             self.events.append((e.seq, e.run_id, e.type, e.ts, e.task_id, e.attempt, e.body))
-        if c.run is not None:
-            self.runs[c.run.run_id] = c.run
+        if c.of is not None:
+            self.runs[c.of.state.run_id] = c
         # A task that joins a graph pending gets no row until it leaves pending: `get_run` makes
         # that row from the graph (a 5,000-task run starts with one row, not 5,001).
         for t in c.tasks:
@@ -676,7 +675,7 @@ class _Staged:
             _json.encode(rows).decode()
             for rows in (
                 self.events,
-                list(map(self._run, self.runs.values())),
+                list(map(self._run, rows.run_rows(self.runs.values()))),
                 list(map(astuple, self.tasks.values())),
                 list(map(astuple, self.attempts.values())),
                 self.parts,

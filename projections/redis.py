@@ -632,7 +632,8 @@ class _Batch:
 
     def __init__(self) -> None:
         self.events: list[EventRow] = []
-        self.runs: dict[str, tuple[RunRow, bool]] = {}  # run id -> (row, opened in this chunk)
+        # run id -> (its last change, opened in this chunk); rows made in `payload`
+        self.runs: dict[str, tuple[rows.Changes, bool]] = {}
         self.tasks: dict[tuple[str, str], TaskRunRow] = {}
         # run, position, node, the run's scheduled_seq, the seq that added the node
         self.graph: list[tuple[str, int, TaskNode, int, int]] = []
@@ -641,9 +642,10 @@ class _Batch:
     def add(self, c: rows.Changes, run: rows.OpenRun) -> None:
         if c.event is not None:
             self.events.append(c.event)
-        if c.run is not None:
-            opened = c.opened is not None or self.runs.get(c.run.run_id, (c.run, False))[1]
-            self.runs[c.run.run_id] = (c.run, opened)
+        if c.of is not None:
+            run_id = c.of.state.run_id
+            opened = c.opened is not None or (run_id in self.runs and self.runs[run_id][1])
+            self.runs[run_id] = (c, opened)
         if c.graph:
             run_id, first = run.state.run_id, len(run.state.tasks) - len(c.graph)
             for i, node in enumerate(c.graph, start=first):
@@ -660,7 +662,8 @@ class _Batch:
         for e in self.events:
             events += (e.run_id, str(e.seq), _json(e))
         runs: list[str] = []
-        for r, opened in self.runs.values():
+        made = rows.run_rows(c for c, _ in self.runs.values())
+        for r, (_, opened) in zip(made, self.runs.values(), strict=True):
             runs += (r.run_id, _json(r), r.status.value, str(r.scheduled_seq), "01"[opened])
             runs += (r.kind, r.target, r.trigger, str(_micros(r.scheduled_at)))
         tasks: list[str] = []

@@ -104,7 +104,8 @@ def project(log: list[AnyEvent]) -> tuple[list[object], list[str]]:
             found[event.run_id] = changes.opened
         if changes.closed:
             found[event.run_id] = rows.FINISHED
-        changed.append((changes.run, changes.tasks, changes.attempts, changes.graph))
+        made = rows.run_rows([changes])  # (now: before the run's next change)
+        changed.append((made, changes.tasks, changes.attempts, changes.graph))
         assert changes.event is not None
         listed.append(changes.event.type)
     return changed, listed
@@ -143,7 +144,7 @@ def test_attempt_records_after_the_end_change_no_run_state_and_no_row(
     assert replay(stored)[world.run_id].snapshot() == replay(log)[world.run_id].snapshot()
     rows_without, _ = project(log)
     rows_with, listed = project(with_records)
-    inert = [(None, (), (), ())] * (records + 1)
+    inert: list[object] = [([], (), (), ())] * (records + 1)
     assert [r for r, e in zip(rows_with, with_records, strict=True) if e not in inserted] == (
         rows_without
     )
