@@ -77,6 +77,7 @@ bench:
     {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
     {{bin}}/cyclonetix bench recovery --runs 1000 --json
     {{bin}}/cyclonetix bench takeover --rounds 5 --json
+    {{py}} -m bench.read_model_memory_bench --runs 10000
     {{py}} -m bench.read_model_redis_bench --runs 10000
     {{py}} -m bench.read_model_postgres_bench --runs 10000
     {{py}} -m bench.web_bench --runs 100000 --tasks 200 --rounds 5 --json

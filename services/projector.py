@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 import structlog
 
 from core.errors import Unavailable
+from projections.bulk import collector_spared
 from services.retrying import backoff
 
 if TYPE_CHECKING:
@@ -242,11 +243,13 @@ async def replay(
         entries: list[Entry] = [
             (seq, event) for seq, event in await events.history(run_id) if from_seq <= seq <= upto
         ]
-        for i in range(0, len(entries), batch):
-            chunk = entries[i : i + batch]
-            await store.apply_batch(chunk)
-            applied += len(chunk)
-            report(i + len(chunk), len(entries))
+        with collector_spared() as settle:
+            for i in range(0, len(entries), batch):
+                chunk = entries[i : i + batch]
+                await store.apply_batch(chunk)
+                settle()
+                applied += len(chunk)
+                report(i + len(chunk), len(entries))
         report(len(entries), len(entries), final=True)
         return Replayed(applied, await store.checkpoint(), time.monotonic() - started, True)
 
@@ -254,6 +257,8 @@ async def replay(
     position = from_seq - 1
     ended = asyncio.Event()
     feed = Feed(events.tail(from_seq=from_seq, stop=ended, skipped=True), batch * 4)
+    spared = contextlib.ExitStack()
+    settle = spared.enter_context(collector_spared())
     try:
         while position < upto:
             got = await feed.take(batch, linger=LINGER_S)
@@ -265,6 +270,7 @@ async def replay(
                 got = [e for e in got if e[0] <= upto]
             if got:
                 await store.apply_batch(got)
+                settle()
                 applied += sum(1 for _, event in got if event is not None)
             report(max(0, min(position, upto) - from_seq + 1), total)
             if feed.caught_up and position < upto:
@@ -273,6 +279,7 @@ async def replay(
                 log.warning("replay.log_ended", at=position, upto=upto)
                 break
     finally:
+        spared.close()
         ended.set()
         await feed.close()
     report(max(0, min(position, upto) - from_seq + 1), total, final=True)
