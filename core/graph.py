@@ -26,6 +26,7 @@ from core.definitions import (
     suggest,
     valid_dependency,
 )
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from core.errors import Invalid
 from core.snapshots import NO_RETRY, RetrySpec
 from core.snapshots import TaskNode as TaskNode  # the public name services use
@@ -82,6 +83,17 @@ def overrides_from(params: Iterable[str]) -> Overrides:
         else:
             per_task.setdefault(task, {})[key] = value
     return Overrides(all=every, per_task=per_task)
+
+
+def check_overrides_env(overrides: Overrides, policy: EnvPolicy = DEFAULT_ENV_POLICY) -> None:
+    """GraphError (one line naming the parameter) for the first override `policy` refuses:
+    a denied name, a value with a NUL byte, a value too large."""
+    for task, values in ((None, overrides.all), *overrides.per_task.items()):
+        for key, value in values.items():
+            problem = policy.problem(key, value)
+            if problem is not None:
+                name = key if task is None else f"{task}.{key}"
+                raise GraphError(f"--param {name}: {problem}")
 
 
 # --- Graph assembly -----------------------------------------------------------------------------

@@ -9,8 +9,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Literal
 
 from core.definitions import Definitions, split_dependency
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from core.events import Notification, RunScheduled
-from core.graph import GraphError, dag_graph, outcome_graph, overrides_from, resolve_context
+from core.graph import (
+    GraphError,
+    check_overrides_env,
+    dag_graph,
+    outcome_graph,
+    overrides_from,
+    resolve_context,
+)
 from core.ids import check_run_id, new_run_id
 
 if TYPE_CHECKING:
@@ -33,12 +41,16 @@ def plan_run(
     trigger: str = "cli",
     idempotency_key: str | None = None,
     logical_time: dt.datetime | None = None,
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
 ) -> RunScheduled:
     """Resolve the graph and context of a new run. Raises GraphError/ValueError (one line).
 
     `logical_time` is the moment the run stands for, when it is not `now`: a cron slot's, so a
-    run caught up after downtime gets its slot's `${DATE}`, not the day it started."""
+    run caught up after downtime gets its slot's `${DATE}`, not the day it started.
+    `env_policy`: the environment variables no parameter override may set (and the values none
+    may hold)."""
     overrides = overrides_from(list(params))
+    check_overrides_env(overrides, env_policy)
     if kind == "outcome":
         nodes = outcome_graph(defs, target, overrides)
         task_id, _ = split_dependency(target)

@@ -27,6 +27,7 @@ from typing import Final, Literal
 import msgspec
 
 from core.definitions import ENV_NAME_PATTERN, valid_dependency
+from core.env_policy import value_problem
 from core.ids import check_run_id, new_run_id
 
 Kind = Literal["outcome", "dag"]
@@ -194,7 +195,10 @@ def _param_problem(key: str, value: object) -> str | None:
     task, dot, name = key.rpartition(".")
     if not _KEY_RE.fullmatch(name) or (dot and not valid_dependency(task)):
         return f"params: invalid key {key!r}: expected KEY or TASK.KEY (KEY: letters, digits, _)"
-    if isinstance(value, bool | int | str):
+    if isinstance(value, str):
+        problem = value_problem(value)
+        return f"params.{key}: {problem}" if problem else None
+    if isinstance(value, bool | int):
         return None
     if isinstance(value, float) and value == value and abs(value) != float("inf"):
         return None

@@ -52,6 +52,7 @@ import structlog
 
 from core.agents import AgentInfo
 from core.attempts import held_elsewhere, why_not_current
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy, dispatch_env_problem
 from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
     TERMINAL,
@@ -105,6 +106,8 @@ class AgentConfig:
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
     heartbeat_interval: float = HEARTBEAT_INTERVAL
     guardian: bool = True  # commands die with the agent, its dispatches go back at once
+    # A dispatch whose environment sets a denied name is refused (spawn_error), never run.
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY
 
 
 def new_agent_id() -> str:
@@ -352,19 +355,25 @@ class Agent:
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
                 try:
-                    result = await run_command(
-                        d.command,
-                        env=self._environment(d, eval_path),
-                        cwd=self.config.workdir,
-                        timeout=d.timeout_seconds,
-                        on_output=self._log_writer(d),
-                        max_output_bytes=self.config.max_output_bytes,
-                        kill_grace=self.config.kill_grace,
-                        eval_result_path=eval_path,
-                        cancel=running.kill,
-                        gate=gate,
-                        guard=self._guardian,
-                    )
+                    refused = dispatch_env_problem(d.env, self.config.env_policy)
+                    if refused is not None:
+                        # Defence in depth (an older or hostile writer): nothing is spawned,
+                        # but the attempt is claimed and reported failed like any other.
+                        result = await _refuse(gate, refused)
+                    else:
+                        result = await run_command(
+                            d.command,
+                            env=self._environment(d, eval_path),
+                            cwd=self.config.workdir,
+                            timeout=d.timeout_seconds,
+                            on_output=self._log_writer(d),
+                            max_output_bytes=self.config.max_output_bytes,
+                            kill_grace=self.config.kill_grace,
+                            eval_result_path=eval_path,
+                            cancel=running.kill,
+                            gate=gate,
+                            guard=self._guardian,
+                        )
                 except HeldElsewhere as exc:  # its holder settles the message, not us
                     log.warning("task.held_elsewhere", reason=str(exc), delivery=delivery)
                     running.settled = True
@@ -726,6 +735,16 @@ class NotCurrent(Exception):
 
 class HeldElsewhere(NotCurrent):
     """Another agent holds this very delivery (core.attempts.held_elsewhere): it settles it."""
+
+
+async def _refuse(gate: asyncio.Future[int], message: str) -> CommandResult:
+    """The result of a dispatch that must not run: once its start is claimed (`gate` raises
+    NotCurrent, HeldElsewhere or Unavailable as for a command), a spawn error, nothing spawned."""
+    await gate
+    log.warning("task.refused", message=message)
+    return CommandResult(
+        reason="spawn_error", exit_code=None, spawned_at=dt.datetime.now(dt.UTC), message=message
+    )
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:

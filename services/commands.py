@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 import msgspec
 
 from core.definitions import Definitions
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from core.errors import Conflict, Invalid, NotFound
 from core.events import RunCancelRequested, RunScheduled
 from core.ids import check_run_id, new_run_id
@@ -59,8 +60,11 @@ def plan(
     *,
     now: dt.datetime | None = None,
     entropy: bytes | None = None,
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
 ) -> RunScheduled:
-    """The RunScheduled a request would append (no I/O): raises Invalid with one line."""
+    """The RunScheduled a request would append (no I/O): raises Invalid with one line.
+
+    `env_policy`: the environment variables no parameter override may set."""
     if not (defs.tasks or defs.dags):
         raise Invalid(
             "no definitions published: start the orchestrator with --definitions DIR, "
@@ -79,6 +83,7 @@ def plan(
             trigger=request.trigger,
             idempotency_key=request.idempotency_key,
             logical_time=request.logical_time,
+            env_policy=env_policy,
         )
     except Invalid:
         raise
@@ -90,13 +95,15 @@ async def schedule(
     events: EventLog,
     definitions: DefinitionsStore | Definitions,
     request: ScheduleRequest,
+    *,
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
 ) -> Scheduled:
     """Plan a run against the given (or the published) definitions and append it.
 
     Raises Invalid (bad request), Conflict (`RunExists`: the run id is taken), Unavailable.
     """
     defs = definitions if isinstance(definitions, Definitions) else await definitions.load()
-    event = plan(defs, request)
+    event = plan(defs, request, env_policy=env_policy)
     seq = await events.schedule_run(event)
     return Scheduled(run_id=event.run_id, seq=seq, tasks=len(event.graph), event=event)
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import structlog
 
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from core.errors import Conflict, Invalid, NotFound, Unavailable
 from core.events import TERMINAL
 from core.schedules import (
@@ -70,6 +71,7 @@ class CronLoop:
         clock: Callable[[], dt.datetime] = utcnow,
         poll: float = POLL_S,
         refresh: float = DEFINITIONS_REFRESH_S,
+        env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
     ) -> None:
         self.events = events
         self.store = definitions
@@ -77,6 +79,7 @@ class CronLoop:
         self.clock = clock
         self.poll = poll
         self.refresh = refresh
+        self.env_policy = env_policy  # what no parameter of a scheduled run may set
         self._defs: Definitions | None = None
         self._defs_at = -float("inf")
         self._failing: str | None = None  # the last tick's error, logged once until it changes
@@ -168,7 +171,7 @@ class CronLoop:
             logical_time=claim.slot,  # a caught-up run's ${DATE} is its slot's
         )
         try:
-            await schedule(self.events, defs, request)
+            await schedule(self.events, defs, request, env_policy=self.env_policy)
         except RunExists:
             return "exists"
         except (Invalid, NotFound) as exc:

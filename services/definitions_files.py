@@ -8,12 +8,15 @@ from pathlib import Path
 import core
 import services
 from core.definitions import (
+    MAX_FILE_BYTES,
     YAML_SUFFIXES,
     DefinitionError,
     DefinitionErrors,
     Definitions,
     load_definitions,
+    size_problem,
 )
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from services.settings import Settings, load_settings
 
 DEFINITIONS_ENV = "CYCLONETIX_DEFINITIONS"
@@ -68,14 +71,30 @@ def read_definitions_folder(path: Path) -> dict[str, bytes]:
             file = here / name
             relative = file.relative_to(path).as_posix()
             try:
-                files[relative] = file.read_bytes()
+                content = _read_bounded(file)
+                size = file.stat().st_size if content is None else len(content)
             except OSError as exc:
                 errors.append(DefinitionError(relative, "", f"cannot read: {exc.strerror}"))
+                continue
+            if content is None:  # larger than a definitions file may be: never read whole
+                too_large = size_problem(max(size, MAX_FILE_BYTES + 1))
+                errors.append(DefinitionError(relative, "", too_large or ""))
+                continue
+            files[relative] = content
     if errors:
         raise DefinitionErrors(errors)
     return files
 
 
-def load_definitions_folder(path: Path) -> Definitions:
-    """Read, parse and check a definitions folder; DefinitionErrors lists every problem."""
-    return load_definitions(read_definitions_folder(path))
+def _read_bounded(file: Path) -> bytes | None:
+    """The file's bytes, or None when it holds more than MAX_FILE_BYTES (reading no more)."""
+    with file.open("rb") as f:
+        content = f.read(MAX_FILE_BYTES + 1)
+    return None if len(content) > MAX_FILE_BYTES else content
+
+
+def load_definitions_folder(path: Path, env_policy: EnvPolicy = DEFAULT_ENV_POLICY) -> Definitions:
+    """Read, parse and check a definitions folder; DefinitionErrors lists every problem.
+
+    `env_policy`: the environment variables no parameter or context variable may set."""
+    return load_definitions(read_definitions_folder(path), env_policy=env_policy)

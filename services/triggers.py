@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from core.errors import Invalid, Unavailable
 from core.events import RunScheduled
 from core.triggers import (
@@ -79,6 +80,7 @@ class TriggerHandler:
         max_bytes: int,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         pause: float = 1.0,
+        env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
     ) -> None:
         self.events = events
         self.definitions = definitions
@@ -86,6 +88,7 @@ class TriggerHandler:
         self.max_bytes = max_bytes
         self.clock = clock
         self.pause = pause  # after a failed fetch
+        self.env_policy = env_policy  # what no parameter of a trigger may set
         self._defs: Definitions | None = None
         self._defs_version: int | None = None
 
@@ -166,14 +169,16 @@ class TriggerHandler:
         run_id = parsed.run_id or derived_run_id(target_id, delivery.seq, delivery.received)
         request = _request(parsed, run_id)
         try:
-            plan(defs, request)  # (pure) every check the CLI makes, before anything is written
+            plan(
+                defs, request, env_policy=self.env_policy
+            )  # (pure) every check the CLI makes, before anything is written
         except Invalid as exc:
             return self._rejected(delivery, parsed, str(exc))
         if parsed.idempotency_key is not None:
             run_id = await self.inbox.claim(kind, target_id, parsed.idempotency_key, run_id)
             request = _request(parsed, run_id)
         try:
-            await schedule(self.events, defs, request)
+            await schedule(self.events, defs, request, env_policy=self.env_policy)
             status = "scheduled"
         except RunExists:
             if not await self._is_this_trigger(request):

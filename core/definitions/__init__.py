@@ -45,6 +45,14 @@ from core.definitions.model import (
     split_dependency,
     valid_dependency,
 )
+from core.definitions.yaml import (
+    MAX_ALIAS_EXPANSION,
+    MAX_DEPTH,
+    MAX_FILE_BYTES,
+    MAX_VALUES,
+    read_yaml,
+    size_problem,
+)
 
 __all__ = [
     "DEFAULT_QUEUE",
@@ -52,6 +60,10 @@ __all__ = [
     "FOLDERS",
     "ID_PATTERN",
     "KIND_NAMES",
+    "MAX_ALIAS_EXPANSION",
+    "MAX_DEPTH",
+    "MAX_FILE_BYTES",
+    "MAX_VALUES",
     "NO_RETRIES",
     "QUEUE_PATTERN",
     "YAML_SUFFIXES",
@@ -76,6 +88,8 @@ __all__ = [
     "find_cycles",
     "load_definitions",
     "parse_definitions",
+    "read_yaml",
+    "size_problem",
     "split_dependency",
     "suggest",
     "valid_dependency",

@@ -16,24 +16,58 @@ from core.definitions.model import (
     DagTask,
     Definitions,
     NotifyDef,
+    Scalar,
     Schedule,
     TaskDef,
+    env_value,
     split_dependency,
     valid_dependency,
 )
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 
-def check_definitions(defs: Definitions) -> list[DefinitionError]:
-    """Every cross-file problem at once: unknown references, bad schedules, cycles, DAG rules."""
+def check_definitions(
+    defs: Definitions, *, env_policy: EnvPolicy = DEFAULT_ENV_POLICY
+) -> list[DefinitionError]:
+    """Every cross-file problem at once: unknown references, bad schedules, cycles, DAG rules,
+    and parameters or variables `env_policy` refuses (a denied name, a NUL byte, too large)."""
     errors: list[DefinitionError] = []
     _check_tasks(defs, errors)
     for dag in defs.dags.values():
         _check_dag(defs, dag, errors)
     _check_contexts(defs, errors)
+    _check_environment(defs, env_policy, errors)
     return by_file(errors)
+
+
+def _check_environment(defs: Definitions, policy: EnvPolicy, errors: list[DefinitionError]) -> None:
+    """Every value that becomes a command's environment variable, against the policy."""
+
+    def check(file: str, key: str, values: Mapping[str, Scalar]) -> None:
+        for name, value in values.items():
+            variable = name.rpartition(".")[2]  # (schedule params: KEY or TASK.KEY)
+            problem = policy.problem(variable, env_value(value))
+            if problem is not None:
+                errors.append(DefinitionError(file, f"{key}.{name}", problem))
+
+    for task_id, task in defs.tasks.items():
+        file = defs.source("tasks", task_id)
+        check(file, "parameters", task.parameters)
+        if isinstance(task.schedule, Schedule):
+            check(file, "schedule.params", task.schedule.params)
+    for dag_id, dag in defs.dags.items():
+        file = defs.source("dags", dag_id)
+        for i, entry in enumerate(dag.tasks):
+            check(file, f"tasks[{i}].parameters", entry.parameters)
+        if isinstance(dag.schedule, Schedule):
+            check(file, "schedule.params", dag.schedule.params)
+    for context_id, context in defs.contexts.items():
+        check(defs.source("contexts", context_id), "variables", context.variables)
+    for set_id, parameter_set in defs.parameter_sets.items():
+        check(defs.source("parameter_sets", set_id), "parameters", parameter_set.parameters)
 
 
 def by_file(errors: list[DefinitionError]) -> list[DefinitionError]:

@@ -13,6 +13,7 @@ from core.definitions.checks import by_file, check_definitions
 from core.definitions.messages import DefinitionError, DefinitionErrors, show, validation_error
 from core.definitions.model import ContextDef, DagDef, Definitions, ParameterSetDef, TaskDef
 from core.definitions.yaml import read_yaml
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -33,10 +34,14 @@ KIND_NAMES = {
 YAML_SUFFIXES = (".yaml", ".yml")
 
 
-def load_definitions(files: Mapping[str, bytes | str]) -> Definitions:
-    """Parse and check definition files (relative path -> content); DefinitionErrors if any."""
+def load_definitions(
+    files: Mapping[str, bytes | str], *, env_policy: EnvPolicy = DEFAULT_ENV_POLICY
+) -> Definitions:
+    """Parse and check definition files (relative path -> content); DefinitionErrors if any.
+
+    `env_policy`: the environment variables no parameter or context variable may set."""
     defs, errors = parse_definitions(files)
-    errors = by_file(errors + check_definitions(defs))
+    errors = by_file(errors + check_definitions(defs, env_policy=env_policy))
     if errors:
         raise DefinitionErrors(errors)
     return defs

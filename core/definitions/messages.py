@@ -11,6 +11,7 @@ import msgspec.inspect
 
 from core.definitions.model import ENV_NAME_PATTERN, ID_PATTERN
 from core.errors import Invalid
+from core.text import printable
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
@@ -38,9 +39,10 @@ class DefinitionError(msgspec.Struct, frozen=True):
     message: str
 
     def __str__(self) -> str:
+        # One line whatever the file name, key or message quote (`core.text.printable`).
         if self.key:
-            return f"{self.file}: {self.key}: {self.message}"
-        return f"{self.file}: {self.message}"
+            return printable(f"{self.file}: {self.key}: {self.message}")
+        return printable(f"{self.file}: {self.message}")
 
 
 class DefinitionErrors(Invalid):

@@ -21,6 +21,7 @@ from services.cli.common import (
     until_stopped,
 )
 from services.cli.main import CliError
+from services.cli.validate import env_policy
 from services.process import DEFAULT_MAX_OUTPUT_BYTES, seal_inherited_fds
 
 
@@ -110,6 +111,7 @@ def main(args: argparse.Namespace) -> int:
         shutdown_grace=shutdown_grace(args),
         kill_grace=args.kill_grace,
         max_output_bytes=args.max_output_bytes,
+        env_policy=env_policy(),  # $CYCLONETIX_DENY_ENV
     )
 
     kill = asyncio.Event()  # a second signal: kill running commands now

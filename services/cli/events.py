@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from core.events import TERMINAL, AnyEvent, encode
+from core.text import printable
 from services.cli.common import add_nats_option, connect, run
 from services.cli.main import CliError
 
@@ -55,7 +56,9 @@ def line(seq: int, event: AnyEvent, as_json: bool) -> str:
             fields.pop("retrying", None)  # (retrying=False: the last attempt)
     where = f"{task}#{attempt}" if attempt is not None else task
     details = " ".join(f"{k}={_short(v)}" for k, v in fields.items() if v not in (None, "", {}, []))
-    return f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip()
+    # Names, parameters and messages are user-supplied: no control character reaches the
+    # terminal (--json stays exact).
+    return printable(f"{seq:>8}  {ts}  {kind:<20} {where:<28} {details}".rstrip())
 
 
 async def print_events(args: argparse.Namespace) -> int:

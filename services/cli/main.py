@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from core.errors import Conflict, CyclonetixError, Invalid, NotFound, Unavailable
+from core.text import printable
 
 # Modules under services/cli/ that provide subcommands, in the order `--help` lists them.
 COMMANDS = (
@@ -97,10 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except CliError as exc:
-        print(f"cyclonetix: error: {exc}", file=sys.stderr)
+        print(f"cyclonetix: error: {_shown(exc)}", file=sys.stderr)
         return exc.code
     except CyclonetixError as exc:
-        print(f"cyclonetix: error: {exc}", file=sys.stderr)
+        print(f"cyclonetix: error: {_shown(exc)}", file=sys.stderr)
         return exit_code(exc)
     except KeyboardInterrupt:
         return 130
@@ -109,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     return code
+
+
+def _shown(exc: Exception) -> str:
+    """An error's lines with no control character in them (they may quote user input)."""
+    return "\n".join(printable(line) for line in str(exc).split("\n"))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from services.cli.common import (
     until_stopped,
 )
 from services.cli.triggers import start_triggers
+from services.cli.validate import env_policy
 from services.cron import CronLoop
 from services.notifier import Notifier
 from services.orchestrator import Orchestrator
@@ -58,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
     if args.definitions is not None:
         definitions = load_definitions_or_fail(args.definitions)
     grace = shutdown_grace(args)
+    policy = env_policy()  # $CYCLONETIX_DENY_ENV: what no trigger or cron parameter may set
     kill = asyncio.Event()  # a second signal: no more grace
 
     async def serve(stop: asyncio.Event) -> None:
@@ -77,11 +79,13 @@ def main(args: argparse.Namespace) -> int:
             # Cron runs beside the orchestrator in every orchestrator process, needing no lease:
             # each slot's deterministic run id makes a second start of it a no-op.
             cron = asyncio.create_task(
-                CronLoop(backplane.events, backplane.definitions, backplane.schedules).run(stop)
+                CronLoop(
+                    backplane.events, backplane.definitions, backplane.schedules, env_policy=policy
+                ).run(stop)
             )
             # Subject triggers too: every orchestrator shares one work-queue consumer, each
             # message to one of them, idempotent by key (services/triggers.py).
-            triggers = await start_triggers(backplane, stop)
+            triggers = await start_triggers(backplane, stop, env_policy=policy)
             try:
                 # Returns once `stop` is set and what was in flight is decided and stored.
                 await orchestrator.run(stop, kill)

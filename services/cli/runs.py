@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 
 from core.run import RunStatus, summary
+from core.text import printable
 from projections.views import Page, RunFilter, RunRow
 from services import commands
 from services.cli.common import add_nats_option, connect, human_duration, nats_url, run
@@ -134,7 +135,7 @@ async def show_run(args: argparse.Namespace) -> int:
         return 0
     status = summary(state)["status"]
     print(f"run      {state.run_id}")
-    print(f"name     {state.name} ({state.kind} {state.target})")
+    print(printable(f"name     {state.name} ({state.kind} {state.target})"))
     print(f"status   {status}")
     print(f"started  {state.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S}")
     if state.ended_at:
@@ -147,8 +148,10 @@ async def show_run(args: argparse.Namespace) -> int:
         if task.started_at and task.finished_at:
             duration = human_duration((task.finished_at - task.started_at).total_seconds())
         print(
-            f"{task_id:<28} {task.status:<13} {task.attempt:>7}  {task.node.queue:<12} "
-            f"{task.agent_id:<24} {duration}"
+            printable(
+                f"{task_id:<28} {task.status:<13} {task.attempt:>7}  {task.node.queue:<12} "
+                f"{task.agent_id:<24} {duration}"
+            )
         )
     return 0
 
@@ -259,14 +262,17 @@ def format_page(page: Page[RunRow]) -> list[str]:
     if not page.items:
         return ["no runs"]
     rows = [
-        (
-            row.run_id,
-            str(row.status),
-            f"{row.kind}:{row.target}",
-            row.trigger,
-            f"{row.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S}",
-            _duration(row),
-            _counts(row),
+        tuple(
+            printable(cell)  # (user-supplied text: no control character reaches the terminal)
+            for cell in (
+                row.run_id,
+                str(row.status),
+                f"{row.kind}:{row.target}",
+                row.trigger,
+                f"{row.scheduled_at.astimezone():%Y-%m-%d %H:%M:%S}",
+                _duration(row),
+                _counts(row),
+            )
         )
         for row in page.items
     ]

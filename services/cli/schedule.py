@@ -22,6 +22,7 @@ from core.events import (
     each_queued,
 )
 from core.run import RunState, RunStatus, run_summary, summary
+from core.text import printable
 from services import commands
 from services.cli.common import (
     add_nats_option,
@@ -32,6 +33,7 @@ from services.cli.common import (
     run,
 )
 from services.cli.main import CliError
+from services.cli.validate import env_policy
 from services.commands import ScheduleRequest
 from services.ports import EventLog
 
@@ -87,13 +89,14 @@ async def schedule(args: argparse.Namespace) -> int:
         run_id=args.run_id,
     )
     # With local definitions, bad input is reported before any connection is attempted.
+    policy = env_policy()
     local = load_definitions_or_fail(args.definitions) if args.definitions else None
     if local is not None:
-        commands.plan(local, request)
+        commands.plan(local, request, env_policy=policy)
     backplane = await connect(args, "cyclonetix-cli")
     try:
         scheduled = await commands.schedule(
-            backplane.events, local or backplane.definitions, request
+            backplane.events, local or backplane.definitions, request, env_policy=policy
         )
         run_id = scheduled.run_id
         if not args.wait:
@@ -158,7 +161,8 @@ def progress_line(state: RunState, event: AnyEvent) -> str | None:
         what = type(event).__name__
     else:
         return f"{clock}  run {type(event).__name__.removeprefix('Run').lower()}"
-    return f"{clock}  {event.task_id:<24} {what}"
+    # (Messages and ids may quote user input: no control character reaches the terminal.)
+    return printable(f"{clock}  {event.task_id:<24} {what}")
 
 
 def describe_end(state: RunState) -> str:
@@ -169,4 +173,4 @@ def describe_end(state: RunState) -> str:
     if state.ended_at is not None:
         took = f" in {human_duration((state.ended_at - state.scheduled_at).total_seconds())}"
     parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    return f"run {state.run_id} {state.status}{took}: {parts}"
+    return printable(f"run {state.run_id} {state.status}{took}: {parts}")

@@ -7,6 +7,8 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
+from core.text import printable
 from core.triggers import TriggerAccepted, encode_outcome
 from services.cli.common import add_nats_option, connect, run
 from services.cli.projector import positive_int
@@ -64,7 +66,8 @@ def table(outcomes: list[AnyOutcome]) -> list[str]:
             f"{o.status} {o.run_id}" if isinstance(o, TriggerAccepted) else f"rejected: {o.reason}"
         )
         when = o.ts.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        rows.append((when, o.subject, o.requested_by or "-", what))
+        # (Subjects, requesters and reasons are user-supplied: no control character is shown.)
+        rows.append((when, printable(o.subject), printable(o.requested_by or "-"), printable(what)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     return [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
@@ -74,7 +77,9 @@ def table(outcomes: list[AnyOutcome]) -> list[str]:
     ]
 
 
-async def start_triggers(backplane: NatsBackplane, stop: asyncio.Event) -> asyncio.Task[None]:
+async def start_triggers(
+    backplane: NatsBackplane, stop: asyncio.Event, *, env_policy: EnvPolicy = DEFAULT_ENV_POLICY
+) -> asyncio.Task[None]:
     """The trigger handler of an orchestrator process, running until `stop`."""
     settings = load_settings().triggers
     inbox = await open_trigger_inbox(backplane, window=settings.idempotency_window)
@@ -83,6 +88,7 @@ async def start_triggers(backplane: NatsBackplane, stop: asyncio.Event) -> async
         backplane.definitions,
         inbox,
         max_bytes=settings.max_message_bytes,
+        env_policy=env_policy,
     )
 
     async def serve() -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from core.definitions import DefinitionErrors, Definitions
+from core.env_policy import DENY_ENV_VARIABLE, EnvPolicy, parse_deny_env
+from core.errors import Invalid
+from core.text import printable
 from services.cli.main import CliError
 from services.definitions_files import (
     DEFINITIONS_ENV,
@@ -60,15 +64,26 @@ def definitions_dir(args: argparse.Namespace) -> Path:
     return chosen if chosen is not None else default_definitions_dir()
 
 
+def env_policy() -> EnvPolicy:
+    """The denied environment variables of this installation: the defaults adjusted by
+    $CYCLONETIX_DENY_ENV (`NAME` to deny as well, `-NAME` to allow a default one again)."""
+    try:
+        return parse_deny_env(os.environ.get(DENY_ENV_VARIABLE, ""))
+    except Invalid as exc:
+        raise CliError(printable(str(exc))) from None
+
+
 def load_or_report(path: Path) -> Definitions | None:
     """The definitions in `path`, or None after printing every problem to stderr."""
     try:
-        return load_definitions_folder(path)
+        return load_definitions_folder(path, env_policy=env_policy())
     except DefinitionErrors as exc:
         for error in exc.errors:
-            print(error, file=sys.stderr)
+            print(printable(str(error)), file=sys.stderr)
         count = len(exc.errors)
-        print(f"{count} error{'s' if count != 1 else ''} in {path}", file=sys.stderr)
+        print(
+            f"{count} error{'s' if count != 1 else ''} in {printable(str(path))}", file=sys.stderr
+        )
         return None
 
 
