@@ -148,6 +148,10 @@ class EmbeddedNats:
     As a node of a cluster (`EmbeddedNatsCluster` starts three): `server_name`, `cluster_name`,
     `cluster_port` (the route listener, on `host`) and `routes` (every node's route URL; a
     node's route to itself is ignored).
+
+    `extra_config` is appended to the generated config as is: an `include` of a file with
+    `accounts`/`authorization`, a `tls {...}` block (tests/integration/test_nats_security.py).
+    Relative paths in it are relative to `data_dir`, where the config is written.
     """
 
     def __init__(
@@ -163,8 +167,10 @@ class EmbeddedNats:
         cluster_name: str | None = None,
         cluster_port: int | None = None,
         routes: Sequence[str] = (),
+        extra_config: str = "",
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.extra_config = extra_config
         self.host = host
         self.port = port
         self.max_payload_mb = max_payload_mb
@@ -233,6 +239,8 @@ class EmbeddedNats:
                 "  ]",
                 "}",
             ]
+        if self.extra_config:
+            lines.append(self.extra_config.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def start(self) -> str:

@@ -9,6 +9,18 @@ path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 | `nats.url`             | `CYCLONETIX_NATS_URL`        | `--nats-url`       | (none)           |
 | `nats.stream_replicas` | `CYCLONETIX_STREAM_REPLICAS` |                    | 1                |
 | `nats.events_max_age`  | `CYCLONETIX_EVENTS_MAX_AGE`  |                    | 0 (forever)      |
+| `nats.user`            | `CYCLONETIX_NATS_USER`       |                    | (none)           |
+| `nats.password`        | `CYCLONETIX_NATS_PASSWORD`   |                    | (none; secret)   |
+| `nats.password_file`   | `CYCLONETIX_NATS_PASSWORD_FILE` |                 | (none)           |
+| `nats.token`           | `CYCLONETIX_NATS_TOKEN`      |                    | (none; secret)   |
+| `nats.token_file`      | `CYCLONETIX_NATS_TOKEN_FILE` |                    | (none)           |
+| `nats.nkey_seed_file`  | `CYCLONETIX_NATS_NKEY_SEED_FILE` |                | (none)           |
+| `nats.creds_file`      | `CYCLONETIX_NATS_CREDS_FILE` |                    | (none)           |
+| `nats.tls_ca_file`     | `CYCLONETIX_NATS_TLS_CA_FILE` |                   | (system CAs)     |
+| `nats.tls_cert_file`   | `CYCLONETIX_NATS_TLS_CERT_FILE` |                 | (none)           |
+| `nats.tls_key_file`    | `CYCLONETIX_NATS_TLS_KEY_FILE` |                  | (none)           |
+| `nats.tls_required`    | `CYCLONETIX_NATS_TLS_REQUIRED` |                  | false            |
+| `nats.tls_hostname`    | `CYCLONETIX_NATS_TLS_HOSTNAME` |                  | (the URL's host) |
 | `definitions`          | `CYCLONETIX_DEFINITIONS`     | `-d DIR`           | bundled examples |
 | `data_dir`             | `CYCLONETIX_DATA_DIR`        | `--data-dir`       | `.cyclonetix`    |
 | `log.format`           | `CYCLONETIX_LOG_FORMAT`      | `--log-format`     | `console`        |
@@ -29,6 +41,16 @@ list`, `$CYCLONETIX_STREAM_REPLICAS: expected 1, 3 or 5, got 'x'`), raised as `S
 hour), and in practice longer than any run stays open: the orchestrator, `runs show` and
 `replay` rebuild a run from its events, so a run whose first events aged out while it was still
 open cannot be rebuilt (README, "Retention").
+
+NATS security (every role connects with them: services.nats.connection): one way to
+authenticate at most — `user` with `password` (or `password_file`), `token` (or `token_file`),
+`nkey_seed_file`, or `creds_file` (a JWT `.creds` file). Secrets are best given as files or
+variables; a `*_file` is read when connecting (one line, surrounding whitespace dropped). The
+password and the token are never shown: `repr` of the settings masks them and no message or log
+line includes them. `tls_ca_file` trusts that CA (instead of the system's), `tls_cert_file` and
+`tls_key_file` present a client certificate (mutual TLS), `tls_required` refuses a server that
+does not offer TLS, `tls_hostname` is the name the server's certificate must carry (default: the
+URL's host). Any TLS setting, or a `tls://` URL, turns TLS on.
 
 Other `CYCLONETIX_*` variables (the ones agents give task commands, say) are not settings and
 are ignored here. Relative folders in the file are relative to the file's folder.
@@ -58,6 +80,9 @@ DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0, "w":
 
 T = TypeVar("T")
 
+SECRET_FIELDS = frozenset({"password", "token"})  # of NatsSettings: never shown
+MASK = "***"
+
 
 class SettingsError(Invalid):
     """A setting that cannot be used; the message is one line: `where: key: problem`."""
@@ -72,6 +97,36 @@ class NatsSettings(_Section, frozen=True):
     stream_replicas: Literal[1, 3, 5] = 1  # copies of each stream and bucket when created
     # Seconds CX_EVENTS keeps an event (0: forever); durations are parsed by the loader.
     events_max_age: Annotated[float, msgspec.Meta(ge=0, le=MAX_EVENTS_MAX_AGE)] = 0.0
+    # Authentication: at most one way (checked by the loader; see the module docstring).
+    user: str | None = None
+    password: str | None = None  # secret: masked by __repr__, never logged
+    password_file: str | None = None
+    token: str | None = None  # secret
+    token_file: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    # TLS
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_required: bool = False
+    tls_hostname: str | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in SECRET_FIELDS and value is not None:
+                value = MASK
+            shown.append(f"{name}={value!r}")
+        return f"NatsSettings({', '.join(shown)})"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls_required or any(
+            v is not None
+            for v in (self.tls_ca_file, self.tls_cert_file, self.tls_key_file, self.tls_hostname)
+        )
 
 
 class LogSettings(_Section, frozen=True):
@@ -153,6 +208,15 @@ def _as_int(text: str) -> object:
         return text
 
 
+def _as_bool(text: str) -> object:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    return text
+
+
 def _as_float(text: str) -> object:
     try:
         return float(text.strip())
@@ -170,6 +234,20 @@ FIELDS = (
         "0 (keep forever) or a duration from 1h to 36500d, like 12h, 30d or 86400 (seconds)",
         str,
     ),
+    _Field(("nats", "user"), "CYCLONETIX_NATS_USER", None, "a user name", str),
+    _Field(("nats", "password"), "CYCLONETIX_NATS_PASSWORD", None, "a password", str),
+    _Field(("nats", "password_file"), "CYCLONETIX_NATS_PASSWORD_FILE", None, "a file path", str),
+    _Field(("nats", "token"), "CYCLONETIX_NATS_TOKEN", None, "a token", str),
+    _Field(("nats", "token_file"), "CYCLONETIX_NATS_TOKEN_FILE", None, "a file path", str),
+    _Field(("nats", "nkey_seed_file"), "CYCLONETIX_NATS_NKEY_SEED_FILE", None, "a file path", str),
+    _Field(("nats", "creds_file"), "CYCLONETIX_NATS_CREDS_FILE", None, "a file path", str),
+    _Field(("nats", "tls_ca_file"), "CYCLONETIX_NATS_TLS_CA_FILE", None, "a file path", str),
+    _Field(("nats", "tls_cert_file"), "CYCLONETIX_NATS_TLS_CERT_FILE", None, "a file path", str),
+    _Field(("nats", "tls_key_file"), "CYCLONETIX_NATS_TLS_KEY_FILE", None, "a file path", str),
+    _Field(
+        ("nats", "tls_required"), "CYCLONETIX_NATS_TLS_REQUIRED", None, "true or false", _as_bool
+    ),
+    _Field(("nats", "tls_hostname"), "CYCLONETIX_NATS_TLS_HOSTNAME", None, "a host name", str),
     _Field(("definitions",), "CYCLONETIX_DEFINITIONS", "definitions", "a folder path", str),
     _Field(("data_dir",), "CYCLONETIX_DATA_DIR", "data_dir", "a folder path", str),
     _Field(("log", "format"), "CYCLONETIX_LOG_FORMAT", "log_format", "console or json", str),
@@ -227,7 +305,18 @@ _SECTIONS = {
     ("triggers",): TriggerSettings,
     (): Settings,
 }
-_PATH_KEYS = {("definitions",), ("data_dir",)}  # relative to the settings file's folder
+_PATH_KEYS = {  # relative to the settings file's folder
+    ("definitions",),
+    ("data_dir",),
+    *(("nats", name) for name in NatsSettings.__struct_fields__ if name.endswith("_file")),
+}
+# Ways to authenticate: at most one may be set (user and password go together).
+_AUTH_WAYS = (
+    ("user", "password", "password_file"),
+    ("token", "token_file"),
+    ("nkey_seed_file",),
+    ("creds_file",),
+)
 _MAX_AGE = ("nats", "events_max_age")
 _DURATION_RE = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhdw]?)\s*$")
 
@@ -258,7 +347,29 @@ def load_settings(
         if text:  # an empty variable counts as unset, as shells usually mean it
             value = _checked(field, field.from_text(text), f"${field.env}", repr(text))
             _set(raw, field.path, value)
-    return _convert(raw, "settings")
+    settings = _convert(raw, "settings")
+    _check_nats_auth(settings.nats, "settings")
+    return settings
+
+
+def _check_nats_auth(nats: NatsSettings, where: str) -> None:
+    """One way to authenticate at most, and a password needs its user (SettingsError)."""
+    given = [[name for name in way if getattr(nats, name) is not None] for way in _AUTH_WAYS]
+    ways = [names for names in given if names]
+    if len(ways) > 1:
+        shown = " and ".join("nats." + names[0] for names in ways)
+        raise SettingsError(f"{where}: {shown}: give one way to authenticate to NATS, not both")
+    for pair in (("password", "password_file"), ("token", "token_file")):
+        if all(getattr(nats, name) is not None for name in pair):
+            raise SettingsError(
+                f"{where}: nats.{pair[0]} and nats.{pair[1]}: give one of them, not both"
+            )
+    if (nats.password is not None or nats.password_file is not None) and not nats.user:
+        raise SettingsError(f"{where}: nats.password: needs nats.user")
+    if (nats.tls_cert_file is None) != (nats.tls_key_file is None):
+        raise SettingsError(
+            f"{where}: nats.tls_cert_file and nats.tls_key_file: give both or neither"
+        )
 
 
 def pick(flag: T | None, setting: T) -> T:
@@ -325,7 +436,10 @@ def _read_file(path: Path, shown: str) -> dict[str, Any]:
 
 def _checked(field: _Field, value: object, where: str, got: str | None = None) -> Any:
     """`value` if valid for `field` (a log level upper-cased), else SettingsError at `where`."""
-    problem = f"{where}: expected {field.expected}, got {got if got is not None else _show(value)}"
+    shown = got if got is not None else _show(value)
+    if field.path[-1] in SECRET_FIELDS and field.path[0] == "nats":
+        shown = "something else"  # a secret is never repeated in a message
+    problem = f"{where}: expected {field.expected}, got {shown}"
     if field.path == ("log", "level"):
         if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
             return value.strip().upper()
@@ -387,7 +501,10 @@ def _message(where: str, raw: Mapping[str, Any], exc: msgspec.ValidationError) -
         expected = "a mapping"
     else:  # pragma: no cover - every key is a field or a section
         expected = what
-    return f"{where}: {'.'.join(path)}: expected {expected}, got {_show(_get(raw, path))}"
+    shown = _show(_get(raw, path))
+    if len(path) == 2 and path[0] == "nats" and path[1] in SECRET_FIELDS:
+        shown = "something else"  # a secret is never repeated in a message
+    return f"{where}: {'.'.join(path)}: expected {expected}, got {shown}"
 
 
 def _show(value: object) -> str:

@@ -45,6 +45,8 @@ from services.nats.work import NatsWorkQueue, hand_back
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from services.settings import NatsSettings
+
 __all__ = ["NatsBackplane", "connect", "hand_back"]
 
 
@@ -74,7 +76,14 @@ class NatsBackplane:
 
     @property
     def url(self) -> str:
+        """The server URL(s) as given: may hold credentials (`nats://user:pw@host`), so show
+        `shown_url` instead; this one is for connecting again (the guardian)."""
         return self.connection.url
+
+    @property
+    def shown_url(self) -> str:
+        """`url` with any password masked: for pages, messages and logs."""
+        return self.connection.shown_url
 
     @property
     def closed(self) -> bool:
@@ -121,6 +130,7 @@ async def connect(
     connect_timeout: float = 2.0,
     publish_timeout: float = 5.0,
     publish_deadline: float = 60.0,
+    security: NatsSettings | None = None,
 ) -> NatsBackplane:
     """Connect (failing fast with Unavailable when NATS cannot be reached), provision streams
     and buckets with `replicas` copies (3 on a three-node cluster) unless `provision=False`,
@@ -129,7 +139,9 @@ async def connect(
     `events_max_age` is how long CX_EVENTS keeps an event, in seconds (0: forever); an existing
     stream is updated to it (the setting `nats.events_max_age` checks it is at least an hour).
     `url` may list several servers separated by commas. `publish_timeout` bounds one attempt
-    of a publish, `publish_deadline` all its retries.
+    of a publish, `publish_deadline` all its retries. `security`: credentials and TLS (the
+    `nats.*` settings); None reads this process's settings, so every role authenticates the
+    same way without passing them (services.nats.connection.security_options).
     """
     if replicas < 1:
         raise Invalid(f"stream replicas must be at least 1, not {replicas}")
@@ -141,6 +153,7 @@ async def connect(
         connect_timeout=connect_timeout,
         publish_timeout=publish_timeout,
         publish_deadline=publish_deadline,
+        security=security,
     )
     backplane = NatsBackplane(
         conn, replicas=replicas, provision=provision, events_max_age=events_max_age

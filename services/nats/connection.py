@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import ssl
 from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
 import nats.js.errors
@@ -20,13 +24,21 @@ from nats.nuid import NUID
 
 from core.errors import Unavailable
 from services.logging import Throttle
+from services.settings import NatsSettings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
     from services.nats.reader import Reader
 
-__all__ = ["RETRYABLE", "Connection", "describe", "unavailable"]
+__all__ = [
+    "RETRYABLE",
+    "Connection",
+    "describe",
+    "redact_url",
+    "security_options",
+    "unavailable",
+]
 
 log = structlog.get_logger("cyclonetix.nats")
 
@@ -46,12 +58,117 @@ def describe(exc: BaseException) -> str:
     """An exception as a short phrase for one-line messages."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if (
+        isinstance(exc, nats.errors.AuthorizationError)
+        or "authorization violation" in str(exc).lower()
+    ):
+        return "authentication failed (the server refused these credentials)"
+    if "authentication timeout" in str(exc).lower():
+        return "authentication failed (no credentials the server accepts were sent in time)"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message or 'verification failed'})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc.strerror or type(exc).__name__})"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror.lower()
     text = str(exc).removeprefix("nats: ").strip()
     if not text and isinstance(exc, TimeoutError):
         return "timed out"
     return text or type(exc).__name__
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Whether `exc` is the server refusing us (credentials or TLS), not a lost connection."""
+    return describe(exc).startswith(("authentication failed", "TLS "))
+
+
+def redact_url(url: str) -> str:
+    """A server URL (or several, comma-separated) with any password in it masked."""
+    shown = []
+    for part in url.split(","):
+        try:
+            parts = urlsplit(part.strip() if "://" in part else f"nats://{part.strip()}")
+        except ValueError:
+            shown.append(part)
+            continue
+        if parts.password is not None or (parts.username and "@" in parts.netloc):
+            user = parts.username or ""
+            host = parts.netloc.rsplit("@", 1)[1]
+            # `nats://token@host`: the only name is the token itself.
+            secret = "***" if parts.password is None else f"{user}:***"
+            parts = parts._replace(netloc=f"{secret}@{host}")
+        shown.append(urlunsplit(parts))
+    return ",".join(shown)
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise SettingsError(f"nats.{what}: cannot read {path}: {reason.lower()}") from None
+    if not text:
+        raise SettingsError(f"nats.{what}: {path} is empty")
+    return text
+
+
+def _check_file(path: str, what: str) -> str:
+    if not Path(path).is_file():
+        raise SettingsError(f"nats.{what}: no such file: {path}")
+    return path
+
+
+def security_options(settings: NatsSettings) -> dict[str, Any]:
+    """nats-py `connect` options for the security settings (credentials and TLS).
+
+    Files are read now (a rotated password is picked up on the next start); a missing or
+    unreadable one is SettingsError, one line. Secrets never appear in a message.
+    """
+    opts: dict[str, Any] = {}
+    if settings.user:
+        opts["user"] = settings.user
+        if settings.password is not None:
+            opts["password"] = settings.password
+        elif settings.password_file is not None:
+            opts["password"] = _read_secret(settings.password_file, "password_file")
+    if settings.token is not None:
+        opts["token"] = settings.token
+    elif settings.token_file is not None:
+        opts["token"] = _read_secret(settings.token_file, "token_file")
+    if settings.nkey_seed_file is not None or settings.creds_file is not None:
+        if importlib.util.find_spec("nkeys") is None:  # nats-py signs with it
+            raise SettingsError(
+                "nats.nkey_seed_file / nats.creds_file need the nkeys package: "
+                "pip install 'nats-py[nkeys]'"
+            )
+        if settings.nkey_seed_file is not None:
+            opts["nkeys_seed"] = _check_file(settings.nkey_seed_file, "nkey_seed_file")
+        if settings.creds_file is not None:
+            opts["user_credentials"] = _check_file(settings.creds_file, "creds_file")
+    if settings.uses_tls:
+        ca = settings.tls_ca_file
+        try:
+            context = ssl.create_default_context(
+                cafile=_check_file(ca, "tls_ca_file") if ca is not None else None
+            )
+        except ssl.SSLError as exc:
+            raise SettingsError(
+                f"nats.tls_ca_file: {ca}: not a CA certificate ({exc.reason})"
+            ) from None
+        if settings.tls_cert_file is not None and settings.tls_key_file is not None:
+            cert = _check_file(settings.tls_cert_file, "tls_cert_file")
+            key = _check_file(settings.tls_key_file, "tls_key_file")
+            try:
+                context.load_cert_chain(cert, key)
+            except ssl.SSLError as exc:
+                raise SettingsError(
+                    f"nats.tls_cert_file: {cert} with {key}: not a certificate and its key "
+                    f"({exc.reason})"
+                ) from None
+        opts["tls"] = context
+        if settings.tls_hostname:
+            opts["tls_hostname"] = settings.tls_hostname
+    return opts
 
 
 @contextlib.contextmanager
@@ -78,7 +195,8 @@ class Connection:
         self.publish_deadline = publish_deadline  # all retries of one publish
         self.nc = NatsClient()
         self.js: JetStreamContext = self.nc.jetstream(timeout=publish_timeout)
-        self.url = ""
+        self.url = ""  # as given (may hold credentials: show `shown_url`)
+        self.shown_url = ""  # `url` with any password masked: for messages and logs
         self.closing = False
         self.throttle = Throttle(30.0)
         self.subs: set[Any] = set()  # pull and core subscriptions to unsubscribe on close
@@ -101,15 +219,24 @@ class Connection:
         connect_timeout: float,
         publish_timeout: float,
         publish_deadline: float,
+        security: NatsSettings | None = None,
     ) -> Connection:
         """Connect (one quick retry), then switch to reconnecting forever.
 
-        Raises Unavailable within about `connect_timeout` when NATS cannot be reached. `url`
-        may list several servers separated by commas (a cluster).
+        Raises Unavailable within about `connect_timeout` when NATS cannot be reached or
+        refuses the credentials or the TLS handshake (one line naming the server). `url` may
+        list several servers separated by commas (a cluster). `security` holds the
+        credentials and TLS settings (`nats.*`); None: this process's settings
+        (`load_settings`, so every role gets them without passing them); SettingsError if a
+        file they name cannot be read.
         """
+        if security is None:
+            security = load_settings().nats
+        extra = security_options(security)
         conn = cls(name=name, publish_timeout=publish_timeout, publish_deadline=publish_deadline)
         servers = [u.strip() for u in url.split(",") if u.strip()]
         conn.url = ",".join(s if "://" in s else f"nats://{s}" for s in servers)
+        conn.shown_url = redact_url(conn.url)
         try:
             await asyncio.wait_for(
                 conn.nc.connect(
@@ -128,26 +255,43 @@ class Connection:
                     disconnected_cb=conn._on_disconnected,
                     reconnected_cb=conn._on_reconnected,
                     closed_cb=conn._on_closed,
+                    **extra,
                 ),
                 timeout=connect_timeout + 0.5,
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             reason = conn._connect_error or exc
+            if _refusal(exc) and not _refusal(reason):
+                # The server's refusal (credentials, TLS) says more than the EOF after it.
+                reason = exc
             if isinstance(reason, TimeoutError):
                 reason = TimeoutError(f"no answer within {connect_timeout:g}s")
             with contextlib.suppress(Exception):
                 await conn.nc.close()
-            raise Unavailable(f"cannot reach NATS at {conn.url}: {describe(reason)}") from None
+            raise Unavailable(
+                f"cannot reach NATS at {conn.shown_url}: {describe(reason)}"
+            ) from None
+        if security.tls_required and not conn._is_tls():
+            await conn.nc.close()
+            raise Unavailable(
+                f"cannot reach NATS at {conn.shown_url}: the server does not offer TLS "
+                "and nats.tls_required is set"
+            )
         conn._connecting = False
         # nats-py reads these options on every reconnect; there is no setter for them.
         conn.nc.options["max_reconnect_attempts"] = -1
         conn.nc.options["reconnect_time_wait"] = 0.5
-        log.debug("nats.connected", url=conn.url)
+        log.debug("nats.connected", url=conn.shown_url)
         return conn
 
     @property
     def closed(self) -> bool:
         return self.closing or self.nc.is_closed
+
+    def _is_tls(self) -> bool:
+        # nats-py upgrades to TLS exactly when the server's INFO says it requires it.
+        info = self.nc._server_info  # no public accessor in nats-py 2.16
+        return bool(info.get("tls_required"))
 
     def new_name(self) -> str:
         """A unique name (for ephemeral consumers)."""
@@ -171,7 +315,8 @@ class Connection:
 
     async def _on_error(self, exc: Exception) -> None:
         if self._connecting:
-            self._connect_error = exc  # reported once, by open()
+            if self._connect_error is None or not _refusal(self._connect_error):
+                self._connect_error = exc  # reported once, by open()
             return
         if isinstance(exc, nats.errors.SlowConsumerError):
             key = "slow_consumer"
@@ -185,7 +330,7 @@ class Connection:
         if not self.disconnected.done():
             self.disconnected.set_result(None)
         if not self.closing and not self._connecting:
-            log.warning("nats.disconnected", url=self.url)
+            log.warning("nats.disconnected", url=self.shown_url)
 
     async def _on_reconnected(self) -> None:
         loop = asyncio.get_running_loop()
@@ -195,14 +340,14 @@ class Connection:
             self.disconnected = loop.create_future()
         self.throttle.reset()
         url = self.nc.connected_url.geturl() if self.nc.connected_url else self.url
-        log.info("nats.reconnected", url=url)
+        log.info("nats.reconnected", url=redact_url(url))
         if not self.closing:
             for callback in self.on_reconnect:
                 callback()
 
     async def _on_closed(self) -> None:
         if not self.closing and not self._connecting:
-            log.warning("nats.closed", url=self.url)
+            log.warning("nats.closed", url=self.shown_url)
 
     # -- shutdown -------------------------------------------------------------------------------
 

@@ -235,11 +235,12 @@ class Provisioner:
                 no_jetstream = isinstance(exc, nats.errors.NoRespondersError)
                 if no_jetstream and waited > 2.0:
                     raise Unavailable(
-                        f"NATS at {self.conn.url} has no JetStream: start nats-server with -js"
+                        f"NATS at {self.conn.shown_url} has no JetStream: "
+                        "start nats-server with -js"
                     ) from None
                 if waited > min(self.conn.publish_deadline, 30.0):
                     raise Unavailable(
-                        f"JetStream at {self.conn.url} is not ready: {describe(exc)}"
+                        f"JetStream at {self.conn.shown_url} is not ready: {describe(exc)}"
                     ) from None
                 await asyncio.sleep(next(delays))
 
@@ -326,7 +327,7 @@ class Provisioner:
             except Unavailable as exc:
                 if isinstance(exc.__cause__, nats.js.errors.BucketNotFoundError):
                     raise Unavailable(
-                        f"KV bucket {name!r} does not exist on {self.conn.url}: "
+                        f"KV bucket {name!r} does not exist on {self.conn.shown_url}: "
                         "connect with provision=True once"
                     ) from None
                 raise
@@ -343,7 +344,7 @@ class Provisioner:
             except Unavailable as exc:
                 if isinstance(exc.__cause__, nats.js.errors.BucketNotFoundError):
                     raise Unavailable(
-                        f"object store {name!r} does not exist on {self.conn.url}: "
+                        f"object store {name!r} does not exist on {self.conn.shown_url}: "
                         "connect with provision=True once"
                     ) from None
                 raise

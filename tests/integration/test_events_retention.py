@@ -83,6 +83,8 @@ async def test_a_role_connects_with_the_setting_and_refuses_a_too_short_one(
     monkeypatch.setenv("CYCLONETIX_EVENTS_MAX_AGE", "10m")  # an open run could lose its start
     with pytest.raises(SettingsError, match=r"^\$CYCLONETIX_EVENTS_MAX_AGE: expected 0 .* '10m'$"):
         await role_connect(args, "t")
+    # (Every connection reads this process's settings, for NATS's credentials: valid again.)
+    monkeypatch.delenv("CYCLONETIX_EVENTS_MAX_AGE")
     async with await connect(nats_url, name="t", provision=False) as untouched:
         assert await max_age_of(untouched) == 2 * 24 * HOUR
 

@@ -314,8 +314,15 @@ def test_every_bad_variable_is_one_line_naming_the_variable(
 def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> None:
     # nats.url, definitions and data_dir are strings: no variable value can be of a wrong type.
     strings = {"nats.url", "definitions", "data_dir"}
-    assert {".".join(f.path) for f in FIELDS} - strings == {
+    # The security settings are strings too (but only one way to authenticate at a time).
+    security = {
+        f"nats.{name}"
+        for name in NatsSettings.__struct_fields__
+        if name not in ("url", "stream_replicas", "events_max_age", "tls_required")
+    }
+    assert {".".join(f.path) for f in FIELDS} - strings - security == {
         "nats.stream_replicas",
+        "nats.tls_required",
         "nats.events_max_age",
         "log.format",
         "log.level",
@@ -436,3 +443,121 @@ def test_trigger_settings_default_to_a_day_and_64_kib_and_read_the_environment(
     }
     triggers = load_settings(env, tmp_path).triggers
     assert (triggers.idempotency_window, triggers.max_message_bytes) == (3600.0, 1024)
+
+
+# -- NATS security ------------------------------------------------------------------------------
+
+SECURE_ENV = {
+    "CYCLONETIX_NATS_USER": "agent-default",
+    "CYCLONETIX_NATS_PASSWORD": "s3cret-pw",
+    "CYCLONETIX_NATS_TLS_CA_FILE": "/etc/cx/ca.pem",
+    "CYCLONETIX_NATS_TLS_CERT_FILE": "/etc/cx/agent.pem",
+    "CYCLONETIX_NATS_TLS_KEY_FILE": "/etc/cx/agent-key.pem",
+    "CYCLONETIX_NATS_TLS_REQUIRED": "yes",
+    "CYCLONETIX_NATS_TLS_HOSTNAME": "nats.internal",
+}
+
+
+def test_nats_security_settings_come_from_the_environment(tmp_path: Path) -> None:
+    nats = load_settings(SECURE_ENV, tmp_path).nats
+    assert (nats.user, nats.password) == ("agent-default", "s3cret-pw")
+    assert (nats.tls_ca_file, nats.tls_cert_file, nats.tls_key_file) == (
+        "/etc/cx/ca.pem",
+        "/etc/cx/agent.pem",
+        "/etc/cx/agent-key.pem",
+    )
+    assert nats.tls_required is True and nats.tls_hostname == "nats.internal"
+    assert nats.uses_tls
+    assert not NatsSettings().uses_tls
+
+
+def test_secrets_are_never_shown(tmp_path: Path) -> None:
+    settings = load_settings({**SECURE_ENV}, tmp_path)
+    assert "s3cret-pw" not in repr(settings) and "password='***'" in repr(settings)
+    token = load_settings({"CYCLONETIX_NATS_TOKEN": "tok-123"}, tmp_path)
+    assert "tok-123" not in repr(token) and "token='***'" in repr(token)
+    write(tmp_path, "nats:\n  user: a\n  password: [s3cret-in-a-list]\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings({}, tmp_path)
+    assert str(caught.value) == (
+        "cyclonetix.yaml: nats.password: expected a password, got something else"
+    )
+    assert "s3cret" not in str(caught.value)
+
+
+def test_secret_files_are_relative_to_the_settings_file(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "nats:\n  user: ui\n  password_file: secrets/nats\n  tls_ca_file: /abs/ca.pem\n",
+    )
+    nats = load_settings({}, tmp_path).nats
+    assert nats.password_file == "secrets/nats"  # cwd is the file's folder here
+    nested = tmp_path / "etc"
+    nested.mkdir()
+    write(nested, "nats:\n  user: ui\n  password_file: secrets/nats\n")
+    from_env = load_settings({CONFIG_ENV: str(nested / CONFIG_FILE)}, tmp_path).nats
+    assert from_env.password_file == f"{nested}/secrets/nats"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"CYCLONETIX_NATS_USER": "a", "CYCLONETIX_NATS_TOKEN": "t"},
+            "settings: nats.user and nats.token: give one way to authenticate to NATS, not both",
+        ),
+        (
+            {"CYCLONETIX_NATS_TOKEN": "t", "CYCLONETIX_NATS_CREDS_FILE": "/x.creds"},
+            "settings: nats.token and nats.creds_file: give one way to authenticate to NATS, "
+            "not both",
+        ),
+        (
+            {
+                "CYCLONETIX_NATS_USER": "a",
+                "CYCLONETIX_NATS_PASSWORD": "p",
+                "CYCLONETIX_NATS_PASSWORD_FILE": "/p",
+            },
+            "settings: nats.password and nats.password_file: give one of them, not both",
+        ),
+        ({"CYCLONETIX_NATS_PASSWORD": "p"}, "settings: nats.password: needs nats.user"),
+        (
+            {"CYCLONETIX_NATS_TLS_CERT_FILE": "/c.pem"},
+            "settings: nats.tls_cert_file and nats.tls_key_file: give both or neither",
+        ),
+        (
+            {"CYCLONETIX_NATS_TLS_REQUIRED": "maybe"},
+            "$CYCLONETIX_NATS_TLS_REQUIRED: expected true or false, got 'maybe'",
+        ),
+    ],
+)
+def test_bad_nats_security_settings_are_one_line(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env, tmp_path)
+    assert str(caught.value) == message
+
+
+def test_security_options_read_secret_files_when_connecting(tmp_path: Path) -> None:
+    from services.nats.connection import redact_url, security_options
+
+    secret = tmp_path / "pw"
+    secret.write_text("from-a-file\n")
+    opts = security_options(NatsSettings(user="ui", password_file=str(secret)))
+    assert opts == {"user": "ui", "password": "from-a-file"}
+    token = tmp_path / "token"
+    token.write_text("  tok  \n")
+    assert security_options(NatsSettings(token_file=str(token))) == {"token": "tok"}
+    assert security_options(NatsSettings()) == {}
+
+    with pytest.raises(SettingsError) as caught:
+        security_options(NatsSettings(user="ui", password_file=str(tmp_path / "missing")))
+    assert str(caught.value) == (
+        f"nats.password_file: cannot read {tmp_path / 'missing'}: no such file or directory"
+    )
+    with pytest.raises(SettingsError, match=r"nats\.tls_ca_file: no such file"):
+        security_options(NatsSettings(tls_ca_file=str(tmp_path / "ca.pem")))
+
+    assert redact_url("nats://u:pw@h:4222,nats://h2:4222") == "nats://u:***@h:4222,nats://h2:4222"
+    assert redact_url("nats://tok@h:4222") == "nats://***@h:4222"
+    assert redact_url("h:4222") == "nats://h:4222"
