@@ -25,7 +25,9 @@ from litestar import Litestar, Router
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from projections.protocol import ReadModel
 from projections.stores import open_read_model
 from services.nats import connect
@@ -37,6 +39,7 @@ from web.errors import exception_handlers
 from web.health import healthz
 from web.live import LiveFeed
 from web.metrics import Metrics, metrics
+from web.security import MAX_BODY_BYTES, check_path_params, security_headers
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "listening", "projecting", "serve"]
 
@@ -93,7 +96,19 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
     return Litestar(
         route_handlers=[api.router, pages.router, operations],
         exception_handlers=exception_handlers,
-        openapi_config=OpenAPIConfig(title="Cyclonetix", version=_version(), path="/schema"),
+        # The document only (/schema and /schema/openapi.json): Litestar's HTML viewers load
+        # their scripts from a CDN and run inline script, which the pages' CSP refuses.
+        openapi_config=OpenAPIConfig(
+            title="Cyclonetix",
+            version=_version(),
+            path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+        ),
+        # Hostile input (web/security.py): a body limit on every route, every name in a path
+        # checked before any handler, security headers on every response.
+        request_max_body_size=MAX_BODY_BYTES,
+        guards=[check_path_params],
+        before_send=[security_headers],
         state=State({"ui": ui}),
         lifespan=[live],
         debug=debug,
@@ -163,6 +178,7 @@ async def serve(
     events_max_age: float = 0.0,
     debug: bool = False,
     beside: Beside | None = None,
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
 ) -> None:
     """Serve the UI and the API until `stop` is set.
 
@@ -180,7 +196,8 @@ async def serve(
         async with contextlib.AsyncExitStack() as stack:
             if _is_memory(read_model_url):  # this process holds the store: it fills it too
                 await stack.enter_async_context(projecting(backplane.events, store))
-            app = create_app(UiContext(store, backplane, nats_url=backplane.url), debug=debug)
+            ui = UiContext(store, backplane, nats_url=backplane.shown_url, env_policy=env_policy)
+            app = create_app(ui, debug=debug)
             async with listening(app, host, port) as url:
                 log.info("ui.listening", url=url)
                 alongside = (

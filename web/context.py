@@ -15,6 +15,7 @@ from typing import Any
 # which reads these annotations when a request is served.
 from litestar.datastructures import State
 
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from projections.protocol import ReadModel
 from services.ports import Backplane
 
@@ -25,7 +26,8 @@ __all__ = ["UiContext", "provide_ui"]
 class UiContext:
     read_model: ReadModel  # queried by pages and the API; written only by a projector
     backplane: Backplane  # every write (schedule, cancel, rerun) goes through the event log
-    nats_url: str = ""
+    nats_url: str = ""  # as shown (a password in it masked)
+    env_policy: EnvPolicy = DEFAULT_ENV_POLICY  # what no parameter of a run scheduled here may set
     extras: dict[str, Any] = field(default_factory=dict)  # the live feed, metrics (web/app.py)
 
 

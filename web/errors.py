@@ -5,7 +5,8 @@ to blame).
 Each kind of error maps to one status in one table (`STATUSES`), as the CLI maps them to exit
 codes: NotFound 404, Invalid 422, Conflict 409, Unavailable 503. Litestar's own errors (a bad
 or missing parameter or body field: 422 naming it; an unknown route) come out in the same
-envelope; a body that is not JSON at all is a 400 that says so.
+envelope; a body that is not JSON at all is a 400 that says so, a body over the limit a 413, a
+name in the path that no id can be a 400 naming it (web/security.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
-from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.status_codes import (
+    HTTP_400_BAD_REQUEST,
+    HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_500_INTERNAL_SERVER_ERROR,
+)
 from litestar.types import ExceptionHandlersMap
 
 from core.errors import Conflict, CyclonetixError, Invalid, NotFound, Unavailable
@@ -55,7 +60,17 @@ class Envelope(msgspec.Struct):
 
 
 def error_response(status: int, message: str, field: str | None = None) -> Response[Envelope]:
-    return Response(Envelope(ErrorBody(status, message, field)), status_code=status)
+    """The envelope; message and field on one line whatever the input put in them (an unknown
+    field named "\n" is echoed as `\n`)."""
+    field = None if field is None else _one_line(field)
+    return Response(Envelope(ErrorBody(status, _one_line(message), field)), status_code=status)
+
+
+def _one_line(text: str) -> str:
+    """`text` with every control character (line breaks included) as its Python escape."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
 
 
 def _domain(_: Request[Any, Any, Any], exc: CyclonetixError) -> Response[Envelope]:
@@ -93,7 +108,16 @@ _MISSING = re.compile(r"Missing required \w+ parameter '([^']+)'")
 def _http(_: Request[Any, Any, Any], exc: HTTPException) -> Response[Envelope]:
     if isinstance(exc.__cause__, SerializationException):  # a body that does not parse
         return error_response(exc.status_code, f"the request body is not valid JSON: {exc.detail}")
-    return error_response(exc.status_code, exc.detail)
+    return error_response(exc.status_code, exc.detail, getattr(exc, "field", None))
+
+
+def _recursion(request: Request[Any, Any, Any], exc: RecursionError) -> Response[Envelope]:
+    """msgspec gives up on JSON nested deeper than Python's recursion limit (a body of
+    `[[[[...` decoded as any value): the client's doing, a 400; any other RecursionError is
+    ours (500)."""
+    if "while deserializing" in str(exc):
+        return error_response(HTTP_400_BAD_REQUEST, "the request body is nested too deeply")
+    return _unexpected(request, exc)
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[Envelope]:
@@ -105,5 +129,6 @@ exception_handlers: ExceptionHandlersMap = {
     CyclonetixError: _domain,
     ValidationException: _validation,
     HTTPException: _http,
+    RecursionError: _recursion,
     Exception: _unexpected,
 }

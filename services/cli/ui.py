@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ipaddress
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 from projections.stores import SCHEMES, open_read_model
@@ -17,6 +20,7 @@ from services.cli.common import (
     until_stopped,
 )
 from services.cli.main import CliError
+from services.cli.validate import env_policy
 from services.nats.queries import serve_read_model
 from services.read_model_client import READ_MODEL_ENV, NoReadModel, resolve_read_model_url
 from services.settings import load_settings
@@ -36,7 +40,10 @@ def register(sub: Any) -> None:
         "memory:// read model this process keeps the store and projects the log into it.",
     )
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1); a loopback address only: the UI and "
+        "API have no login yet",
     )
     parser.add_argument(
         "--port",
@@ -68,9 +75,30 @@ def read_model_url(args: argparse.Namespace) -> str:
         return "memory://"  # nothing recorded: this process keeps its own store
 
 
+def open_only_on_loopback(host: str) -> None:
+    """Whoever reaches the UI can schedule runs, that is run commands on the agents: with no
+    login yet (users and tokens), it listens on a loopback address only (and says so once
+    listening, `listening`)."""
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback:
+        raise CliError(
+            f"--host {host!r} is not a loopback address, and the UI has no login yet: anyone "
+            "reaching it could run commands on your agents (serve on 127.0.0.1, behind a proxy "
+            "that authenticates)"
+        )
+
+
+def listening(where: str) -> None:
+    print(f"cyclonetix ui: {where}", flush=True)
+    print("cyclonetix ui: no login: open to every local user (loopback only)", file=sys.stderr)
+
+
 def main(args: argparse.Namespace) -> int:
     from web.app import serve  # the web stack loads only for this command
 
+    open_only_on_loopback(args.host)
     configure_role_logging(args, "ui")
     url = read_model_url(args)
     open_read_model(url.removeprefix("nats+"))  # a bad URL: one line, before connecting
@@ -84,10 +112,11 @@ def main(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 stop=stop,
-                started=lambda where: print(f"cyclonetix ui: {where}", flush=True),
+                started=listening,
                 replicas=settings.stream_replicas,
                 events_max_age=settings.events_max_age,
                 beside=_answer_queries if args.serve_queries else None,
+                env_policy=env_policy(),  # $CYCLONETIX_DENY_ENV
             )
         except OSError as exc:
             raise CliError(str(exc)) from None  # the port is taken, or not an address here

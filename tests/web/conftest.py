@@ -66,7 +66,7 @@ async def projector(
 
 @pytest.fixture
 def ui(backplane: NatsBackplane, read_model: MemoryReadModel, projector: Projector) -> UiContext:
-    return UiContext(read_model, backplane, nats_url=backplane.url)
+    return UiContext(read_model, backplane, nats_url=backplane.shown_url)
 
 
 @pytest.fixture

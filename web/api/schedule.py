@@ -97,10 +97,11 @@ async def schedule_run(data: JSONBody[ScheduleBody], ui: NamedDependency[UiConte
     request = request_of(data)
     defs = await ui.backplane.definitions.load()
     try:
-        commands.plan(defs, request)
+        commands.plan(defs, request, env_policy=ui.env_policy)
     except Invalid as exc:
         raise blame(defs, request, exc) from None
-    return await _written(ui, await commands.schedule(ui.backplane.events, defs, request))
+    written = await commands.schedule(ui.backplane.events, defs, request, env_policy=ui.env_policy)
+    return await _written(ui, written)
 
 
 @post("/runs/{run_id:str}/cancel", summary="Cancel a run", status_code=202)

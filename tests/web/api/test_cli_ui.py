@@ -68,6 +68,17 @@ def test_help_and_a_bad_read_model(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.0.2.7", "example.com", ""])
+def test_no_login_means_no_address_but_loopback(tmp_path: Path, host: str) -> None:
+    refused = subprocess.run(
+        [*CLI, "ui", "--host", host, "--port", "0", "--nats-url", "nats://127.0.0.1:1"],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert f"--host {host!r} is not a loopback address" in line and "no login" in line
+
+
 async def test_a_port_in_use_is_one_line(nats_url: str, tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]

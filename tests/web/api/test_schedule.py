@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 
+from core.env_policy import parse_deny_env
 from projections.memory import MemoryReadModel
 from services.nats import NatsBackplane
 from tests.rolekit import history
@@ -65,6 +66,8 @@ async def test_schedule_a_dag_with_context_parameters_and_run_id(
         ({"task": 5}, "task", "Expected `str | null`"),
         ({"task": "a", "parameters": {"K": [1]}}, "parameters", "got `array`"),
         ({"task": "a", "colour": "red"}, "colour", "unknown field"),
+        ({"task": "a", "parameters": {"LD_PRELOAD": "/tmp/x.so"}}, "parameters", "LD_PRELOAD"),
+        ({"task": "a", "parameters": {"K": "a\u0000b"}}, "parameters", "NUL"),
     ],
 )
 async def test_a_bad_body_is_422_naming_the_field(
@@ -151,6 +154,21 @@ async def test_cancel_a_run_that_waits(client: httpx.AsyncClient, published: obj
     assert r.json()["visible"] is True
     detail = (await client.get(f"/api/v1/runs/{run_id}")).json()
     assert detail["run"]["cancel_requested"] is True
+
+
+async def test_the_installation_s_denied_variables_hold_for_runs_scheduled_here(
+    backplane: NatsBackplane, read_model: MemoryReadModel, published: object
+) -> None:
+    """`cyclonetix ui` passes $CYCLONETIX_DENY_ENV's policy: a name it adds is refused too."""
+    policy = parse_deny_env("MY_SECRET_KNOB")
+    app = create_app(UiContext(read_model, backplane, env_policy=policy))
+    async with listening(app, port=0) as url, httpx.AsyncClient(base_url=url) as client:
+        body = {"task": "a", "parameters": {"MY_SECRET_KNOB": "1"}}
+        r = await client.post("/api/v1/runs", json=body)
+        assert r.status_code == 422, r.text
+        assert "MY_SECRET_KNOB" in r.json()["error"]["message"]
+        r = await client.post("/api/v1/runs", json={"task": "a", "parameters": {"OTHER": "1"}})
+        assert r.status_code == 201, r.text
 
 
 async def test_a_write_says_whether_the_read_model_shows_it_yet(

@@ -191,10 +191,22 @@ async def chromium_page() -> AsyncIterator[Page]:
             p.set_default_timeout(30_000)
             errors: list[str] = []
             p.on("pageerror", lambda exc: errors.append(str(exc)))
+            # Chromium enforces the pages' Content-Security-Policy (web/security.py) and says
+            # on the console what it refused: any such line fails the test.
+            refused: list[str] = []
+            p.on(
+                "console", lambda msg: refused.append(msg.text) if csp_violation(msg.text) else None
+            )
             yield p
             assert not errors, f"JavaScript errors on the page: {errors}"
+            assert not refused, f"Content-Security-Policy violations on the page: {refused}"
         finally:
             await browser.close()
+
+
+def csp_violation(console_text: str) -> bool:
+    """Whether a console line is Chromium refusing something under the page's CSP."""
+    return "Content Security Policy" in console_text
 
 
 def artifact(name: str) -> Path:
