@@ -48,11 +48,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import structlog
 
 from core.agents import AgentInfo
 from core.attempts import held_elsewhere, why_not_current
-from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy, dispatch_env_problem
+from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy, dispatch_env_problem, value_problem
 from core.errors import Conflict, CyclonetixError, Unavailable
 from core.events import (
     TERMINAL,
@@ -65,6 +66,7 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
+from core.secrets import StreamMasker, Unresolved, mask, mask_tail, resolve_references
 from services.background import alongside
 from services.guardian import MARKER_ENV, Guardian
 from services.logging import logs_json
@@ -72,7 +74,7 @@ from services.process import DEFAULT_MAX_OUTPUT_BYTES, CommandResult, run_comman
 from services.retrying import backoff
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
     from services.ports import Backplane, WorkConsumer, WorkItem
 
@@ -92,6 +94,9 @@ CANCELLED_RUNS_KEPT = 10_000  # announced cancellations remembered
 # (or run) before JetStream could redeliver it to another agent.
 CLAIM_SHARE = 0.6
 LOG_STREAM = "stdout"  # stderr is merged into stdout by services.process (terminal order)
+# `${secret:NAME}` resolves from the agent's $CYCLONETIX_SECRET_NAME (before its secrets file);
+# these variables are not passed on to commands.
+SECRET_ENV_PREFIX = "CYCLONETIX_SECRET_"  # noqa: S105 - a name, not a secret
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,6 +113,8 @@ class AgentConfig:
     guardian: bool = True  # commands die with the agent, its dispatches go back at once
     # A dispatch whose environment sets a denied name is refused (spawn_error), never run.
     env_policy: EnvPolicy = DEFAULT_ENV_POLICY
+    # Secrets by name (the agent's secrets file), for `${secret:NAME}` (core.secrets).
+    secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_agent_id() -> str:
@@ -149,7 +156,13 @@ class Agent:
         self._cancelled_runs: dict[str, None] = {}
         self._claims: dict[str, _RunClaims] = {}  # runs with a claim in progress
         # A snapshot: reading os.environ decodes every variable again (measurable per task).
-        self._base_env = dict(os.environ)
+        base_env = dict(os.environ)
+        self._env_secrets = {
+            name[len(SECRET_ENV_PREFIX) :]: base_env.pop(name)
+            for name in [n for n in base_env if n.startswith(SECRET_ENV_PREFIX)]
+        }
+        base_env.pop("CYCLONETIX_SECRETS_FILE", None)
+        self._base_env = base_env
 
     def cancel_run(self, run_id: str) -> int:
         """Kill the commands this agent runs for `run_id` (SIGTERM, SIGKILL after kill_grace);
@@ -354,19 +367,25 @@ class Agent:
                 # the command's start-up instead of following it.
                 await asyncio.sleep(0)
                 await asyncio.sleep(0)
+                masker = StreamMasker(())
                 try:
                     refused = dispatch_env_problem(d.env, self.config.env_policy)
+                    env: dict[str, str] = {}
+                    if refused is None:
+                        refused, env, secret_values = self._resolve_secrets(d)
+                        masker = StreamMasker(secret_values)
                     if refused is not None:
                         # Defence in depth (an older or hostile writer): nothing is spawned,
                         # but the attempt is claimed and reported failed like any other.
                         result = await _refuse(gate, refused)
                     else:
+                        write = self._log_writer(d, masker)
                         result = await run_command(
                             d.command,
-                            env=self._environment(d, eval_path),
+                            env=self._environment(d, env, eval_path),
                             cwd=self.config.workdir,
                             timeout=d.timeout_seconds,
-                            on_output=self._log_writer(d),
+                            on_output=write,
                             max_output_bytes=self.config.max_output_bytes,
                             kill_grace=self.config.kill_grace,
                             eval_result_path=eval_path,
@@ -374,6 +393,9 @@ class Agent:
                             gate=gate,
                             guard=self._guardian,
                         )
+                        if rest := masker.finish():  # held back: it might have been a secret
+                            write(rest)
+                        result = _masked(result, masker.secrets)
                 except HeldElsewhere as exc:  # its holder settles the message, not us
                     log.warning("task.held_elsewhere", reason=str(exc), delivery=delivery)
                     running.settled = True
@@ -474,9 +496,28 @@ class Agent:
                 log.warning("task.start_retrying", error=repr(exc))
                 await asyncio.sleep(min(next(delays), max(0.0, deadline - loop.time())))
 
-    def _environment(self, d: Dispatch, eval_path: Path | None) -> dict[str, str]:
-        """agent environment < dispatch env (context, parameters) < CYCLONETIX_* of the attempt."""
-        env = {**self._base_env, **d.env}
+    def _resolve_secrets(self, d: Dispatch) -> tuple[str | None, dict[str, str], list[str]]:
+        """The dispatch's environment with its `${secret:NAME}` replaced, and the secrets'
+        values; or why it must not run (one line naming the secret, never a value)."""
+        try:
+            env, values = resolve_references(d.env, self._secret)
+        except Unresolved as exc:
+            return f"refused to run the command: {exc}", {}, []
+        for name, value in env.items():
+            if value != d.env[name] and (problem := value_problem(value)):
+                return f"refused to run the command: {name} (with its secret): {problem}", {}, []
+        return None, env, values
+
+    def _secret(self, name: str) -> str | None:
+        found = self._env_secrets.get(name)
+        return found if found is not None else self.config.secrets.get(name)
+
+    def _environment(
+        self, d: Dispatch, dispatch_env: Mapping[str, str], eval_path: Path | None
+    ) -> dict[str, str]:
+        """agent environment < dispatch env (context, parameters, secrets resolved) <
+        CYCLONETIX_* of the attempt."""
+        env = {**self._base_env, **dispatch_env}
         env["CYCLONETIX_RUN_ID"] = d.run_id
         env["CYCLONETIX_TASK_ID"] = d.task_id
         env["CYCLONETIX_ATTEMPT"] = str(d.attempt)
@@ -493,10 +534,14 @@ class Agent:
         assert self._eval_dir is not None
         return self._eval_dir / f"{secrets.token_hex(8)}.json"
 
-    def _log_writer(self, d: Dispatch) -> Callable[[bytes], None]:
+    def _log_writer(self, d: Dispatch, masker: StreamMasker) -> Callable[[bytes], None]:
         logs = self.backplane.logs
 
         def write(chunk: bytes) -> None:
+            if masker.active:  # a secret's value is never stored
+                chunk = masker.feed(chunk)
+                if not chunk:
+                    return
             # Publish errors are logged by the adapter; a lost chunk must not fail the task.
             logs.write_nowait(
                 d.run_id, d.task_id, d.attempt, chunk, stream=LOG_STREAM
@@ -744,6 +789,20 @@ async def _refuse(gate: asyncio.Future[int], message: str) -> CommandResult:
     log.warning("task.refused", message=message)
     return CommandResult(
         reason="spawn_error", exit_code=None, spawned_at=dt.datetime.now(dt.UTC), message=message
+    )
+
+
+def _masked(result: CommandResult, secrets: list[str]) -> CommandResult:
+    """The result with its secrets' values masked (its output tail and message go into the
+    result event)."""
+    if not secrets:
+        return result
+    tail = result.output_tail
+    cut = result.total_output_bytes > len(tail.encode("utf-8", "surrogatepass"))
+    return msgspec.structs.replace(
+        result,
+        output_tail=mask_tail(tail, secrets) if cut else mask(tail, secrets),
+        message=mask(result.message, secrets),
     )
 
 

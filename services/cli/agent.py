@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from core.definitions.yaml import read_yaml
+from core.secrets import parse_secrets, secrets_from_mapping
 from services.agent import Agent, AgentConfig, new_agent_id
 from services.cli.common import (
     add_log_options,
@@ -85,6 +87,15 @@ def register(sub: Any) -> None:
         metavar="BYTES",
         help="output stored per task attempt; the rest is discarded with a note (default 10 MiB)",
     )
+    parser.add_argument(
+        "--secrets-file",
+        type=Path,
+        default=os.environ.get("CYCLONETIX_SECRETS_FILE") or None,
+        metavar="FILE",
+        help="secrets for ${secret:NAME} in parameters: a .yaml/.yml mapping NAME: value, or "
+        "NAME=VALUE lines (default: $CYCLONETIX_SECRETS_FILE); $CYCLONETIX_SECRET_<NAME> "
+        "comes first",
+    )
     add_nats_option(parser)
     add_log_options(parser)
     parser.set_defaults(func=main)
@@ -112,6 +123,7 @@ def main(args: argparse.Namespace) -> int:
         kill_grace=args.kill_grace,
         max_output_bytes=args.max_output_bytes,
         env_policy=env_policy(),  # $CYCLONETIX_DENY_ENV
+        secrets=read_secrets_file(args.secrets_file) if args.secrets_file else {},
     )
 
     kill = asyncio.Event()  # a second signal: kill running commands now
@@ -125,6 +137,25 @@ def main(args: argparse.Namespace) -> int:
 
     run(until_stopped(serve, kill))
     return 0
+
+
+def read_secrets_file(path: Path) -> dict[str, str]:
+    """The agent's secrets file (see --secrets-file); CliError in one line naming the file,
+    never a value."""
+    try:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"--secrets-file {path}: cannot read it: {exc.strerror or exc}") from None
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            document, problem = read_yaml(content)
+            if problem:
+                raise ValueError(problem)
+            return secrets_from_mapping(document)
+        return parse_secrets(content.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        what = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+        raise CliError(f"--secrets-file {path}: {what}") from None
 
 
 def _number(text: str, kind: type[int] | type[float]) -> float:
