@@ -25,10 +25,12 @@ from core.errors import Conflict, Invalid
 from core.events import AnyEvent, Dispatch, RunCancelled, RunFailed, RunScheduled, RunSucceeded
 from core.schedules import ScheduleMark
 from core.triggers import AnyOutcome
+from services.auth import ApiToken, Session, User
 
 __all__ = [
     "AgentInfo",
     "AgentRegistry",
+    "AuthStore",
     "Backplane",
     "CancelSignals",
     "Checkpoints",
@@ -475,6 +477,43 @@ class TriggerInbox(Protocol):
     async def close(self) -> None: ...
 
 
+class AuthStore(Protocol):
+    """Users, API tokens and login sessions of the web UI and API (services/auth.py)."""
+
+    async def user(self, name: str) -> User | None: ...
+
+    async def put_user(self, user: User) -> None: ...
+
+    async def remove_user(self, name: str) -> bool:
+        """Whether there was such a user."""
+        ...
+
+    async def users(self) -> list[User]:
+        """By name."""
+        ...
+
+    async def token(self, token_id: str) -> ApiToken | None: ...
+
+    async def put_token(self, token: ApiToken) -> None: ...
+
+    async def tokens(self) -> list[ApiToken]:
+        """Revoked ones included, oldest first."""
+        ...
+
+    async def any_credentials(self) -> bool:
+        """Whether any user or token (revoked ones included) exists: from then on, the UI
+        and API require a login."""
+        ...
+
+    async def session(self, key: str) -> Session | None:
+        """The session kept under `key` (`services.auth.session_key`), unless it expired."""
+        ...
+
+    async def put_session(self, key: str, session: Session) -> None: ...
+
+    async def remove_session(self, key: str) -> None: ...
+
+
 # -- the composition --------------------------------------------------------------------------
 
 
@@ -507,6 +546,9 @@ class Backplane(Protocol):
 
     @property
     def snapshots(self) -> Snapshots: ...
+
+    @property
+    def auth(self) -> AuthStore: ...
 
     @property
     def closed(self) -> bool: ...

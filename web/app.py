@@ -4,6 +4,7 @@
     /             the pages (web/pages)
     /healthz      NATS and the read model reachable (web/health)
     /metrics      Prometheus text (web/metrics)
+    /login        the login form; /logout (web/auth, which also guards every route)
     /schema       the OpenAPI document (/schema/openapi.json)
 
 The app reads the read model it is given and writes only through the event log (`UiContext`).
@@ -30,10 +31,12 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from core.env_policy import DEFAULT_ENV_POLICY, EnvPolicy
 from projections.protocol import ReadModel
 from projections.stores import open_read_model
+from services.addresses import is_loopback
 from services.nats import connect
 from services.ports import Backplane, EventLog
 from services.projector import Projector
 from web import api, pages
+from web.auth import Authenticator, LoginRequired, authenticate, login_router, to_login
 from web.context import UiContext, provide_ui
 from web.errors import exception_handlers
 from web.health import healthz
@@ -65,6 +68,7 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
     put in `ui.extras` ("live", "metrics") unless the caller put its own there."""
     feed = ui.extras.setdefault("live", LiveFeed(ui.backplane.events, ui.read_model))
     collector = ui.extras.setdefault("metrics", Metrics())
+    ui.extras.setdefault("auth", Authenticator(ui.backplane.auth))
     if isinstance(feed, LiveFeed) and isinstance(collector, Metrics):
         feed.listeners.append(collector.observe)
 
@@ -94,8 +98,8 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
         dependencies={"ui": Provide(provide_ui, sync_to_thread=False)},
     )
     return Litestar(
-        route_handlers=[api.router, pages.router, operations],
-        exception_handlers=exception_handlers,
+        route_handlers=[api.router, pages.router, operations, login_router],
+        exception_handlers={**exception_handlers, LoginRequired: to_login},
         # The document only (/schema and /schema/openapi.json): Litestar's HTML viewers load
         # their scripts from a CDN and run inline script, which the pages' CSP refuses.
         openapi_config=OpenAPIConfig(
@@ -104,10 +108,11 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
             path="/schema",
             render_plugins=[JsonRenderPlugin()],
         ),
-        # Hostile input (web/security.py): a body limit on every route, every name in a path
-        # checked before any handler, security headers on every response.
+        # Who asks, and may they (web/auth.py), before anything else. Hostile input
+        # (web/security.py): a body limit on every route, every name in a path checked before
+        # any handler, security headers on every response.
         request_max_body_size=MAX_BODY_BYTES,
-        guards=[check_path_params],
+        guards=[authenticate, check_path_params],
         before_send=[security_headers],
         state=State({"ui": ui}),
         lifespan=[live],
@@ -197,6 +202,9 @@ async def serve(
             if _is_memory(read_model_url):  # this process holds the store: it fills it too
                 await stack.enter_async_context(projecting(backplane.events, store))
             ui = UiContext(store, backplane, nats_url=backplane.shown_url, env_policy=env_policy)
+            # Beyond loopback (allowed once a login exists: services/cli/ui.py), never open,
+            # even if every user and token is removed later.
+            ui.extras["auth"] = Authenticator(backplane.auth, may_open=is_loopback(host))
             app = create_app(ui, debug=debug)
             async with listening(app, host, port) as url:
                 log.info("ui.listening", url=url)

@@ -14,6 +14,7 @@ import msgspec
 from litestar import Response, get
 from litestar.di import NamedDependency
 
+from web.auth import PUBLIC
 from web.context import UiContext
 
 __all__ = ["Health", "healthz"]
@@ -43,7 +44,11 @@ async def _check(call: Awaitable[object]) -> Check:
     return Check(ok=True)
 
 
-@get("/healthz", summary="NATS and the read model reachable (200), else 503 naming which")
+@get(
+    "/healthz",
+    summary="NATS and the read model reachable (200), else 503 naming which",
+    opt=PUBLIC,  # for probes: says nothing but up or down
+)
 async def healthz(ui: NamedDependency[UiContext]) -> Response[Health]:
     nats, read_model = await asyncio.gather(
         _check(ui.backplane.events.last_seq()), _check(ui.read_model.checkpoint())

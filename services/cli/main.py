@@ -24,6 +24,8 @@ COMMANDS = (
     "agent",
     "projector",
     "ui",
+    "users",
+    "tokens",
     "schedule",
     "schedules",
     "triggers",

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ipaddress
 import sys
 from typing import TYPE_CHECKING, Any, cast
 
+from core.errors import Unavailable
 from projections.stores import SCHEMES, open_read_model
+from services.addresses import is_loopback
 from services.cli.common import (
     add_log_options,
     add_nats_option,
     configure_role_logging,
+    connect,
     nats_url,
     port_number,
     run,
@@ -42,8 +43,9 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--host",
         default="127.0.0.1",
-        help="address to listen on (default 127.0.0.1); a loopback address only: the UI and "
-        "API have no login yet",
+        help="address to listen on (default 127.0.0.1); a loopback address only until a user "
+        "or API token exists (cyclonetix users add, tokens create): then every request needs "
+        "a login",
     )
     parser.add_argument(
         "--port",
@@ -75,30 +77,50 @@ def read_model_url(args: argparse.Namespace) -> str:
         return "memory://"  # nothing recorded: this process keeps its own store
 
 
-def open_only_on_loopback(host: str) -> None:
-    """Whoever reaches the UI can schedule runs, that is run commands on the agents: with no
-    login yet (users and tokens), it listens on a loopback address only (and says so once
-    listening, `listening`)."""
-    loopback = host == "localhost"
-    with contextlib.suppress(ValueError):
-        loopback = loopback or ipaddress.ip_address(host).is_loopback
-    if not loopback:
+def open_only_on_loopback(host: str, has_logins: bool) -> None:
+    """Whoever reaches the UI can schedule runs, that is run commands on the agents: until a
+    user or an API token exists (web/auth.py: then every request needs a login), it listens on
+    a loopback address only (and says so once listening, `listening`)."""
+    if not is_loopback(host) and not has_logins:
         raise CliError(
-            f"--host {host!r} is not a loopback address, and the UI has no login yet: anyone "
-            "reaching it could run commands on your agents (serve on 127.0.0.1, behind a proxy "
-            "that authenticates)"
+            f"--host {host!r} is not a loopback address, and the UI has no login yet (no user "
+            "or token: 'cyclonetix users add NAME --role admin' first): anyone reaching it "
+            "could run commands on your agents (serve on 127.0.0.1, or behind a proxy that "
+            "authenticates)"
         )
+
+
+async def _has_logins(args: argparse.Namespace) -> bool:
+    """Whether the store holds a user or a token (NATS unreachable: not known, so no)."""
+    try:
+        backplane = await connect(args, "cyclonetix-ui")
+    except Unavailable:
+        return False
+    try:
+        return await backplane.auth.any_credentials()
+    except Unavailable:
+        return False
+    finally:
+        await backplane.close()
 
 
 def listening(where: str) -> None:
     print(f"cyclonetix ui: {where}", flush=True)
-    print("cyclonetix ui: no login: open to every local user (loopback only)", file=sys.stderr)
+
+
+def _open_warning(where: str) -> None:
+    listening(where)
+    print(
+        "cyclonetix ui: loopback only; open to every local user until a user or token exists",
+        file=sys.stderr,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     from web.app import serve  # the web stack loads only for this command
 
-    open_only_on_loopback(args.host)
+    logins = not is_loopback(args.host) and run(_has_logins(args))
+    open_only_on_loopback(args.host, logins)
     configure_role_logging(args, "ui")
     url = read_model_url(args)
     open_read_model(url.removeprefix("nats+"))  # a bad URL: one line, before connecting
@@ -112,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 stop=stop,
-                started=listening,
+                started=listening if logins else _open_warning,
                 replicas=settings.stream_replicas,
                 events_max_age=settings.events_max_age,
                 beside=_answer_queries if args.serve_queries else None,

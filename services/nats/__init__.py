@@ -14,6 +14,7 @@ The only package that imports `nats` (a ruff rule enforces it). What lives where
   snapshots     Snapshots (object store)
   schedules     ScheduleMarks (the cron loop's marks)
   notifications EndedRuns (the notifier's shared consumer of run ends)
+  auth          AuthStore (UI users, API tokens, login sessions)
 
     backplane = await connect("nats://127.0.0.1:4222", name="cyclonetix-agent")
     try:
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import Invalid
 from services.nats.agents import NatsAgentRegistry
+from services.nats.auth import NatsAuthStore
 from services.nats.cancels import NatsCancelSignals
 from services.nats.checkpoints import NatsCheckpoints
 from services.nats.connection import Connection
@@ -72,6 +74,7 @@ class NatsBackplane:
         self.snapshots = NatsSnapshots(self.provisioner)
         self.schedules = NatsScheduleMarks(self.provisioner)  # for the cron loop
         self.ended_runs = NatsEndedRuns(conn, self.provisioner)  # for the notifier
+        self.auth = NatsAuthStore(conn, self.provisioner)  # users, tokens, sessions (web UI)
         conn.on_reconnect.append(self._after_reconnect)
 
     @property

@@ -10,7 +10,8 @@ escaping that turns any id into a legal subject token or KV key.
   CX_ADVISORIES  $JS.EVENT.ADVISORY...MAX_DELIVERIES dispatches whose deliveries ran out
   CX_LOGS        cx.log.<run_id>.<task>.<attempt>   command output (limits, 7 days)
   KV             cx_defs, cx_agents, cx_leases, cx_checkpoints,
-                 cx_schedules (per cron schedule: last slot considered, open claims)
+                 cx_schedules (per cron schedule: last slot considered, open claims),
+                 cx_auth (user.<name>, token.<id>), cx_sessions (session.<sha256>, TTL 12 h)
   CX_TRIGGERS    cx.trigger.task|dag.<id>           subject triggers (work queue, no_ack: the answer
                                                     to a request is its outcome; durable pull
                                                     consumer `triggers` shared by orchestrators)
@@ -31,6 +32,7 @@ __all__ = [
     "ADVISORIES_STREAM",
     "AGENTS_BUCKET",
     "ALL_EVENTS",
+    "AUTH_BUCKET",
     "CANCEL_PREFIX",
     "CHECKPOINTS_BUCKET",
     "DEFS_BUCKET",
@@ -42,6 +44,7 @@ __all__ = [
     "NOTIFY_CONSUMER",
     "NOTIFY_DELIVER",
     "SCHEDULES_BUCKET",
+    "SESSIONS_BUCKET",
     "SNAPSHOTS_BUCKET",
     "TRIGGERS_STREAM",
     "TRIGGER_CONSUMER",
@@ -79,6 +82,8 @@ TRIGGER_CONSUMER: Final = "triggers"
 TRIGGER_KEYS_BUCKET: Final = "cx_trigger_keys"
 TRIGGER_SUBJECTS: Final = "cx.trigger.>"  # all of it: a malformed subject is answered too
 TRIGGER_LOG_SUBJECTS: Final = "cx.tlog.*"
+AUTH_BUCKET: Final = "cx_auth"  # UI users and API tokens (services/nats/auth.py)
+SESSIONS_BUCKET: Final = "cx_sessions"  # UI login sessions, expiring (SESSION_TTL)
 SNAPSHOTS_BUCKET: Final = "cx_snapshots"  # an object store (its stream: OBJ_cx_snapshots)
 
 # JetStream announces a work message whose deliveries ran out (max_deliver) on this core

@@ -26,10 +26,12 @@ from nats.js.api import (
 )
 
 from core.errors import Conflict, Unavailable
+from services.auth import SESSION_TTL
 from services.nats.connection import RETRYABLE, describe, unavailable
 from services.nats.names import (
     ADVISORIES_STREAM,
     AGENTS_BUCKET,
+    AUTH_BUCKET,
     CHECKPOINTS_BUCKET,
     DEFS_BUCKET,
     EVENTS_STREAM,
@@ -38,6 +40,7 @@ from services.nats.names import (
     LOST_CONSUMER,
     MAX_DELIVERIES_SUBJECT,
     SCHEDULES_BUCKET,
+    SESSIONS_BUCKET,
     SNAPSHOTS_BUCKET,
     TRIGGER_CONSUMER,
     TRIGGER_LOG_STREAM,
@@ -154,6 +157,8 @@ def kv_configs(replicas: int) -> list[KeyValueConfig]:
         KeyValueConfig(bucket=LEASES_BUCKET, ttl=LEASE_TTL, **common),
         KeyValueConfig(bucket=CHECKPOINTS_BUCKET, **common),
         KeyValueConfig(bucket=SCHEDULES_BUCKET, **common),
+        KeyValueConfig(bucket=AUTH_BUCKET, **common),
+        KeyValueConfig(bucket=SESSIONS_BUCKET, ttl=SESSION_TTL, **common),
     ]
 
 

@@ -229,7 +229,7 @@ async def proxy(redis_url: str) -> AsyncIterator[Proxy]:
 async def test_an_outage_mid_stream_raises_unavailable_and_the_store_catches_up(
     proxy: Proxy, prefix: str, redis_url: str
 ) -> None:
-    entries = stream(41, 12)
+    entries = stream(41, 30)  # (long enough for several outages mid-stream)
     batches = splits(random.Random(41), entries)
     db = urlsplit(redis_url).path.strip("/") or "0"
     store = RedisReadModel(f"redis://127.0.0.1:{proxy.port}/{db}", prefix=prefix, timeout=1)

@@ -24,6 +24,7 @@ from tests.fakes.faults import Faults
 from tests.fakes.kv import (
     Bucket,
     MemoryAgentRegistry,
+    MemoryAuthStore,
     MemoryCheckpoints,
     MemoryDefinitionsStore,
     MemoryLeases,
@@ -83,6 +84,7 @@ class MemoryServer:
         self.logs = LogStream()
         self.definitions = Bucket(self.clock)
         self.agents = Bucket(self.clock, agent_ttl)
+        self.auth = MemoryAuthStore()
         self.leases = Bucket(self.clock, lease_ttl)
         self.checkpoints = Bucket(self.clock)
         self.snapshots = ObjectStore()
@@ -156,6 +158,10 @@ class MemoryBackplane:
     @property
     def agents(self) -> MemoryAgentRegistry:
         return self._agents
+
+    @property
+    def auth(self) -> MemoryAuthStore:
+        return self.server.auth
 
     @property
     def leases(self) -> MemoryLeases:

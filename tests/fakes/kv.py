@@ -8,6 +8,7 @@ expire `ttl` seconds after their last write on the backplane's `Clock`.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -16,6 +17,7 @@ import structlog
 
 from core.agents import AgentInfo
 from core.definitions import ContextDef, DagDef, Definitions, ParameterSetDef, TaskDef
+from services.auth import ApiToken, Session, User
 from services.ports import DefinitionTooLarge
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Bucket",
     "MemoryAgentRegistry",
+    "MemoryAuthStore",
     "MemoryCheckpoints",
     "MemoryDefinitionsStore",
     "MemoryLeases",
@@ -246,3 +249,47 @@ class MemoryCheckpoints:
         self._conn.check_open()
         self._bucket.put(name, str(value).encode())
         await asyncio.sleep(0)
+
+
+class MemoryAuthStore:
+    """`services.ports.AuthStore` in memory (a session's expiry is wall-clock time, as the web
+    process writes it)."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, User] = {}
+        self._tokens: dict[str, ApiToken] = {}
+        self._sessions: dict[str, Session] = {}
+
+    async def user(self, name: str) -> User | None:
+        return self._users.get(name)
+
+    async def put_user(self, user: User) -> None:
+        self._users[user.name] = user
+
+    async def remove_user(self, name: str) -> bool:
+        return self._users.pop(name, None) is not None
+
+    async def users(self) -> list[User]:
+        return sorted(self._users.values(), key=lambda u: u.name)
+
+    async def token(self, token_id: str) -> ApiToken | None:
+        return self._tokens.get(token_id)
+
+    async def put_token(self, token: ApiToken) -> None:
+        self._tokens[token.id] = token
+
+    async def tokens(self) -> list[ApiToken]:
+        return sorted(self._tokens.values(), key=lambda t: t.created_at)
+
+    async def any_credentials(self) -> bool:
+        return bool(self._users or self._tokens)
+
+    async def session(self, key: str) -> Session | None:
+        found = self._sessions.get(key)
+        return found if found is not None and found.expires_at > time.time() else None
+
+    async def put_session(self, key: str, session: Session) -> None:
+        self._sessions[key] = session
+
+    async def remove_session(self, key: str) -> None:
+        self._sessions.pop(key, None)

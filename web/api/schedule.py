@@ -17,6 +17,7 @@ from core.errors import Invalid
 from services import commands
 from services.commands import ScheduleRequest
 from web.api.common import visible
+from web.auth import OPERATOR
 from web.context import UiContext
 from web.errors import FieldInvalid
 
@@ -90,7 +91,7 @@ def blame(defs: Definitions, request: ScheduleRequest, exc: Invalid) -> Invalid:
     return exc
 
 
-@post("/runs", summary="Start a run of a task (outcome) or a DAG")
+@post("/runs", summary="Start a run of a task (outcome) or a DAG", opt=OPERATOR)
 async def schedule_run(data: JSONBody[ScheduleBody], ui: NamedDependency[UiContext]) -> Written:
     """201 with the run id; 422 naming the field for an unknown task, DAG or context, a
     malformed parameter or run id; 409 when the run id is taken."""
@@ -104,7 +105,7 @@ async def schedule_run(data: JSONBody[ScheduleBody], ui: NamedDependency[UiConte
     return await _written(ui, written)
 
 
-@post("/runs/{run_id:str}/cancel", summary="Cancel a run", status_code=202)
+@post("/runs/{run_id:str}/cancel", summary="Cancel a run", status_code=202, opt=OPERATOR)
 async def cancel_run(
     run_id: FromPath[str], ui: NamedDependency[UiContext], data: JSONBody[CancelBody | None] = None
 ) -> Written:
@@ -117,7 +118,11 @@ async def cancel_run(
     )
 
 
-@post("/runs/{run_id:str}/rerun", summary="A new run from a run's own graph snapshot")
+@post(
+    "/runs/{run_id:str}/rerun",
+    summary="A new run from a run's own graph snapshot",
+    opt=OPERATOR,
+)
 async def rerun_run(
     run_id: FromPath[str], ui: NamedDependency[UiContext], data: JSONBody[RerunBody | None] = None
 ) -> Written:

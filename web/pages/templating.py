@@ -89,7 +89,9 @@ def template_config() -> TemplateConfig[JinjaTemplateEngine]:
 
 def static_router() -> Router:
     """`/static/...` from `web/static` (absolute, so the working directory does not matter)."""
-    return create_static_files_router(path="/static", directories=[STATIC], name="static")
+    return create_static_files_router(
+        path="/static", directories=[STATIC], name="static", opt={"auth": "public"}
+    )
 
 
 # -- filters ------------------------------------------------------------------------------------

@@ -197,4 +197,36 @@ async def test_the_fuzzed_routes_are_every_route_with_a_body(app: object) -> Non
         for handler in route.route_handlers
         if "data" in handler.parsed_fn_signature.parameters
     }
-    assert with_body == {p.format(run="{run_id}") for p, _ in ROUTES.values()}
+    fuzzed = {p.format(run="{run_id}") for p, _ in ROUTES.values()}
+    assert with_body == fuzzed | {"/login"}  # the login form: test_login_forms
+
+
+login_forms = st.one_of(
+    st.dictionaries(st.sampled_from(["name", "password", "next", "x"]), hostile_text, max_size=4),
+    st.binary(max_size=300),
+)
+
+
+async def test_login_forms(base_url: str) -> None:
+    """Any form (or bytes) posted to /login: the login page again or a redirect, never a 5xx
+    (fewer examples: each checks an argon2 hash)."""
+
+    def run() -> None:
+        with httpx.Client(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
+
+            @settings(FUZZ, max_examples=150)
+            @given(form=login_forms)
+            def check(form: dict[str, str] | bytes) -> None:
+                if isinstance(form, bytes):
+                    headers = {"content-type": "application/x-www-form-urlencoded"}
+                    r = client.post("/login", content=form, headers=headers)
+                else:
+                    r = client.post("/login", data=form)
+                assert r.status_code in (303, 400, 401, 403, 413, 422), (
+                    r.status_code,
+                    r.text[:300],
+                )
+
+            check()
+
+    await asyncio.to_thread(run)
