@@ -55,21 +55,15 @@ def register(sub: Any) -> None:
 
 async def create_token(args: argparse.Namespace) -> int:
     token, text = new_token(args.name, check_role(args.role))
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         await backplane.auth.put_token(token)
-    finally:
-        await backplane.close()
     print(text)
     return 0
 
 
 async def list_tokens(args: argparse.Namespace) -> int:
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         tokens = await backplane.auth.tokens()
-    finally:
-        await backplane.close()
     if args.json:
         fields = ("id", "name", "role", "created_at", "revoked")
         shown = [{f: getattr(t, f) for f in fields} for t in tokens]
@@ -84,14 +78,11 @@ async def list_tokens(args: argparse.Namespace) -> int:
 
 
 async def revoke_token(args: argparse.Namespace) -> int:
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         token = await backplane.auth.token(args.id)
         if token is None:
             raise NotFound(f"no token {printable(args.id)!r}")
         if not token.revoked:
             await backplane.auth.put_token(msgspec.structs.replace(token, revoked=True))
-    finally:
-        await backplane.close()
     print(f"token {token.id} ({token.name}) revoked")
     return 0

@@ -92,37 +92,28 @@ async def add_user(args: argparse.Namespace) -> int:
     name = check_name(args.name)
     role = check_role(args.role)
     password_hash = hash_password(read_password(args))
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         if await backplane.auth.user(name) is not None:
             raise CliError(f"user {printable(name)} exists (users passwd to change it)", 1)
         await backplane.auth.put_user(User(name, role, password_hash, created_now()))
-    finally:
-        await backplane.close()
     print(f"user {name} added ({role})")
     return 0
 
 
 async def change_password(args: argparse.Namespace) -> int:
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         user = await backplane.auth.user(args.name)
         if user is None:
             raise NotFound(f"no user {args.name!r}")
         password_hash = hash_password(read_password(args))
         await backplane.auth.put_user(msgspec.structs.replace(user, password_hash=password_hash))
-    finally:
-        await backplane.close()
     print(f"password of {user.name} changed")
     return 0
 
 
 async def remove_user(args: argparse.Namespace) -> int:
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         removed = await backplane.auth.remove_user(args.name)
-    finally:
-        await backplane.close()
     if not removed:
         raise NotFound(f"no user {args.name!r}")
     print(f"user {printable(args.name)} removed")
@@ -130,11 +121,8 @@ async def remove_user(args: argparse.Namespace) -> int:
 
 
 async def list_users(args: argparse.Namespace) -> int:
-    backplane = await connect(args, "cyclonetix-cli")
-    try:
+    async with await connect(args, "cyclonetix-cli") as backplane:
         users = await backplane.auth.users()
-    finally:
-        await backplane.close()
     if args.json:
         shown = [{"name": u.name, "role": u.role, "created_at": u.created_at} for u in users]
         print(msgspec.json.encode(shown).decode())
