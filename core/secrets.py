@@ -116,6 +116,18 @@ def mask(text: str, secrets: Sequence[str]) -> str:
     return _replace(text, spans, mask_token(secrets)) if spans else text
 
 
+def mask_value(value: object, secrets: Sequence[str]) -> object:
+    """`value` (JSON-like: strings, numbers, lists, mappings) with `mask` applied to every
+    string in it, mapping keys included: an evaluation point's decision is stored too."""
+    if isinstance(value, str):
+        return mask(value, secrets)
+    if isinstance(value, dict):
+        return {mask_value(k, secrets): mask_value(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(mask_value(v, secrets) for v in value)
+    return value
+
+
 def mask_tail(text: str, secrets: Sequence[str]) -> str:
     """`mask` for the end of a longer text: a start that may be the end of a cut secret (a
     proper suffix of one, at least 3 characters or the whole of a short secret) is masked too."""

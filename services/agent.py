@@ -59,6 +59,7 @@ from core.events import (
     TERMINAL,
     AnyEvent,
     Dispatch,
+    EvaluationResult,
     FailureReason,
     RunCancelRequested,
     TaskCancelled,
@@ -66,7 +67,14 @@ from core.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from core.secrets import StreamMasker, Unresolved, mask, mask_tail, resolve_references
+from core.secrets import (
+    StreamMasker,
+    Unresolved,
+    mask,
+    mask_tail,
+    mask_value,
+    resolve_references,
+)
 from services.background import alongside
 from services.guardian import MARKER_ENV, Guardian
 from services.logging import logs_json
@@ -793,16 +801,24 @@ async def _refuse(gate: asyncio.Future[int], message: str) -> CommandResult:
 
 
 def _masked(result: CommandResult, secrets: list[str]) -> CommandResult:
-    """The result with its secrets' values masked (its output tail and message go into the
-    result event)."""
+    """The result with its secrets' values masked (its output tail, message and an evaluation
+    point's decision go into the result event)."""
     if not secrets:
         return result
     tail = result.output_tail
     cut = result.total_output_bytes > len(tail.encode("utf-8", "surrogatepass"))
+    evaluation = result.evaluation
+    if evaluation is not None:
+        builtins = mask_value(msgspec.to_builtins(evaluation), secrets)
+        evaluation = msgspec.convert(builtins, EvaluationResult)
     return msgspec.structs.replace(
         result,
         output_tail=mask_tail(tail, secrets) if cut else mask(tail, secrets),
         message=mask(result.message, secrets),
+        evaluation=evaluation,
+        evaluation_error=None
+        if result.evaluation_error is None
+        else mask(result.evaluation_error, secrets),
     )
 
 

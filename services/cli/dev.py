@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from projections.stores import SCHEMES, open_read_model
+from services.cli.agent import read_secrets_file
 from services.cli.common import (
     add_shutdown_grace_option,
     load_definitions_or_fail,
@@ -91,6 +92,14 @@ def register(sub: Any) -> None:
         "process and read over NATS by 'runs list'; any other store gets a projector "
         "process); recorded in runtime.json",
     )
+    parser.add_argument(
+        "--secrets-file",
+        type=Path,
+        default=os.environ.get("CYCLONETIX_SECRETS_FILE") or None,
+        metavar="FILE",
+        help="the agents' secrets for ${secret:NAME} (see 'cyclonetix agent --help'; "
+        "default: $CYCLONETIX_SECRETS_FILE)",
+    )
     add_shutdown_grace_option(
         parser, "how long the agents' running tasks may finish (given to every role)"
     )
@@ -106,6 +115,10 @@ def main(args: argparse.Namespace) -> int:
         raise CliError("--agents must be at least 1")
     grace = shutdown_grace(args)
     store = open_read_model(args.read_model)  # a bad URL: one line, before anything starts
+    agent_args: list[str] = []
+    if args.secrets_file:
+        read_secrets_file(args.secrets_file)  # a bad file: one line, before anything starts
+        agent_args = ["--secrets-file", str(args.secrets_file.resolve())]
     run(store.close())
     kill = asyncio.Event()  # a second Ctrl-C
     running = read_runtime_info(args.data_dir)
@@ -136,6 +149,7 @@ def main(args: argparse.Namespace) -> int:
             printer=printer,
             shutdown_grace=grace,
             read_model=args.read_model,
+            agent_args=agent_args,
             ui_port=None if args.no_ui else args.port or _free_port(),
         )
         try:

@@ -314,3 +314,29 @@ def test_cyclic_definitions_name_the_whole_cycle(tmp_path: Path) -> None:
     assert "dependency cycle: a -> c -> b -> a" in done.stderr
     validate = cli("validate", str(tmp_path / "defs"), cwd=tmp_path)
     assert validate.returncode == 1 and "dependency cycle" in validate.stderr
+
+
+def test_dev_gives_its_agents_the_secrets_file(tmp_path: Path) -> None:
+    """`dev --secrets-file`: the agents resolve `${secret:NAME}` from it; the log is masked."""
+    secrets = tmp_path / "secrets.env"
+    secrets.write_text("DB_PASSWORD=pw-4711-xyz\n")
+    folder = tmp_path / "defs"
+    (folder / "tasks").mkdir(parents=True)
+    spec = {
+        "id": "connect",
+        "command": 'test "$PW" = pw-4711-xyz && echo "using $PW"',
+        "parameters": {"PW": "${secret:DB_PASSWORD}"},
+    }
+    (folder / "tasks" / "connect.yaml").write_text(json.dumps(spec))
+    with running_dev(tmp_path, "-d", str(folder), "--secrets-file", str(secrets)) as dev:
+        done = cli("schedule", "task", "connect", "--wait", "--json", cwd=dev)
+        assert done.returncode == 0, done.stderr
+        run_id = json.loads(done.stdout)["run_id"]
+        assert cli("logs", run_id, "connect", cwd=dev).stdout == "using ***\n"
+
+
+def test_dev_refuses_an_unreadable_secrets_file_in_one_line(tmp_path: Path) -> None:
+    refused = cli("dev", "--secrets-file", str(tmp_path / "missing.env"), cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr
+    assert "--secrets-file" in one_line_error(refused)
+    assert not (tmp_path / ".cyclonetix" / "runtime.json").exists()

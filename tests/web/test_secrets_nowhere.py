@@ -44,8 +44,12 @@ SECRET = VALUE.encode()
 LEAK = defs(
     TaskDef(
         id="leak",
-        command='echo "token=$API_TOKEN"; echo "twice: $API_TOKEN$API_TOKEN"',
+        # An evaluation point, so that its decision (stored in TaskSucceeded) holds it too.
+        command='echo "token=$API_TOKEN"; echo "twice: $API_TOKEN$API_TOKEN"; '
+        'printf \'{"context_updates": {"LEAKED": "%s"}, "metadata": {"k%s": ["a%sb"]}}\' '
+        '"$API_TOKEN" "$API_TOKEN" "$API_TOKEN" > "$CYCLONETIX_EVAL_RESULT"',
         parameters={"API_TOKEN": "${secret:API_TOKEN}"},
+        evaluation_point=True,
     )
 )
 
@@ -150,6 +154,8 @@ async def test_a_secret_is_not_in_events_logs_or_read_models(
     # The events: only the reference.
     stored = b"\n".join(encode(e) for _, e in history)
     assert b"${secret:API_TOKEN}" in stored
+    assert b'"context_updates":{"LEAKED":"***"}' in stored  # the decision, masked
+    assert b'"metadata":{"k***":["a***b"]}' in stored
     assert SECRET not in stored
     # The log: masked.
     log = b"".join([c async for _, c in backplane.logs.read(run_id, "leak")])

@@ -11,6 +11,7 @@ from core.secrets import (
     Unresolved,
     mask,
     mask_tail,
+    mask_value,
     parse_secrets,
     reference,
     referenced,
@@ -49,6 +50,32 @@ def test_masking_never_leaves_a_secret(text: str, secrets: list[str], data: st.D
 def test_masking_any_text(text: str, secrets: list[str]) -> None:
     masked = mask(text + secrets[0] + text, secrets)
     assert all(s not in masked for s in secrets)
+
+
+json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | small_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(small_text, inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@given(json_like, st.lists(secret_values, min_size=1, max_size=3))
+def test_masking_a_decision_leaves_no_secret_in_any_string(
+    value: object, secrets: list[str]
+) -> None:
+    # An evaluation point's decision: strings anywhere, mapping keys included.
+    def strings(v: object) -> list[str]:
+        if isinstance(v, str):
+            return [v]
+        if isinstance(v, dict):
+            return [s for k, x in v.items() for s in (*strings(k), *strings(x))]
+        if isinstance(v, list):
+            return [s for x in v for s in strings(x)]
+        return []
+
+    masked = mask_value({"k": value, secrets[0]: [secrets[-1]]}, secrets)
+    assert all(secret not in text for text in strings(masked) for secret in secrets)
+    assert mask_value(value, ["\0never"]) == value  # nothing else changes
 
 
 def test_overlapping_occurrences_are_masked_as_one() -> None:
