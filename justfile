@@ -64,24 +64,20 @@ test-integration *args:
 chaos *args:
     {{py}} -m pytest tests/chaos -m chaos "$@"
 
-[doc("Benchmarks, printed as JSON lines: core budgets, hop latency, throughput, agent kill, orchestrator recovery and takeover, read-model replay and lists, web, subject triggers")]
+[doc("Every benchmark, one process each, at the README's sizes: bench-results.json and bench-plots/*.png (python -m bench.report --help)")]
 [group("bench")]
-bench:
-    {{py}} -m bench.definitions_bench
-    {{py}} -m bench.fold_bench
-    {{bin}}/cyclonetix bench latency --tasks 200 --json
-    {{bin}}/cyclonetix bench throughput --tasks 5000 --agents 2 --json
-    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json
-    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json --read-model redis://127.0.0.1:6379/0
-    {{bin}}/cyclonetix bench projector-lag --tasks 5000 --agents 2 --json --read-model postgresql://postgres@127.0.0.1:5432/postgres
-    {{bin}}/cyclonetix bench agent-kill --rounds 5 --json
-    {{bin}}/cyclonetix bench recovery --runs 1000 --json
-    {{bin}}/cyclonetix bench takeover --rounds 5 --json
-    {{py}} -m bench.read_model_memory_bench --runs 10000
-    {{py}} -m bench.read_model_redis_bench --runs 10000
-    {{py}} -m bench.read_model_postgres_bench --runs 10000
-    {{py}} -m bench.web_bench --runs 100000 --tasks 200 --rounds 5 --json
-    {{py}} -m bench.triggers_bench --triggers 1000 --json
+bench *args:
+    {{py}} -m bench.report {{args}}
+
+[doc("Every benchmark at a tiny size (each still runs; no figures)")]
+[group("bench")]
+bench-quick *args:
+    {{py}} -m bench.report --quick {{args}}
+
+[doc("One benchmark by name into bench-results-NAME.json (just bench-one hop; names: python -m bench.report --list)")]
+[group("bench")]
+bench-one name *args:
+    {{py}} -m bench.report --only {{name}} --out bench-results-{{name}}.json --no-plots {{args}}
 
 [doc("Everything CI runs")]
 [group("test")]

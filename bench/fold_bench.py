@@ -8,10 +8,10 @@ older orchestrators instead (one TaskQueued per attempt), which the log may stil
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import gc
 import json
-import sys
 import time
 
 import msgspec
@@ -108,5 +108,18 @@ def run(
     }
 
 
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10_000, help="runs in the log (10,000)")
+    parser.add_argument("--events-per-run", type=int, default=100, help="about (100)")
+    parser.add_argument(
+        "--per-task", action="store_true", help="a log of TaskQueued events (older orchestrators)"
+    )
+    args = parser.parse_args()
+    if args.runs < 1 or args.events_per_run < 4:
+        parser.error("--runs must be at least 1 and --events-per-run at least 4")
+    print(json.dumps(run(args.runs, args.events_per_run, per_task=args.per_task)))
+
+
 if __name__ == "__main__":
-    print(json.dumps(run(per_task="--per-task" in sys.argv[1:])))
+    main()

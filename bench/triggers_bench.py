@@ -29,7 +29,7 @@ from typing import Any
 
 from core.definitions import Definitions, TaskDef
 from core.events import RunScheduled, TaskStarted
-from services.bench import _cluster, percentile
+from services.bench import RssSampler, _cluster, cluster_pids, percentile
 from services.logging import configure_logging
 from services.nats import connect
 from services.nats.names import trigger_subject
@@ -46,42 +46,45 @@ async def measure(triggers: int, *, agents: int = 1, concurrency: int = 16) -> d
         (Path(tmp) / "roles.log").open("a") as log,
     ):
         cluster = _cluster(defs, Path(tmp), log, agents, concurrency, None)
-        url = await cluster.start()
-        try:
-            async with await connect(url, name="cyclonetix-bench") as backplane:
-                nc = backplane.connection.nc
-                # The handler is up once it answers (the orchestrator process may still start).
-                await _warm_up(nc, subject)
-                from_seq = await backplane.events.last_seq() + 1
-                ids = [f"tb-{i:06d}" for i in range(triggers)]
-                published: dict[str, float] = {}
-                scheduled_at: dict[str, float] = {}
-                started_ms: dict[str, float] = {}
-                stop = asyncio.Event()
+        async with RssSampler(lambda: cluster_pids(cluster)) as rss:
+            url = await cluster.start()
+            try:
+                async with await connect(url, name="cyclonetix-bench") as backplane:
+                    nc = backplane.connection.nc
+                    # The handler is up once it answers (the orchestrator process may still start).
+                    await _warm_up(nc, subject)
+                    from_seq = await backplane.events.last_seq() + 1
+                    ids = [f"tb-{i:06d}" for i in range(triggers)]
+                    published: dict[str, float] = {}
+                    scheduled_at: dict[str, float] = {}
+                    started_ms: dict[str, float] = {}
+                    stop = asyncio.Event()
 
-                async def follow() -> None:
-                    async for _seq, event, _ in backplane.events.tail(from_seq=from_seq, stop=stop):
-                        if event.run_id not in published:
-                            continue
-                        if isinstance(event, RunScheduled):
-                            scheduled_at[event.run_id] = time.perf_counter()
-                        elif isinstance(event, TaskStarted) and event.run_id not in started_ms:
-                            sent = published[event.run_id]
-                            started_ms[event.run_id] = (event.ts.timestamp() - sent) * 1000
-                        if len(started_ms) == triggers and len(scheduled_at) == triggers:
-                            return
+                    async def follow() -> None:
+                        async for _seq, event, _ in backplane.events.tail(
+                            from_seq=from_seq, stop=stop
+                        ):
+                            if event.run_id not in published:
+                                continue
+                            if isinstance(event, RunScheduled):
+                                scheduled_at[event.run_id] = time.perf_counter()
+                            elif isinstance(event, TaskStarted) and event.run_id not in started_ms:
+                                sent = published[event.run_id]
+                                started_ms[event.run_id] = (event.ts.timestamp() - sent) * 1000
+                            if len(started_ms) == triggers and len(scheduled_at) == triggers:
+                                return
 
-                began = time.perf_counter()
-                for run_id in ids:
-                    published[run_id] = dt.datetime.now(dt.UTC).timestamp()
-                    await nc.publish(subject, b'{"run_id": "%s"}' % run_id.encode())
-                await nc.flush()
-                follower = asyncio.ensure_future(follow())
-                # (The tail replays from before the first publish: nothing is missed.)
-                await asyncio.wait_for(follower, timeout=max(120.0, triggers / 10))
-                stop.set()
-        finally:
-            await cluster.stop()
+                    began = time.perf_counter()
+                    for run_id in ids:
+                        published[run_id] = dt.datetime.now(dt.UTC).timestamp()
+                        await nc.publish(subject, b'{"run_id": "%s"}' % run_id.encode())
+                    await nc.flush()
+                    follower = asyncio.ensure_future(follow())
+                    # (The tail replays from before the first publish: nothing is missed.)
+                    await asyncio.wait_for(follower, timeout=max(120.0, triggers / 10))
+                    stop.set()
+            finally:
+                await cluster.stop()
     seconds = max(scheduled_at.values()) - began
     rate = triggers / seconds
     latencies = list(started_ms.values())
@@ -97,6 +100,7 @@ async def measure(triggers: int, *, agents: int = 1, concurrency: int = 16) -> d
         "triggers_per_s": round(rate, 1),
         "publish_to_task_started_p50_ms": round(percentile(latencies, 0.5), 3),
         "publish_to_task_started_p99_ms": round(percentile(latencies, 0.99), 3),
+        **rss.figures(),
     }
 
 

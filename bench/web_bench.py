@@ -412,14 +412,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="page loads of the 2,000 tasks")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="timed per query")
     parser.add_argument("--json", action="store_true", help="JSON lines (else a summary)")
+    parser.add_argument(
+        "--json-object",
+        action="store_true",
+        help="one JSON object at the end, each group's line under its figure (bench.report)",
+    )
     args = parser.parse_args()
     configure_logging(json=False, level="WARNING")  # (to stderr: stdout is the figures)
     postgres = os.environ.get(SERVER_ENV, DEFAULT_POSTGRES)
 
     def emit(line: dict[str, Any]) -> None:
-        print(json.dumps(line) if args.json else _human(line), flush=True)
+        if not args.json_object:
+            print(json.dumps(line) if args.json else _human(line), flush=True)
 
-    asyncio.run(run(args.runs, args.tasks, args.rounds, postgres, emit, args.requests))
+    lines = asyncio.run(run(args.runs, args.tasks, args.rounds, postgres, emit, args.requests))
+    if args.json_object:
+        print(json.dumps({"bench": "web"} | {line["figure"]: line for line in lines}))
 
 
 if __name__ == "__main__":

@@ -7,20 +7,27 @@
 - agent_kill: a task whose agent is killed with SIGKILL mid-run; the time from the kill to the
   task's TaskStarted on another agent (the agent's guardian hands the dispatch back at once,
   services/guardian.py; without it, the work queue's ack_wait).
+
+Each also reports the memory of every process taking part (`RssSampler`): `peak_rss_mb` per
+role (orchestrator, agent-N, nats, projector, ui as present; `bench` is this process) and
+`rss_mb`, each role's resident set over time, sampled every 0.1 s from /proc.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
+import resource
 import signal
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from types import TracebackType
+from typing import Any, TextIO
 
 from core.definitions import DagDef, DagTask, Definitions, TaskDef
 from core.events import TERMINAL, AnyEvent, RunScheduled, RunSucceeded, TaskStarted, TaskSucceeded
@@ -37,6 +44,115 @@ def percentile(values: Sequence[float], q: float) -> float:
     if len(values) < 2:
         return float(values[0]) if values else float("nan")
     return statistics.quantiles(values, n=100, method="inclusive")[percent - 1]
+
+
+RSS_INTERVAL_S = 0.1
+SERIES_POINTS = 1000  # at most this many points in a series over time (`completed_over_time`)
+
+
+def _status_kb(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) of `pid` in kB, from /proc; None once it has exited (or off Linux)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    try:
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+    except (KeyError, ValueError, IndexError):  # a zombie has no memory left
+        return None
+
+
+def own_peak_rss_mb() -> float:
+    """This process's peak resident set (getrusage: kB on Linux)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+class RssSampler:
+    """Every `interval` seconds, the resident set of each process `pids()` names (role -> pid;
+    a role started again is followed under its name), read from /proc/<pid>/status: VmRSS for
+    the series, VmHWM (the kernel's high-water mark) for the peak. This process is `bench`.
+    Use as `async with`; `figures()` after."""
+
+    def __init__(
+        self, pids: Callable[[], Mapping[str, int | None]], interval: float = RSS_INTERVAL_S
+    ) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.started = time.monotonic()
+        self.series: dict[str, list[list[float]]] = {}
+        self.peak_kb: dict[str, int] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    def sample(self) -> None:
+        at = round(time.monotonic() - self.started, 2)
+        for role, pid in {**self.pids(), "bench": os.getpid()}.items():
+            read = None if pid is None else _status_kb(pid)
+            if read is None:
+                continue
+            rss, hwm = read
+            self.series.setdefault(role, []).append([at, round(rss / 1024, 1)])
+            self.peak_kb[role] = max(self.peak_kb.get(role, 0), hwm, rss)
+
+    async def _loop(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    async def __aenter__(self) -> RssSampler:
+        self.started = time.monotonic()
+        self.task = asyncio.ensure_future(self._loop())
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def figures(self) -> dict[str, Any]:
+        """`peak_rss_mb` per role (`bench`: this process, by getrusage) and `rss_mb`: per role,
+        [seconds since the start, MB] every `interval`."""
+        peaks = {role: round(kb / 1024, 1) for role, kb in self.peak_kb.items()}
+        peaks["bench"] = max(peaks.get("bench", 0.0), own_peak_rss_mb())
+        return {"peak_rss_mb": peaks, "rss_interval_s": self.interval, "rss_mb": self.series}
+
+
+def cluster_pids(cluster: LocalCluster) -> dict[str, int | None]:
+    """The pid of each role process of `cluster` that is running, and of its own NATS server."""
+    pids: dict[str, int | None] = {
+        role.name: role.process.pid
+        for role in cluster.roles
+        if role.process is not None and role.process.returncode is None
+    }
+    if cluster.nats is not None:
+        pids["nats"] = cluster.nats.pid
+    return pids
+
+
+def completed_over_time(
+    start: dt.datetime, done: Sequence[dt.datetime], step: float = RSS_INTERVAL_S
+) -> list[list[float]]:
+    """[seconds since `start`, tasks done by then] every `step` seconds (coarser when the run
+    is long: at most SERIES_POINTS points), ending with the last one done."""
+    offsets = sorted((ts - start).total_seconds() for ts in done)
+    if not offsets:
+        return []
+    step = max(step, offsets[-1] / SERIES_POINTS)
+    series: list[list[float]] = []
+    count, t = 0, 0.0
+    while t < offsets[-1]:
+        while count < len(offsets) and offsets[count] <= t:
+            count += 1
+        series.append([round(t, 3), count])
+        t += step
+    series.append([round(offsets[-1], 3), len(offsets)])
+    return series
 
 
 def chain_definitions(n: int) -> Definitions:
@@ -110,7 +226,9 @@ def _cluster(
 
 async def latency(
     tasks: int = 200, *, agents: int = 1, nats_url: str | None = None, replicas: int = 1
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """Figures (percentiles), every hop's sample (`hop_ms`, `to_command_ms`), the run's
+    duration and tasks/s, and the roles' memory (RssSampler)."""
     if tasks < 2:
         raise ValueError("--tasks must be at least 2 for a hop")
     defs = chain_definitions(tasks)
@@ -119,11 +237,12 @@ async def latency(
         (Path(tmp) / "roles.log").open("a") as log,
     ):
         cluster = _cluster(defs, Path(tmp), log, agents, 1, nats_url, replicas)
-        await cluster.start()
-        try:
-            events = await _run_to_end(cluster, defs, "outcome", f"t{tasks - 1:05d}")
-        finally:
-            await cluster.stop()
+        async with RssSampler(lambda: cluster_pids(cluster)) as rss:
+            await cluster.start()
+            try:
+                events = await _run_to_end(cluster, defs, "outcome", f"t{tasks - 1:05d}")
+            finally:
+                await cluster.stop()
     succeeded = {e.task_id: e for e in events if isinstance(e, TaskSucceeded)}
     started = {e.task_id: e for e in events if isinstance(e, TaskStarted) and e.delivery == 1}
     to_started, to_running = [], []
@@ -133,9 +252,12 @@ async def latency(
         spawned = succeeded[down].spawned_at
         if spawned is not None:
             to_running.append((spawned - up.ts).total_seconds() * 1000)
+    seconds = (events[-1].ts - events[0].ts).total_seconds()
     return {
         "tasks": tasks,
         "hops": len(to_started),
+        "seconds": round(seconds, 3),
+        "tasks_per_s": round(tasks / seconds, 1),
         "p50_ms": round(percentile(to_started, 0.5), 3),
         "p90_ms": round(percentile(to_started, 0.9), 3),
         "p99_ms": round(percentile(to_started, 0.99), 3),
@@ -143,6 +265,9 @@ async def latency(
         "to_command_p50_ms": round(percentile(to_running, 0.5), 3),
         "to_command_p90_ms": round(percentile(to_running, 0.9), 3),
         "to_command_p99_ms": round(percentile(to_running, 0.99), 3),
+        "hop_ms": [round(ms, 3) for ms in to_started],
+        "to_command_ms": [round(ms, 3) for ms in to_running],
+        **rss.figures(),
     }
 
 
@@ -153,21 +278,25 @@ async def throughput(
     concurrency: int = 8,
     nats_url: str | None = None,
     replicas: int = 1,
-) -> dict[str, float]:
+) -> dict[str, Any]:
+    """Figures, `completed_over_time` ([seconds since the run's first event, tasks succeeded
+    by then]) and the roles' memory (RssSampler)."""
     defs = fanout_definitions(tasks)
     with (
         tempfile.TemporaryDirectory(prefix="cyclonetix-bench-") as tmp,
         (Path(tmp) / "roles.log").open("a") as log,
     ):
         cluster = _cluster(defs, Path(tmp), log, agents, concurrency, nats_url, replicas)
-        await cluster.start()
-        try:
-            started = time.perf_counter()
-            events = await _run_to_end(cluster, defs, "dag", "bench_throughput")
-            wall = time.perf_counter() - started
-        finally:
-            await cluster.stop()
+        async with RssSampler(lambda: cluster_pids(cluster)) as rss:
+            await cluster.start()
+            try:
+                started = time.perf_counter()
+                events = await _run_to_end(cluster, defs, "dag", "bench_throughput")
+                wall = time.perf_counter() - started
+            finally:
+                await cluster.stop()
     seconds = (events[-1].ts - events[0].ts).total_seconds()
+    done = [e.ts for e in events if isinstance(e, TaskSucceeded)]
     return {
         "tasks": tasks,
         "agents": agents,
@@ -175,12 +304,14 @@ async def throughput(
         "seconds": round(seconds, 3),
         "wall_seconds": round(wall, 3),
         "tasks_per_s": round(tasks / seconds, 1),
+        "completed_over_time": completed_over_time(events[0].ts, done),
+        **rss.figures(),
     }
 
 
 async def agent_kill(
     rounds: int = 5, *, nats_url: str | None = None, replicas: int = 1
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Kill (SIGKILL) the agent running a task, `rounds` times; per round, the time from the
     kill to the task's TaskStarted on the other agent. Two agents of concurrency 1; the killed
     one is started again (and waited for) before the next round."""
@@ -208,21 +339,24 @@ async def agent_kill(
             write(role, line)
 
         cluster.printer = printer
-        await cluster.start()
-        try:
-            assert cluster.nats_url is not None
-            async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
-                samples = [
-                    await _kill_one(cluster, backplane, defs, marks, serving) for _ in range(rounds)
-                ]
-        finally:
-            await cluster.stop()
+        async with RssSampler(lambda: cluster_pids(cluster)) as rss:
+            await cluster.start()
+            try:
+                assert cluster.nats_url is not None
+                async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
+                    samples = [
+                        await _kill_one(cluster, backplane, defs, marks, serving)
+                        for _ in range(rounds)
+                    ]
+            finally:
+                await cluster.stop()
     return {
         "rounds": rounds,
         "p50_ms": round(statistics.median(samples), 1),
         "max_ms": round(max(samples), 1),
         "min_ms": round(min(samples), 1),
         "mean_ms": round(statistics.fmean(samples), 1),
+        **rss.figures(),
     }
 
 

@@ -46,7 +46,14 @@ from core.errors import Unavailable
 from core.events import TERMINAL, RunSucceeded, TaskFailed, TaskSucceeded
 from projections.protocol import Entry, ReadModel
 from projections.stores import open_read_model
-from services.bench import _cluster, _new_run, fanout_definitions, percentile
+from services.bench import (
+    RssSampler,
+    _cluster,
+    _new_run,
+    cluster_pids,
+    fanout_definitions,
+    percentile,
+)
 from services.nats import connect
 from services.projector import Projector
 
@@ -144,28 +151,30 @@ async def projector_lag(
             (Path(tmp) / "roles.log").open("a") as log,
         ):
             cluster = _cluster(defs, Path(tmp), log, agents, concurrency, nats_url, replicas)
-            await cluster.start()
-            try:
-                assert cluster.nats_url is not None
-                async with await connect(cluster.nats_url, name="cyclonetix-bench") as backplane:
-                    projector = Projector(backplane.events, cast("ReadModel", store))
-                    stop = asyncio.Event()
-                    projecting = asyncio.ensure_future(projector.run(stop))
-                    try:
-                        async with asyncio.timeout(TIMEOUT_S):
-                            # (a given server's older events are applied first, not timed)
-                            await projector.live.wait()
-                            run = _new_run(defs, "dag", "bench_throughput")
-                            store.run_id = run.run_id
-                            started = time.perf_counter()
-                            await backplane.events.schedule_run(run)
-                            await store.done.wait()
-                            wall = time.perf_counter() - started
-                    finally:
-                        stop.set()
-                        await projecting
-            finally:
-                await cluster.stop()
+            async with RssSampler(lambda: cluster_pids(cluster)) as rss:
+                await cluster.start()
+                try:
+                    assert cluster.nats_url is not None
+                    connecting = connect(cluster.nats_url, name="cyclonetix-bench")
+                    async with await connecting as backplane:
+                        projector = Projector(backplane.events, cast("ReadModel", store))
+                        stop = asyncio.Event()
+                        projecting = asyncio.ensure_future(projector.run(stop))
+                        try:
+                            async with asyncio.timeout(TIMEOUT_S):
+                                # (a given server's older events are applied first, not timed)
+                                await projector.live.wait()
+                                run = _new_run(defs, "dag", "bench_throughput")
+                                store.run_id = run.run_id
+                                started = time.perf_counter()
+                                await backplane.events.schedule_run(run)
+                                await store.done.wait()
+                                wall = time.perf_counter() - started
+                        finally:
+                            stop.set()
+                            await projecting
+                finally:
+                    await cluster.stop()
     finally:
         with contextlib.suppress(Exception):
             if schema is None and urlsplit(url).scheme.lower() != "memory":
@@ -203,4 +212,5 @@ async def projector_lag(
         "all_p50_ms": round(percentile(lags, 0.5), 3),
         "all_p99_ms": round(percentile(lags, 0.99), 3),
         "all_max_ms": round(max(lags), 3),
+        **rss.figures(),  # (the projector is this process: `bench`)
     }

@@ -52,6 +52,7 @@ from core.events import (
     each_queued,
 )
 from core.scheduling import plan_run
+from services.bench import RssSampler
 from services.embedded_nats import EmbeddedNats, die_with_parent
 from services.nats import NatsBackplane, connect
 from services.nats.provisioning import LEASE_TTL
@@ -264,7 +265,10 @@ async def recovery(
         orch = OrchestratorProcess(nats_url, Path(tmp) / "orchestrator.log")
         try:
             connecting = connect(nats_url, name="cyclonetix-bench", replicas=replicas)
-            async with await connecting as backplane:
+            async with (
+                RssSampler(lambda: _pids(nats, [("orchestrator", orch)])) as rss,
+                await connecting as backplane,
+            ):
                 await backplane.definitions.put(probe)
                 events = await write_history(backplane, runs, steps)
                 await orch.start()
@@ -299,7 +303,19 @@ async def recovery(
             [round(r[p], 3) for p in phases] + [round(r["restart_to_dispatch_s"], 3)]
             for r in results
         ]
-    return out
+    return out | rss.figures()
+
+
+def _pids(
+    nats: EmbeddedNats | None, orchs: list[tuple[str, OrchestratorProcess]]
+) -> dict[str, int | None]:
+    """The pids to sample (RssSampler): each orchestrator process running, our NATS server."""
+    pids: dict[str, int | None] = {"nats": None if nats is None else nats.pid}
+    for name, orch in orchs:
+        process = orch.process
+        if process is not None and process.returncode is None:
+            pids[name] = process.pid
+    return pids
 
 
 async def _leader_and_standby(
@@ -385,9 +401,13 @@ async def takeover(
             OrchestratorProcess(nats_url, Path(tmp) / f"orchestrator-{name}.log")
             for name in ("a", "b")
         ]
+        named = list(zip(("orchestrator-a", "orchestrator-b"), orchs, strict=True))
         try:
             connecting = connect(nats_url, name="cyclonetix-bench", replicas=replicas)
-            async with await connecting as backplane:
+            async with (
+                RssSampler(lambda: _pids(nats, named)) as rss,
+                await connecting as backplane,
+            ):
                 await backplane.definitions.put(probe)
                 await orchs[0].start()
                 await orchs[0].wait_for("orchestrator.live", 60.0)
@@ -418,4 +438,4 @@ async def takeover(
     out["rounds_phases_s"] = [
         [round(r[p], 3) for p in phases] + [round(r["kill_to_dispatch_s"], 3)] for r in results
     ]
-    return out
+    return out | rss.figures()

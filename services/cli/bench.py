@@ -89,7 +89,12 @@ def register(sub: Any) -> None:
         help="memory:// (default), redis://host:port/db or postgresql://user@host:port/db",
     )
     for p in (lat, thr, kill, rec, take, lag):
-        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print one JSON object (with every sample, the series over time and the "
+            "processes' peak RSS: peak_rss_mb, rss_mb)",
+        )
         p.add_argument("--nats-url", metavar="URL", help="use this NATS server (default: private)")
         p.set_defaults(func=main)
 
@@ -154,5 +159,11 @@ def main(args: argparse.Namespace) -> int:
         print(json.dumps(figures))
     else:
         for key, value in figures.items():
+            if isinstance(value, dict) and any(isinstance(v, list) for v in value.values()):
+                continue  # a series per role (rss_mb): --json has it
+            if isinstance(value, dict):
+                value = "  ".join(f"{k}={v}" for k, v in value.items())
+            elif isinstance(value, list) and len(value) > 10:  # samples: --json has them
+                value = f"({len(value)} samples: --json)"
             print(f"{key:<20} {value}")
     return 0
