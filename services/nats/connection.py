@@ -8,12 +8,14 @@ reader subscribes on it, the ports call JetStream's API through `conn.js`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.util
+import re
 import ssl
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import nats.errors
@@ -32,15 +34,37 @@ if TYPE_CHECKING:
     from services.nats.reader import Reader
 
 __all__ = [
+    "MIN_SERVER_VERSION",
     "RETRYABLE",
     "Connection",
+    "PermissionDenied",
     "describe",
     "redact_url",
     "security_options",
+    "server_version_ok",
     "unavailable",
 ]
 
 log = structlog.get_logger("cyclonetix.nats")
+
+_T = TypeVar("_T")
+
+# A run's conditional appends name every event type's subject of the run at once
+# (Nats-Expected-Last-Subject-Sequence-Subject with a wildcard: services/nats/events.py), which
+# nats-server understands from 2.11; an older one would ignore the header and check only the
+# published event type's subject, so it is refused at connect.
+MIN_SERVER_VERSION: Final = (2, 11)
+
+
+def server_version_ok(version: str) -> bool:
+    """Whether a server reporting `version` (its INFO's, e.g. `2.15.1`) is recent enough."""
+    match = re.match(r"v?(\d+)\.(\d+)", version)
+    return match is not None and (int(match[1]), int(match[2])) >= MIN_SERVER_VERSION
+
+
+class PermissionDenied(Exception):
+    """The server refused this user a publish (its account's permissions): the subject."""
+
 
 # Worth retrying with the same Nats-Msg-Id: the server may be restarting, electing a leader,
 # or may have stored the message and lost the ack.
@@ -209,6 +233,11 @@ class Connection:
         self._nuid = NUID()
         self._connecting = True
         self._connect_error: BaseException | None = None
+        # Subjects a caller waits to hear this user may not publish to (`unless_denied`).
+        self._denial_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # Publishes the server refused that no `unless_denied` expected (the newest few):
+        # logged as they come; a role whose account misses a permission shows up here.
+        self.refused: collections.deque[str] = collections.deque(maxlen=100)
 
     @classmethod
     async def open(
@@ -277,6 +306,14 @@ class Connection:
                 f"cannot reach NATS at {conn.shown_url}: the server does not offer TLS "
                 "and nats.tls_required is set"
             )
+        version = str(conn.nc._server_info.get("version", "")) or "(no version)"  # no accessor
+        if not server_version_ok(version):
+            await conn.nc.close()
+            need = ".".join(map(str, MIN_SERVER_VERSION))
+            raise Unavailable(
+                f"cannot use NATS at {conn.shown_url}: nats-server {version} is too old "
+                f"(Cyclonetix needs nats-server {need} or newer)"
+            )
         conn._connecting = False
         # nats-py reads these options on every reconnect; there is no setter for them.
         conn.nc.options["max_reconnect_attempts"] = -1
@@ -311,9 +348,46 @@ class Connection:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
+    async def unless_denied(self, subject: str, call: Coroutine[Any, Any, _T]) -> _T:
+        """Await `call`, a request to `subject`, or raise PermissionDenied as soon as the server
+        says this user may not publish to `subject` (it never answers such a request: nats-py
+        would wait out its timeout, and then it could not tell why)."""
+        key = subject.lower()  # (the server's message spells it in lower case)
+        loop = asyncio.get_running_loop()
+        denied: asyncio.Future[None] = loop.create_future()
+        self._denial_waiters.setdefault(key, []).append(denied)
+        task = loop.create_task(call)
+        try:
+            waiting: set[asyncio.Future[Any]] = {task, denied}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                raise PermissionDenied(subject)
+            return task.result()
+        finally:
+            if not task.done():  # cancelled ourselves
+                task.cancel()
+            waiters = self._denial_waiters.get(key, [])
+            if denied in waiters:
+                waiters.remove(denied)
+            if not waiters:
+                self._denial_waiters.pop(key, None)
+
     # -- callbacks ------------------------------------------------------------------------------
 
     async def _on_error(self, exc: Exception) -> None:
+        text = str(exc).lower()
+        if "permissions violation for publish to" in text:
+            subject = text.rpartition(" to ")[2].strip().strip('"')
+            waiters = self._denial_waiters.get(subject)
+            if waiters:  # expected: the caller says what it means
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(None)
+                return
+            self.refused.append(subject)
         if self._connecting:
             if self._connect_error is None or not _refusal(self._connect_error):
                 self._connect_error = exc  # reported once, by open()

@@ -1,4 +1,13 @@
-"""The event log (`services.ports.EventLog`) on the CX_EVENTS stream: one subject per run."""
+"""The event log (`services.ports.EventLog`) on the CX_EVENTS stream: one subject per run and
+event type, `cx.ev.<shard>.<run_id>.<type>` (services/nats/names.py).
+
+A run's events are read from its subjects of every type (`cx.ev.<shard>.<run_id>.*`) and from
+`cx.ev.<shard>.<run_id>`, where events were appended before their subject named their type, so
+a history stored then still reads, folds and replays; nothing is written there any more. A run
+whose newest events are in that layout goes on in the new one (`append_expected`). Every role
+must run this layout: a process of the earlier one would append to the old subject, which the
+conditional appends here do not see (so upgrade them together).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +26,12 @@ from services.nats.names import (
     ALL_EVENTS,
     EVENTS_STREAM,
     EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
     MSG_ID,
-    event_subject,
+    event_subject_of,
+    legacy_event_subject,
+    run_event_subjects,
+    run_events_subject,
 )
 from services.nats.reader import follow, replay
 from services.ports import RunExists
@@ -48,14 +61,28 @@ def _decode(seq: int, msg: Msg) -> AnyEvent | None:
 
 
 async def first_message(conn: Connection, run_id: str) -> RawStreamMsg | None:
-    """The first message stored for the run (one direct read); None when it has none."""
+    """The first message stored for the run (a direct read per layout: one stored in the old
+    one comes first); None when it has none."""
     with unavailable("a read of the run's first event"):
+        for subject in run_event_subjects(run_id):
+            try:
+                return await conn.js.get_msg(
+                    EVENTS_STREAM, seq=1, subject=subject, next=True, direct=True
+                )
+            except nats.js.errors.NotFoundError:
+                continue
+    return None
+
+
+async def _last_message(conn: Connection, run_id: str) -> RawStreamMsg | None:
+    """The newest message stored for the run (one direct read; two when it has none in the
+    current layout: one stored in the old layout is older than any in the new)."""
+    for subject in reversed(run_event_subjects(run_id)):
         try:
-            return await conn.js.get_msg(
-                EVENTS_STREAM, seq=1, subject=event_subject(run_id), next=True, direct=True
-            )
+            return await conn.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
         except nats.js.errors.NotFoundError:
-            return None
+            continue
+    return None
 
 
 class NatsEventLog:
@@ -65,7 +92,7 @@ class NatsEventLog:
 
     async def append(self, event: AnyEvent) -> int:
         ack = await self._publisher.publish(
-            event_subject(event.run_id), encode(event), {MSG_ID: msg_id(event)}
+            event_subject_of(event), encode(event), {MSG_ID: msg_id(event)}
         )
         return int(ack.seq)
 
@@ -75,7 +102,7 @@ class NatsEventLog:
         `flush()` before acknowledging the input that caused these events.
         """
         return self._publisher.publish_nowait(
-            event_subject(event.run_id), encode(event), {MSG_ID: msg_id(event)}
+            event_subject_of(event), encode(event), {MSG_ID: msg_id(event)}
         )
 
     async def flush(self) -> None:
@@ -87,40 +114,55 @@ class NatsEventLog:
         A retry of our own earlier append (same msg id and bytes) returns its sequence; any
         other event already on the run's subject raises RunExists.
         """
+        if await self._in_old_layout(event.run_id):  # (the condition below sees the new only)
+            raise RunExists(event.run_id)
         try:
             return await self.append_expected(event, 0)
         except Conflict:
             raise RunExists(event.run_id) from None
 
+    async def _in_old_layout(self, run_id: str) -> bool:
+        """Whether the run has events stored before subjects named their type."""
+        with unavailable("a read of the run's first event"):
+            try:
+                await self._conn.js.get_msg(
+                    EVENTS_STREAM,
+                    seq=1,
+                    subject=legacy_event_subject(run_id),
+                    next=True,
+                    direct=True,
+                )
+            except nats.js.errors.NotFoundError:
+                return False
+        return True
+
     async def append_expected(self, event: AnyEvent, expected: int) -> int:
-        subject = event_subject(event.run_id)
+        """Append `event` if the run's newest event (of any type) is still at `expected`.
+
+        The condition names all of the run's subjects at once (`Nats-Expected-Last-Subject-
+        Sequence-Subject: cx.ev.<shard>.<run_id>.*`, nats-server 2.11+)."""
+        subject = event_subject_of(event)
+        run_subjects = run_events_subject(event.run_id)
         mid = msg_id(event)
         payload = encode(event)
-        headers = {MSG_ID: mid, EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
-        try:
-            ack = await self._publisher.publish(subject, payload, headers)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code not in ERRS_WRONG_LAST_SEQUENCE:
-                raise
-            # The expected-sequence check runs before dedup, so our own stored-but-unacked
-            # append lands here too: it is ours if the first event after `expected` is this
-            # very event (same msg id *and* bytes: a second RunScheduled for the same run id
-            # has the same msg id but is a different request).
-            with unavailable("a read of the run's events"):
-                try:
-                    after = await self._conn.js.get_msg(
-                        EVENTS_STREAM, seq=expected + 1, subject=subject, next=True, direct=True
-                    )
-                except nats.js.errors.NotFoundError:
-                    after = None
-            if (
-                after is not None
-                and after.seq
-                and after.data == payload
-                and (after.headers or {}).get(MSG_ID) == mid
-            ):
-                return int(after.seq)
-            raise Conflict(f"run {event.run_id!r} has events after sequence {expected}") from None
+        condition = expected
+        while True:
+            headers = {
+                MSG_ID: mid,
+                EXPECTED_LAST_SUBJECT_SEQUENCE: str(condition),
+                EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: run_subjects,
+            }
+            try:
+                ack = await self._publisher.publish(subject, payload, headers)
+                break
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code not in ERRS_WRONG_LAST_SEQUENCE:
+                    raise
+                if condition and await self._newest_in_old_layout(event.run_id, expected):
+                    # The run has no event in this layout yet: its first one here expects none.
+                    condition = 0
+                    continue
+                return await self._own_append(event.run_id, expected, payload, mid)
         if ack.duplicate:
             # Deduplication comes after the check: an event stored with our msg id is ours
             # only if its bytes are (another agent's start of the same delivery has our id).
@@ -129,6 +171,44 @@ class NatsEventLog:
             if stored.data != payload:
                 raise Conflict(f"run {event.run_id!r} has another event with id {mid!r}")
         return int(ack.seq)
+
+    async def _newest_in_old_layout(self, run_id: str, expected: int) -> bool:
+        """Whether the run's newest event, at `expected`, was stored in the old layout (and none
+        in the current one)."""
+        with unavailable("a read of the run's events"):
+            newest = await _last_message(self._conn, run_id)
+        return (
+            newest is not None
+            and newest.seq == expected
+            and newest.subject == legacy_event_subject(run_id)
+        )
+
+    async def _own_append(self, run_id: str, expected: int, payload: bytes, mid: str) -> int:
+        """The sequence of our own append after `expected`, else Conflict.
+
+        The expected-sequence check runs before dedup, so our own stored-but-unacked append
+        lands in a refusal too: it is ours if the first event after `expected` is this very
+        event (same msg id *and* bytes: a second RunScheduled for the same run id has the same
+        msg id but is a different request)."""
+        with unavailable("a read of the run's events"):
+            try:
+                after = await self._conn.js.get_msg(
+                    EVENTS_STREAM,
+                    seq=expected + 1,
+                    subject=run_events_subject(run_id),
+                    next=True,
+                    direct=True,
+                )
+            except nats.js.errors.NotFoundError:
+                after = None
+        if (
+            after is not None
+            and after.seq
+            and after.data == payload
+            and (after.headers or {}).get(MSG_ID) == mid
+        ):
+            return int(after.seq)
+        raise Conflict(f"run {run_id!r} has events after sequence {expected}")
 
     async def last_seq(self) -> int:
         with unavailable("a stream info request"):
@@ -140,22 +220,20 @@ class NatsEventLog:
         return int(msg.seq) if msg is not None and msg.seq else None
 
     async def last_event(self, run_id: str) -> tuple[int, AnyEvent] | None:
-        subject = event_subject(run_id)
         with unavailable("a read of the run's last event"):
-            try:
-                msg = await self._conn.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
-            except nats.js.errors.NotFoundError:
-                return None
+            msg = await _last_message(self._conn, run_id)
+        if msg is None:
+            return None
         seq = int(msg.seq or 0)
         try:
             return seq, decode(msg.data or b"")
         except msgspec.DecodeError as exc:
-            log.warning("nats.undecodable_event", subject=subject, seq=seq, error=str(exc))
+            log.warning("nats.undecodable_event", subject=msg.subject, seq=seq, error=str(exc))
             return None
 
     async def history(self, run_id: str) -> list[tuple[int, AnyEvent]]:
         out: list[tuple[int, AnyEvent]] = []
-        async for seq, _, msg in replay(self._conn, EVENTS_STREAM, event_subject(run_id)):
+        async for seq, _, msg in replay(self._conn, EVENTS_STREAM, run_event_subjects(run_id)):
             event = _decode(seq, msg)
             if event is not None:
                 out.append((seq, event))
@@ -189,7 +267,7 @@ class NatsEventLog:
         stop: asyncio.Event | None = None,
         skipped: bool = False,
     ) -> AsyncIterator[tuple[int, AnyEvent | None, int]]:
-        subject = ALL_EVENTS if run_id is None else event_subject(run_id)
+        subject = ALL_EVENTS if run_id is None else run_event_subjects(run_id)
         async for seq, pending, msg in follow(self._conn, EVENTS_STREAM, subject, from_seq, stop):
             event = _decode(seq, msg)
             if event is not None or skipped:

@@ -1,7 +1,13 @@
 """Where everything lives on NATS: stream, bucket and consumer names, subjects, headers, and the
 escaping that turns any id into a legal subject token or KV key.
 
-  CX_EVENTS      cx.ev.<shard>.<run_id>             every fact about a run (limits, no deletes;
+  CX_EVENTS      cx.ev.<shard>.<run_id>.<type>      every fact about a run, its subject ending in
+                                                    the event's type (`TaskSucceeded`), so the
+                                                    server's permissions can say which types a
+                                                    user may append (infra/nats/roles.conf);
+                                                    a run's reads take cx.ev.<shard>.<run_id>.*
+                                                    plus cx.ev.<shard>.<run_id>, where events
+                                                    were stored before (limits, no deletes;
                                                     durable consumer `notifications`, pushing
                                                     to cx.notify.deliver, queue group
                                                     `notifications`: run ends for the webhooks)
@@ -17,6 +23,8 @@ escaping that turns any id into a legal subject token or KV key.
                                                     consumer `triggers` shared by orchestrators)
   CX_TRIGGER_LOG cx.tlog.accepted|rejected          what became of each trigger (limits, 30 days)
   KV             cx_trigger_keys                    idempotency key -> run id (TTL: the window)
+  CX_AUDIT       cx.audit.<action>                  who did what to users, tokens, sessions
+                                                    (limits, 365 days; services/nats/audit.py)
   object store   cx_snapshots                       the orchestrator's snapshot of its open runs
   core NATS      cx.cancel.<run_id>                 cancellation wake-ups (not stored)
 """
@@ -24,19 +32,26 @@ escaping that turns any id into a legal subject token or KV key.
 from __future__ import annotations
 
 import re
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from core.ids import shard_of
+
+if TYPE_CHECKING:
+    from core.events import Event
 
 __all__ = [
     "ADVISORIES_STREAM",
     "AGENTS_BUCKET",
     "ALL_EVENTS",
+    "AUDIT_STREAM",
+    "AUDIT_SUBJECTS",
     "AUTH_BUCKET",
     "CANCEL_PREFIX",
     "CHECKPOINTS_BUCKET",
     "DEFS_BUCKET",
     "EVENTS_STREAM",
+    "EVENT_SUBJECTS",
+    "EVENT_SUBJECTS_LEGACY",
     "LEASES_BUCKET",
     "LOGS_STREAM",
     "LOST_CONSUMER",
@@ -55,10 +70,14 @@ __all__ = [
     "WORK_STREAM",
     "decode_token",
     "event_subject",
+    "event_subject_of",
     "kv_subject",
     "kv_token",
+    "legacy_event_subject",
     "log_subject",
     "log_subjects",
+    "run_event_subjects",
+    "run_events_subject",
     "subject_token",
     "trigger_log_subject",
     "trigger_subject",
@@ -85,6 +104,8 @@ TRIGGER_LOG_SUBJECTS: Final = "cx.tlog.*"
 AUTH_BUCKET: Final = "cx_auth"  # UI users and API tokens (services/nats/auth.py)
 SESSIONS_BUCKET: Final = "cx_sessions"  # UI login sessions, expiring (SESSION_TTL)
 SNAPSHOTS_BUCKET: Final = "cx_snapshots"  # an object store (its stream: OBJ_cx_snapshots)
+AUDIT_STREAM: Final = "CX_AUDIT"  # core.audit records, on cx.audit.<action>
+AUDIT_SUBJECTS: Final = "cx.audit.>"
 
 # JetStream announces a work message whose deliveries ran out (max_deliver) on this core
 # subject; capturing it in a stream keeps the news while no orchestrator is running.
@@ -94,13 +115,19 @@ LOST_CONSUMER: Final = "lost_dispatches"
 NOTIFY_CONSUMER: Final = "notifications"  # also its queue group
 NOTIFY_DELIVER: Final = "cx.notify.deliver"  # where that (push) consumer delivers
 
-ALL_EVENTS: Final = "cx.ev.>"
+ALL_EVENTS: Final = "cx.ev.>"  # both layouts
+EVENT_SUBJECTS: Final = "cx.ev.*.*.*"  # cx.ev.<shard>.<run_id>.<event type>
+# Where events were stored before their subject named their type: still read, never written.
+EVENT_SUBJECTS_LEGACY: Final = "cx.ev.*.*"
 CANCEL_PREFIX: Final = "cx.cancel"
 
 # Headers (nats.js.api.Header spells the standard ones; plain strings keep this module free of
 # nats imports and usable by tests that check names only).
 MSG_ID: Final = "Nats-Msg-Id"
 EXPECTED_LAST_SUBJECT_SEQUENCE: Final = "Nats-Expected-Last-Subject-Sequence"
+# The subject (a last-token wildcard allowed) that the expected sequence above is about, instead
+# of the published one: a run's events of every type (nats-server 2.11+).
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
 KV_OPERATION: Final = "KV-Operation"
 MARKER_REASON: Final = "Nats-Marker-Reason"
 CX_STREAM_HEADER: Final = "Cx-Stream"  # on log chunks: stdout or stderr
@@ -154,8 +181,30 @@ def decode_token(token: str) -> str:
 # -- subjects -----------------------------------------------------------------------------------
 
 
-def event_subject(run_id: str) -> str:
+def event_subject(run_id: str, kind: str) -> str:
+    """Where an event of type `kind` (its tag, e.g. `TaskSucceeded`) of the run is appended."""
+    return f"cx.ev.{shard_of(run_id)}.{subject_token(run_id)}.{subject_token(kind)}"
+
+
+def event_subject_of(event: Event) -> str:
+    """Where `event` is appended: its run's subject for its type."""
+    return event_subject(event.run_id, str(type(event).__struct_config__.tag))
+
+
+def run_events_subject(run_id: str) -> str:
+    """Every event of the run appended in this layout (what a conditional append is about)."""
+    return f"cx.ev.{shard_of(run_id)}.{subject_token(run_id)}.*"
+
+
+def legacy_event_subject(run_id: str) -> str:
+    """Where the run's events were appended before the subject named the event type."""
     return f"cx.ev.{shard_of(run_id)}.{subject_token(run_id)}"
+
+
+def run_event_subjects(run_id: str) -> tuple[str, str]:
+    """Every event of the run, in either layout (they do not overlap: a consumer may filter on
+    both)."""
+    return legacy_event_subject(run_id), run_events_subject(run_id)
 
 
 def work_subject(queue: str) -> str:

@@ -1,14 +1,23 @@
-"""Streams, buckets and durable consumers: created idempotently on connect, and again after
-every reconnect, so a server that lost its store gets them back without a restart of ours.
+"""Streams, buckets and durable consumers: looked up on connect, and again after every
+reconnect, and created when missing, so a server that lost its store gets them back without a
+restart of ours. Only what is missing is created: a role connecting to a provisioned server
+asks for information only, never `$JS.API.STREAM.CREATE`, so the server's permissions may keep
+creating (and updating) streams to the orchestrator and the operator (infra/nats/roles.conf).
+A role whose account may not create a missing stream or bucket fails in one line naming it.
+
 Our configuration is the source of truth: a stream whose config drifted is updated to it, so a
 changed `nats.events_max_age` setting takes effect on the existing `CX_EVENTS` the next time a
-role connects (JetStream allows changing a stream's max_age in place; shortening it removes the
-events already older than the new age).
+role that may update it connects (JetStream allows changing a stream's max_age in place;
+shortening it removes the events already older than the new age); one that may not leaves it
+(a warning), unless the stream lacks subjects we write to (then it fails, in one line). A
+CX_EVENTS from before event subjects named their type gets the new subjects added, and keeps
+its old ones (the events stored there are still read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import TYPE_CHECKING, Any, Final
 
 import nats.errors
@@ -27,13 +36,17 @@ from nats.js.api import (
 
 from core.errors import Conflict, Unavailable
 from services.auth import SESSION_TTL
-from services.nats.connection import RETRYABLE, describe, unavailable
+from services.nats.connection import RETRYABLE, PermissionDenied, describe, unavailable
 from services.nats.names import (
     ADVISORIES_STREAM,
     AGENTS_BUCKET,
+    AUDIT_STREAM,
+    AUDIT_SUBJECTS,
     AUTH_BUCKET,
     CHECKPOINTS_BUCKET,
     DEFS_BUCKET,
+    EVENT_SUBJECTS,
+    EVENT_SUBJECTS_LEGACY,
     EVENTS_STREAM,
     LEASES_BUCKET,
     LOGS_STREAM,
@@ -71,6 +84,7 @@ TRIGGER_LOG_MAX_MSGS: Final = 1_000_000
 # record and its ack is recorded once.
 TRIGGER_LOG_DUPLICATE_WINDOW: Final = 600.0
 LEASE_TTL: Final = 6.0  # a lease its holder stops renewing is free after this long
+AUDIT_MAX_AGE: Final = 365 * 24 * 3600.0
 
 # Server error code we act on (nats-server `server/errors.json`).
 ERR_STREAM_CONFIG_DIFFERS: Final = 10058
@@ -83,7 +97,9 @@ def stream_configs(replicas: int, *, events_max_age: float = 0.0) -> list[Stream
         StreamConfig(
             name=EVENTS_STREAM,
             description="Cyclonetix event log: every fact about every run",
-            subjects=["cx.ev.*.*"],
+            # cx.ev.<shard>.<run>.<type>; and cx.ev.<shard>.<run>, where events were stored
+            # before (kept: a stream may hold them, and they are read as a run's events).
+            subjects=[EVENT_SUBJECTS_LEGACY, EVENT_SUBJECTS],
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=replicas,
@@ -122,7 +138,8 @@ def stream_configs(replicas: int, *, events_max_age: float = 0.0) -> list[Stream
             duplicate_window=120.0,
             allow_direct=True,
         ),
-        # Made by every role, so a trigger published before any orchestrator ran waits here.
+        # Made by the first connection that may (an orchestrator, an operator's command), so
+        # a trigger published before any orchestrator runs waits here.
         # no_ack: JetStream's own ack would be the first (and only) answer a `nats req` gets;
         # the handler answers instead (services/nats/triggers.py).
         StreamConfig(
@@ -144,6 +161,19 @@ def stream_configs(replicas: int, *, events_max_age: float = 0.0) -> list[Stream
             max_age=TRIGGER_LOG_MAX_AGE,
             max_msgs=TRIGGER_LOG_MAX_MSGS,
             duplicate_window=TRIGGER_LOG_DUPLICATE_WINDOW,
+            allow_direct=True,
+        ),
+        # Who did what (services/nats/audit.py): kept a year, never deleted by a role.
+        StreamConfig(
+            name=AUDIT_STREAM,
+            description="Cyclonetix audit log: user, token and login actions",
+            subjects=[AUDIT_SUBJECTS],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=replicas,
+            max_age=AUDIT_MAX_AGE,
+            duplicate_window=DUPLICATE_WINDOW,
+            deny_delete=True,
             allow_direct=True,
         ),
     ]
@@ -195,6 +225,27 @@ LOST_CONSUMER_CONFIG: Final = ConsumerConfig(
 )
 
 
+_DEFAULTS: Final = {f.name: f.default for f in dataclasses.fields(StreamConfig)}
+
+
+def stream_differences(have: StreamConfig, want: StreamConfig) -> list[str]:
+    """The fields that `want` sets (to other than nats-py's default) and `have` has otherwise
+    (subjects: as a set). Fields left at their default are the server's business: it fills
+    some in (a duplicate window of 0 becomes 2 minutes)."""
+    out = []
+    for field in dataclasses.fields(want):
+        value = getattr(want, field.name)
+        if field.name == "name" or value is None or value == _DEFAULTS[field.name]:
+            continue
+        current = getattr(have, field.name)
+        if field.name == "subjects":
+            if set(value) != set(current or ()):
+                out.append(field.name)
+        elif current != value:
+            out.append(field.name)
+    return out
+
+
 class Provisioner:
     """Creates or converges everything Cyclonetix needs on the server (idempotent)."""
 
@@ -216,7 +267,11 @@ class Provisioner:
             for cfg in stream_configs(self.replicas, events_max_age=self.events_max_age):
                 await self._ensure_stream(cfg)
             for kv_cfg in kv_configs(self.replicas):
-                self._kv[kv_cfg.bucket] = await self._ensure_kv(kv_cfg)
+                try:
+                    self._kv[kv_cfg.bucket] = await self._ensure_kv(kv_cfg)
+                except PermissionDenied:
+                    # Not this role's business (an agent and the UI's users and sessions).
+                    log.debug("nats.bucket_not_visible", bucket=kv_cfg.bucket)
             for obj_cfg in object_store_configs(self.replicas):
                 assert obj_cfg.bucket is not None
                 self._objects[obj_cfg.bucket] = await self._ensure_object_store(obj_cfg)
@@ -263,26 +318,70 @@ class Provisioner:
                 await asyncio.sleep(next(delays))
 
     async def _ensure_stream(self, cfg: StreamConfig) -> None:
+        """Create the stream when it is missing; update it when it differs from `cfg`."""
+        assert cfg.name is not None
         js = self.conn.js
         try:
-            await js.add_stream(cfg)
-        except nats.js.errors.BadRequestError as exc:
-            if exc.err_code != ERR_STREAM_CONFIG_DIFFERS:
-                raise
-            # Our config is the source of truth: converge the server to it.
+            info = await js.stream_info(cfg.name)
+        except nats.js.errors.NotFoundError:
             try:
-                await js.update_stream(cfg)
-            except nats.js.errors.APIError as update_exc:
-                raise Conflict(
-                    f"stream {cfg.name} exists with a config that cannot be changed to ours: "
-                    f"{update_exc.description}"
+                await self.conn.unless_denied(
+                    f"$JS.API.STREAM.CREATE.{cfg.name}", js.add_stream(cfg)
+                )
+                return
+            except PermissionDenied:
+                raise Unavailable(self._may_not_create(f"stream {cfg.name}")) from None
+            except nats.js.errors.BadRequestError as exc:
+                if exc.err_code != ERR_STREAM_CONFIG_DIFFERS:
+                    raise
+                # Created meanwhile by someone else, differently: converge it below.
+                info = await js.stream_info(cfg.name)
+        differs = stream_differences(info.config, cfg)
+        if not differs:
+            return
+        try:
+            await self.conn.unless_denied(
+                f"$JS.API.STREAM.UPDATE.{cfg.name}", js.update_stream(cfg)
+            )
+        except PermissionDenied:
+            missing = sorted(set(cfg.subjects or ()) - set(info.config.subjects or ()))
+            if missing:
+                raise Unavailable(
+                    f"stream {cfg.name} on {self.conn.shown_url} lacks the subjects "
+                    f"{', '.join(missing)} and this account may not add them: start the "
+                    "orchestrator (of this version) first"
                 ) from None
-            log.info("nats.stream_updated", stream=cfg.name, max_age=cfg.max_age)
+            log.warning("nats.stream_differs", stream=cfg.name, fields=differs)
+            return
+        except nats.js.errors.APIError as update_exc:
+            raise Conflict(
+                f"stream {cfg.name} exists with a config that cannot be changed to ours: "
+                f"{update_exc.description}"
+            ) from None
+        log.info("nats.stream_updated", stream=cfg.name, fields=differs, max_age=cfg.max_age)
+
+    def _may_not_create(self, what: str) -> str:
+        return (
+            f"{what} does not exist on {self.conn.shown_url} and this account may not "
+            "create it: start the orchestrator first"
+        )
 
     async def _ensure_kv(self, cfg: KeyValueConfig) -> KeyValue:
+        """The bucket, created when missing; PermissionDenied when this account may not even
+        look it up (infra/nats/roles.conf keeps the UI's logins from agents)."""
         js = self.conn.js
         try:
-            return await js.create_key_value(cfg)
+            return await self.conn.unless_denied(
+                f"$JS.API.STREAM.INFO.KV_{cfg.bucket}", js.key_value(cfg.bucket)
+            )
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:
+            return await self.conn.unless_denied(
+                f"$JS.API.STREAM.CREATE.KV_{cfg.bucket}", js.create_key_value(cfg)
+            )
+        except PermissionDenied:
+            raise Unavailable(self._may_not_create(f"KV bucket {cfg.bucket}")) from None
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != ERR_STREAM_CONFIG_DIFFERS:
                 raise
@@ -293,7 +392,16 @@ class Provisioner:
         js = self.conn.js
         assert cfg.bucket is not None
         try:
-            return await js.create_object_store(cfg.bucket, config=cfg)
+            return await js.object_store(cfg.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:
+            return await self.conn.unless_denied(
+                f"$JS.API.STREAM.CREATE.OBJ_{cfg.bucket}",
+                js.create_object_store(cfg.bucket, config=cfg),
+            )
+        except PermissionDenied:
+            raise Unavailable(self._may_not_create(f"object store {cfg.bucket}")) from None
         except nats.js.errors.BadRequestError as exc:
             if exc.err_code != ERR_STREAM_CONFIG_DIFFERS:
                 raise

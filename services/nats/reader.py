@@ -36,11 +36,12 @@ _CONSUMER_STALLED = "Nats-Consumer-Stalled"
 async def replay(
     conn: Connection,
     stream: str,
-    subject: str,
+    subject: str | tuple[str, ...],
     *,
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL,
 ) -> AsyncIterator[Delivery]:
-    """Everything currently stored on `subject`, then stop (a bounded read)."""
+    """Everything currently stored on `subject` (or on any of several that do not overlap),
+    then stop (a bounded read)."""
     reader = Reader(conn, stream, subject, deliver_policy=deliver_policy, bounded=True)
     async for item in reader:
         yield item
@@ -49,7 +50,7 @@ async def replay(
 async def follow(
     conn: Connection,
     stream: str,
-    subject: str,
+    subject: str | tuple[str, ...],
     from_seq: int = 1,
     stop: asyncio.Event | None = None,
 ) -> AsyncIterator[Delivery]:
@@ -114,7 +115,7 @@ class Reader:
         self,
         conn: Connection,
         stream: str,
-        subject: str,
+        subject: str | tuple[str, ...],
         *,
         deliver_policy: DeliverPolicy,
         start_seq: int = 1,
@@ -125,7 +126,9 @@ class Reader:
         self._conn = conn
         self._stop = stop
         self._stream = stream
-        self._subject = subject
+        # One subject, or several that do not overlap (a consumer's `filter_subjects`).
+        self._filters = (subject,) if isinstance(subject, str) else subject
+        self._subject = ", ".join(self._filters)  # (for messages)
         self._policy = deliver_policy
         self._start_seq = start_seq
         self._bounded = bounded
@@ -250,7 +253,8 @@ class Reader:
             deliver_policy=self._policy,
             opt_start_seq=self._last_sseq + 1 if by_seq else None,
             ack_policy=AckPolicy.NONE,
-            filter_subject=self._subject,
+            filter_subject=self._filters[0] if len(self._filters) == 1 else None,
+            filter_subjects=list(self._filters) if len(self._filters) > 1 else None,
             flow_control=True,
             idle_heartbeat=self._heartbeat,
             inactive_threshold=max(30.0, 5 * self._heartbeat),  # server cleans up after us

@@ -140,9 +140,15 @@ class NatsHarness(Harness):
             await raw.close()
 
     async def inject_event_bytes(self, run_id: str, data: bytes) -> None:
+        import msgspec
+
         from services.nats.names import event_subject
 
-        await self._raw_publish(event_subject(run_id), data)
+        # The subject names the type the bytes claim, as a writer of them would.
+        kind = "Undecodable"
+        with contextlib.suppress(msgspec.DecodeError, TypeError, KeyError):
+            kind = str(msgspec.json.decode(data)["type"])
+        await self._raw_publish(event_subject(run_id, kind), data)
 
     async def inject_dispatch_bytes(self, queue: str, data: bytes) -> None:
         from services.nats.names import work_subject

@@ -31,22 +31,34 @@ from core.events import (
     TasksQueued,
     TaskStarted,
     TaskSucceeded,
+    encode,
+    msg_id,
 )
+from core.run import RunStatus
+from projections.memory import MemoryReadModel
+from services.commands import load_run
 from services.embedded_nats import free_port
 from services.nats import NatsBackplane, connect
 from services.nats.names import (
     ADVISORIES_STREAM,
     EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
     LOGS_STREAM,
+    MSG_ID,
     WORK_STREAM,
     decode_token,
     event_subject,
+    event_subject_of,
     kv_token,
+    legacy_event_subject,
     log_subject,
+    run_events_subject,
     subject_token,
     work_subject,
 )
+from services.nats.provisioning import stream_configs
 from services.ports import LostWork, RunExists
+from services.projector import replay
 from tests.contract.harness import dispatch, take
 from tests.waiting import eventually
 
@@ -67,11 +79,18 @@ def started(run_id: str, task_id: str, attempt: int = 1) -> TaskStarted:
     return TaskStarted(run_id=run_id, ts=NOW, task_id=task_id, attempt=attempt, agent_id="a1")
 
 
+def succeeded(run_id: str, task_id: str, attempt: int = 1) -> TaskSucceeded:
+    return TaskSucceeded(run_id=run_id, ts=NOW, task_id=task_id, attempt=attempt, agent_id="a1")
+
+
 # -- names --------------------------------------------------------------------------------------
 
 
 def test_subjects_and_keys_are_valid_tokens() -> None:
-    assert event_subject("run-1").startswith("cx.ev.") and event_subject("run-1").endswith(".run-1")
+    subject = event_subject("run-1", "TaskStarted")
+    assert subject.startswith("cx.ev.") and subject.endswith(".run-1.TaskStarted")
+    assert event_subject_of(started("run-1", "t")) == subject
+    assert run_events_subject("run-1") == subject.removesuffix("TaskStarted") + "*"
     assert work_subject("gpu") == "cx.work.gpu"
     assert log_subject("r1", "load:eu", 2) == "cx.log.r1.load:eu.2"  # ':' is a legal subject char
     assert kv_token("load:eu") == "load=3Aeu"  # ...but not a legal KV key char
@@ -103,7 +122,7 @@ async def test_provisioning_is_idempotent(backplane: NatsBackplane, nats_url: st
     after = {s: (await js.stream_info(s)).config for s in (EVENTS_STREAM, WORK_STREAM)}
     assert before == after
     events = after[EVENTS_STREAM]
-    assert events.subjects == ["cx.ev.*.*"]
+    assert events.subjects == ["cx.ev.*.*", "cx.ev.*.*.*"]  # the old layout, still read
     assert events.deny_delete and events.allow_direct
     assert events.duplicate_window == 300
     for bucket in ("cx_defs", "cx_agents", "cx_leases", "cx_checkpoints"):
@@ -221,6 +240,113 @@ async def test_append_expected_detects_conflicts(backplane: NatsBackplane) -> No
     assert await events.last_seq() == second
 
 
+async def test_a_conditional_append_is_about_every_event_of_its_run_and_no_other(
+    backplane: NatsBackplane,
+) -> None:
+    """Each event type has its own subject; the expected sequence is the run's newest event of
+    any type (not the newest of the appended type), and another run's events do not count."""
+    events = backplane.events
+    first = await events.append_expected(scheduled("r1"), 0)
+    start = await events.append_expected(started("r1", "t1"), first)
+    done = await events.append_expected(succeeded("r1", "t1"), start)
+    # The newest TaskStarted is at `start`, but the run's newest event is `done`.
+    with pytest.raises(Conflict):
+        await events.append_expected(started("r1", "t2"), start)
+    await events.append(scheduled("r2"))  # another run in between
+    assert await events.append_expected(started("r1", "t2"), done) == done + 2
+    assert [type(e) for _, e in await events.history("r1")] == [
+        RunScheduled,
+        TaskStarted,
+        TaskSucceeded,
+        TaskStarted,
+    ]
+    assert await events.last_event("r1") == (done + 2, started("r1", "t2"))
+
+
+async def test_a_run_logged_in_the_old_layout_still_reads_folds_replays_and_goes_on(
+    nats_url: str,
+) -> None:
+    """Before subjects named the event type, a run's events went to cx.ev.<shard>.<run_id>, on
+    a stream of subjects cx.ev.*.*. Connecting adds the new subjects to that stream and keeps
+    the old one and all it holds; the run reads, folds and replays from both layouts, and goes
+    on in the new one (conditionally, after its newest old-layout event)."""
+    old_config = dataclasses.replace(stream_configs(1)[0], subjects=["cx.ev.*.*"])
+    run = "r-old"
+    before: list[AnyEvent] = [scheduled(run), started(run, "t")]
+    async with await connect(nats_url, name="earlier-version", provision=False) as earlier:
+        js = earlier.connection.js
+        await js.add_stream(old_config)
+        for expected, event in enumerate(before):  # as the earlier version appended them
+            headers = {MSG_ID: msg_id(event), EXPECTED_LAST_SUBJECT_SEQUENCE: str(expected)}
+            await js.publish(legacy_event_subject(run), encode(event), headers=headers)
+        await js.publish(legacy_event_subject("r-other"), encode(scheduled("r-other")))
+
+    async with await connect(nats_url, name="upgraded") as bp:
+        info = await bp.connection.js.stream_info(EVENTS_STREAM)
+        assert info.config.subjects == ["cx.ev.*.*", "cx.ev.*.*.*"]
+        assert info.state.messages == 3
+        events = bp.events
+        assert await events.history(run) == [(1, before[0]), (2, before[1])]
+        assert await events.first_seq(run) == 1
+        assert await events.last_event(run) == (2, before[1])
+        assert (await load_run(events, run)).status == RunStatus.RUNNING
+        with pytest.raises(RunExists):  # its id is taken, though not in the new layout
+            await events.schedule_run(scheduled(run))
+
+        with pytest.raises(Conflict):  # stale: the run's newest event is at 2
+            await events.append_expected(succeeded(run, "t"), 1)
+        done = await events.append_expected(succeeded(run, "t"), 2)
+        assert done == 4
+        with pytest.raises(Conflict):  # stale again, now that the newest is in the new layout
+            await events.append_expected(RunSucceeded(run_id=run, ts=NOW), 2)
+        end = await events.append_expected(RunSucceeded(run_id=run, ts=NOW), done)
+        assert (await bp.connection.js.get_msg(EVENTS_STREAM, end)).subject == event_subject(
+            run, "RunSucceeded"
+        )
+
+        after = [*before, succeeded(run, "t"), RunSucceeded(run_id=run, ts=NOW)]
+        assert await events.history(run) == list(zip([1, 2, 4, 5], after, strict=True))
+        assert await events.last_event(run) == (5, after[-1])
+        assert (await load_run(events, run)).status == RunStatus.SUCCEEDED
+        assert [e for _, e in await take(events.follow_run(run), 4)] == after
+        assert [(s, e) for s, e, _ in await take(events.tail(run_id=run), 4)] == list(
+            zip([1, 2, 4, 5], after, strict=True)
+        )
+        store = MemoryReadModel()
+        await replay(events, store)
+        detail = await store.get_run(run)
+        assert detail is not None and detail.run.status == RunStatus.SUCCEEDED
+        other = await store.get_run("r-other")
+        assert other is not None and other.run.status == RunStatus.SCHEDULED
+
+
+async def test_a_server_older_than_2_11_is_refused_in_one_line() -> None:
+    """Conditional appends over a run's subjects need nats-server 2.11: an older server (here a
+    stand-in that answers the handshake as 2.10 does) is refused at connect, in one line."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b'INFO {"server_id":"stand-in","version":"2.10.22","proto":1,"headers":true,'
+            b'"max_payload":1048576,"host":"127.0.0.1","port":4222}\r\n'
+        )
+        await writer.drain()
+        while line := await reader.readline():
+            if line.startswith(b"PING"):
+                writer.write(b"PONG\r\n")
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"nats://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    async with server:
+        with pytest.raises(Unavailable) as caught:
+            await connect(url, name="test", connect_timeout=2.0)
+    assert str(caught.value) == (
+        f"cannot use NATS at {url}: nats-server 2.10.22 is too old "
+        "(Cyclonetix needs nats-server 2.11 or newer)"
+    )
+
+
 async def test_history_of_a_large_run(backplane: NatsBackplane) -> None:
     events = backplane.events
     for i in range(3000):
@@ -259,7 +385,7 @@ async def test_tail_delivers_stored_then_live_events_until_stopped(
 async def test_tail_from_a_sequence_skips_undecodable_messages(backplane: NatsBackplane) -> None:
     events = backplane.events
     await events.append(started("r1", "t0"))
-    await backplane.connection.js.publish(event_subject("r1"), b"not an event")
+    await backplane.connection.js.publish(event_subject("r1", "Junk"), b"not an event")
     await events.append(started("r1", "t2"))
     items = await take(events.tail(from_seq=2), 1)
     assert items[0][0] == 3 and isinstance(items[0][1], TaskStarted)

@@ -4,29 +4,59 @@ credentials and TLS from the settings (services.settings, services.nats.connecti
 A refused connection is one line naming the server (`cannot reach NATS at ...: authentication
 failed ...`, exit code 3 from the CLI), never a traceback and never the secret; the example
 permissions deny what they promise (an agent cannot publish triggers, delete streams or
-consumers, or consume another queue) and allow what a real agent does (a dispatch run to its
-result by an in-process Agent logged in as `agent-default`).
+consumers, or consume another queue; each role appends only its own event types; agents and the
+projector cannot read the UI's logins; no role but the orchestrator and the operator creates a
+stream) and allow what a real agent does (a dispatch run to its result by an in-process Agent
+logged in as `agent-default`), and what the UI and the projector do. An nkey user logs in with
+its seed file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import datetime as dt
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import nkeys
 import pytest
 
 from core.errors import Unavailable
-from core.events import Dispatch, TaskSucceeded
+from core.events import (
+    AnyEvent,
+    Dispatch,
+    QueuedTask,
+    RunCancelRequested,
+    RunScheduled,
+    RunSucceeded,
+    TaskQueued,
+    TasksQueued,
+    TaskStarted,
+    TaskSucceeded,
+    encode,
+)
+from projections.memory import MemoryReadModel
+from services import commands
 from services.agent import Agent, AgentConfig
 from services.embedded_nats import EmbeddedNats, find_nats_server
 from services.nats import NatsBackplane, connect
 from services.nats.connection import Connection
-from services.nats.names import EVENTS_STREAM, WORK_STREAM
+from services.nats.names import (
+    AUTH_BUCKET,
+    EVENTS_STREAM,
+    SESSIONS_BUCKET,
+    WORK_STREAM,
+    event_subject_of,
+    kv_subject,
+)
+from services.nats.provisioning import stream_configs
+from services.projector import replay
 from services.settings import FIELDS, NatsSettings
 from tests.conftest import start_nats
 from tests.waiting import eventually
@@ -56,6 +86,9 @@ PASSWORD_ENV = {
     "trigger": "CX_TRIGGER_PASSWORD",
     "system": "CX_SYSTEM_PASSWORD",
 }
+
+
+NOW = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 
 def as_user(user: str, **tls: object) -> NatsSettings:
@@ -390,9 +423,8 @@ async def test_an_agent_logged_in_as_its_queue_runs_a_dispatch(
             return None
 
         await eventually(succeeded, timeout=20, what="TaskSucceeded from the agent")
-        assert conn.connection.nc.last_error is None or "permissions" not in str(
-            conn.connection.nc.last_error
-        )
+        # Nothing it did was refused (but what it expected: looking up the UI's logins).
+        assert list(conn.connection.refused) == []
     finally:
         stop.set()
         try:
@@ -433,3 +465,260 @@ def test_the_example_secure_config_loads(
     done = check()
     assert done.returncode == 0, done.stderr + done.stdout
     assert "is valid" in done.stderr + done.stdout
+
+
+# -- what each role may append, read and create -----------------------------------------------
+
+
+def scheduled(run_id: str) -> RunScheduled:
+    return RunScheduled(run_id=run_id, ts=NOW, kind="dag", target="d", name="d", graph=())
+
+
+def started(run_id: str) -> TaskStarted:
+    return TaskStarted(run_id=run_id, ts=NOW, task_id="t", attempt=1, agent_id="a1")
+
+
+def succeeded(run_id: str) -> TaskSucceeded:
+    return TaskSucceeded(run_id=run_id, ts=NOW, task_id="t", attempt=1, agent_id="a1")
+
+
+def orchestrators_events(run_id: str) -> list[AnyEvent]:
+    """Events only the orchestrator appends: its decisions and a run's end."""
+    return [
+        RunSucceeded(run_id=run_id, ts=NOW),
+        TaskQueued(run_id=run_id, ts=NOW, task_id="t", attempt=2, queue="default"),
+        TasksQueued(
+            run_id=run_id, ts=NOW, tasks=(QueuedTask(task_id="t", attempt=2, queue="default"),)
+        ),
+    ]
+
+
+async def refused_and_not_stored(
+    conn: Connection, events: list[AnyEvent], reader: NatsBackplane
+) -> None:
+    """Each event's append is refused by the server, and nothing of the run is stored for it."""
+    run_id = events[0].run_id
+    before = await reader.events.history(run_id)
+    for event in events:
+        subject = event_subject_of(event)
+        error = await denied(conn, subject, encode(event))
+        assert f'permissions violation for publish to "{subject.lower()}"' in error.lower(), subject
+    assert await reader.events.history(run_id) == before
+
+
+async def test_an_agent_appends_its_attempts_results_and_nothing_else(
+    secured: EmbeddedNats, provisioned: NatsBackplane
+) -> None:
+    """Through the adapter (conditional appends too): TaskStarted and TaskSucceeded go in; a
+    RunSucceeded, TaskQueued or TasksQueued (or a command) is refused and stored nowhere."""
+    run_id = "r-agent"
+    await provisioned.events.schedule_run(scheduled(run_id))
+    async with await connect(secured.url, name="agent", security=as_user("agent-default")) as bp:
+        last = await bp.events.last_event(run_id)
+        assert last is not None
+        start = await bp.events.append_expected(started(run_id), last[0])
+        await bp.events.append_expected(succeeded(run_id), start)
+        await refused_and_not_stored(
+            bp.connection,
+            [
+                *orchestrators_events(run_id),
+                RunCancelRequested(run_id=run_id, ts=NOW),
+                scheduled("r-agent-2"),
+            ],
+            provisioned,
+        )
+    assert [type(e) for _, e in await provisioned.events.history(run_id)] == [
+        RunScheduled,
+        TaskStarted,
+        TaskSucceeded,
+    ]
+    assert await provisioned.events.history("r-agent-2") == []
+
+
+async def test_the_ui_appends_commands_and_nothing_else(
+    secured: EmbeddedNats, provisioned: NatsBackplane
+) -> None:
+    """What the web UI does (services.commands): schedule (RunScheduled), cancel
+    (RunCancelRequested), rerun (RunScheduled of a new run); a task's result or a run's end is
+    refused and stored nowhere."""
+    run_id = "r-ui"
+    async with await connect(secured.url, name="ui", security=as_user("ui")) as bp:
+        await bp.events.schedule_run(scheduled(run_id))
+        await commands.cancel(bp.events, run_id, reason="test", by="api")
+        again = await commands.rerun(bp.events, run_id)
+        await refused_and_not_stored(
+            bp.connection, [succeeded(run_id), started(run_id), *orchestrators_events(run_id)],
+            provisioned,
+        )  # fmt: skip
+    assert [type(e) for _, e in await provisioned.events.history(run_id)] == [
+        RunScheduled,
+        RunCancelRequested,
+    ]
+    assert [type(e) for _, e in await provisioned.events.history(again.run_id)] == [RunScheduled]
+
+
+async def test_the_projector_reads_the_log_and_appends_nothing(
+    secured: EmbeddedNats, provisioned: NatsBackplane
+) -> None:
+    await provisioned.events.schedule_run(scheduled("r-proj"))
+    async with await connect(secured.url, name="projector", security=as_user("projector")) as bp:
+        store = MemoryReadModel()
+        await replay(bp.events, store)
+        assert await store.get_run("r-proj") is not None
+        await refused_and_not_stored(
+            bp.connection, [scheduled("r-proj"), started("r-proj")], provisioned
+        )
+
+
+async def test_agents_and_the_projector_cannot_read_the_uis_logins(
+    secured: EmbeddedNats, provisioned: NatsBackplane
+) -> None:
+    """cx_auth (users, tokens) and cx_sessions: no direct or stored-message get, no consumer,
+    no stream info for the agent and the projector (who still connect: those buckets are
+    not looked up for them); the UI reads them."""
+    await provisioned.events.schedule_run(scheduled("r-logins"))
+    auth = await provisioned.provisioner.bucket(AUTH_BUCKET)
+    await auth.put("user.alice", b"argon2-hash-of-alice")
+    sessions = await provisioned.provisioner.bucket(SESSIONS_BUCKET)
+    await sessions.put("session.abc", b"alice")
+    for user in ("agent-default", "projector"):
+        async with await connect(secured.url, name=user, security=as_user(user)) as bp:
+            conn = bp.connection
+            for bucket, key in ((AUTH_BUCKET, "user.alice"), (SESSIONS_BUCKET, "session.abc")):
+                stream = f"KV_{bucket}"
+                for subject in (
+                    f"$JS.API.DIRECT.GET.{stream}",
+                    f"$JS.API.DIRECT.GET.{stream}.{kv_subject(bucket, key)}",
+                    f"$JS.API.STREAM.MSG.GET.{stream}",
+                    f"$JS.API.CONSUMER.CREATE.{stream}",
+                    f"$JS.API.CONSUMER.CREATE.{stream}.c1.{kv_subject(bucket, key)}",
+                    f"$JS.API.STREAM.INFO.{stream}",
+                ):
+                    error = await denied(conn, subject, b"{}")
+                    assert "permissions violation" in error.lower(), (user, subject)
+            assert await bp.events.last_seq() >= 1  # connected, and reading the log
+    ui = await open_as(secured.url, "ui")
+    try:
+        got = await ui.js.get_last_msg(
+            f"KV_{AUTH_BUCKET}", kv_subject(AUTH_BUCKET, "user.alice"), direct=True
+        )
+        assert got.data == b"argon2-hash-of-alice"
+    finally:
+        await ui.close(1.0)
+
+
+async def test_roles_do_not_create_streams_and_say_so_when_one_is_missing(
+    secured: EmbeddedNats,
+) -> None:
+    """Before any orchestrator ran: the agent, UI and projector stop at once with one line (not
+    a timeout), and nothing is created. Once it ran, each connects without asking to create
+    anything (its account may not: roles.conf; such a request would fail the connect), and one
+    whose events max age differs leaves the stream as it is (a warning, not a failure)."""
+    for user in ("agent-default", "ui", "projector"):
+        began = time.monotonic()
+        with pytest.raises(Unavailable) as caught:
+            await connect(secured.url, name=user, security=as_user(user))
+        assert one_line(str(caught.value)) == (
+            f"stream {EVENTS_STREAM} does not exist on {secured.url} and this account may not "
+            "create it: start the orchestrator first"
+        ), user
+        assert time.monotonic() - began < 3.0, "it waited for an answer that never comes"
+    operator = await open_as(secured.url, "operator")
+    try:
+        assert await operator.js.streams_info() == []
+    finally:
+        await operator.close(1.0)
+
+    async with await connect(secured.url, name="orch", security=as_user("orchestrator")):
+        pass
+    for user in ("agent-default", "ui", "projector"):
+        async with await connect(secured.url, name=user, security=as_user(user)) as bp:
+            assert await bp.events.last_seq() == 0
+            assert list(bp.connection.refused) == []
+        async with await connect(
+            secured.url, name=user, security=as_user(user), events_max_age=7200.0
+        ) as bp:
+            assert list(bp.connection.refused) == []
+    operator = await open_as(secured.url, "operator")
+    try:
+        assert (await operator.js.stream_info(EVENTS_STREAM)).config.max_age == 0
+    finally:
+        await operator.close(1.0)
+
+
+def test_an_agent_started_before_the_orchestrator_says_so_in_one_line(
+    secured: EmbeddedNats,
+) -> None:
+    done = cli(
+        "agent",
+        env={
+            "CYCLONETIX_NATS_URL": secured.url,
+            "CYCLONETIX_NATS_USER": "agent-default",
+            "CYCLONETIX_NATS_PASSWORD": PASSWORDS["agent-default"],
+        },
+    )
+    assert done.returncode == 3, done.stderr
+    assert one_line(done.stderr) == (
+        f"cyclonetix: error: stream {EVENTS_STREAM} does not exist on {secured.url} and this "
+        "account may not create it: start the orchestrator first"
+    )
+
+
+async def test_an_event_stream_of_the_earlier_layout_is_the_orchestrators_to_convert(
+    secured: EmbeddedNats,
+) -> None:
+    """CX_EVENTS as an earlier version made it (cx.ev.*.*): an agent may not add the new
+    subjects and says so in one line; the orchestrator adds them, and then the agent connects."""
+    operator = await open_as(secured.url, "operator")
+    try:
+        old = dataclasses.replace(stream_configs(1)[0], subjects=["cx.ev.*.*"])
+        await operator.js.add_stream(old)
+    finally:
+        await operator.close(1.0)
+    with pytest.raises(Unavailable) as caught:
+        await connect(secured.url, name="agent", security=as_user("agent-default"))
+    assert one_line(str(caught.value)) == (
+        f"stream {EVENTS_STREAM} on {secured.url} lacks the subjects cx.ev.*.*.* and this "
+        "account may not add them: start the orchestrator (of this version) first"
+    )
+    async with await connect(secured.url, name="orch", security=as_user("orchestrator")) as bp:
+        info = await bp.connection.js.stream_info(EVENTS_STREAM)
+        assert info.config.subjects == ["cx.ev.*.*", "cx.ev.*.*.*"]
+    async with await connect(secured.url, name="agent", security=as_user("agent-default")):
+        pass
+
+
+# -- nkeys ----------------------------------------------------------------------------------------
+
+
+def new_user_seed() -> bytes:
+    return bytes(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+
+
+async def test_an_nkey_user_logs_in_with_its_seed_file_and_a_wrong_seed_is_refused(
+    tmp_path: Path,
+) -> None:
+    seed = new_user_seed()
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    server = start_nats(
+        tmp_path, extra_config=f'authorization: {{ users: [ {{ nkey: "{public}" }} ] }}'
+    )
+    try:
+        right = tmp_path / "user.nk"
+        right.write_bytes(seed + b"\n")
+        async with await connect(
+            server.url, name="nkey", security=NatsSettings(nkey_seed_file=str(right))
+        ) as bp:
+            assert await bp.events.last_seq() == 0
+
+        wrong = tmp_path / "other.nk"
+        wrong.write_bytes(new_user_seed() + b"\n")
+        with pytest.raises(Unavailable) as caught:
+            await connect(server.url, name="nkey", security=NatsSettings(nkey_seed_file=str(wrong)))
+        assert one_line(str(caught.value)) == (
+            f"cannot reach NATS at {server.url}: authentication failed "
+            "(the server refused these credentials)"
+        )
+        assert seed.decode() not in str(caught.value)
+    finally:
+        server.stop()

@@ -16,7 +16,13 @@ from core.events import (
     msg_id,
 )
 from services.nats import NatsBackplane, connect
-from services.nats.names import EXPECTED_LAST_SUBJECT_SEQUENCE, MSG_ID, event_subject
+from services.nats.names import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    MSG_ID,
+    event_subject_of,
+    run_events_subject,
+)
 from services.ports import Backplane
 from tests.rolekit import (
     DIAMOND,
@@ -58,8 +64,12 @@ async def test_a_run_scheduled_by_a_newer_writer_runs_to_the_end(
     """Published raw, with the subject, message id and expected sequence 0 the adapter sends."""
 
     async def publish(event: RunScheduled, data: bytes) -> None:
-        headers = {MSG_ID: msg_id(event), EXPECTED_LAST_SUBJECT_SEQUENCE: "0"}
-        await backplane.connection.js.publish(event_subject(event.run_id), data, headers=headers)
+        headers = {
+            MSG_ID: msg_id(event),
+            EXPECTED_LAST_SUBJECT_SEQUENCE: "0",
+            EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: run_events_subject(event.run_id),
+        }
+        await backplane.connection.js.publish(event_subject_of(event), data, headers=headers)
 
     await newer_writers_run_ends(backplane, new_connection, publish)
 

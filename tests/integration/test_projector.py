@@ -96,8 +96,8 @@ async def test_gets_past_messages_that_are_no_event(backplane: NatsBackplane) ->
     newer = json.dumps({"type": "TaskPaused", "run_id": "r-new", "task_id": "t"}).encode()
     js = backplane.connection.js
     skipped = [
-        (await js.publish(event_subject("r-new"), newer)).seq,
-        (await js.publish(event_subject("r-junk"), b"\xff not json")).seq,
+        (await js.publish(event_subject("r-new", "TaskPaused"), newer)).seq,
+        (await js.publish(event_subject("r-junk", "Junk"), b"\xff not json")).seq,
     ]
     store = MemoryReadModel()
     async with projecting(backplane.url, store):
@@ -115,7 +115,7 @@ async def test_a_message_that_is_no_event_at_the_end_of_the_log_is_applied_past(
 ) -> None:
     run_id = await schedule(backplane, DIAMOND, "d")
     js = backplane.connection.js
-    last = (await js.publish(event_subject("r-junk"), b"\xff not json")).seq
+    last = (await js.publish(event_subject("r-junk", "Junk"), b"\xff not json")).seq
     tables = MemoryTables()
     async with projecting(backplane.url, MemoryReadModel(tables)) as first:
         await asyncio.wait_for(first.live.wait(), 10)
@@ -138,7 +138,8 @@ async def test_replay_ends_when_the_log_does_not_hold_its_target(
     replay stops once it has read what is stored, at once, and says it did not complete. An
     unreadable last message is read past, not waited on."""
     run_id = await schedule(backplane, DIAMOND, "d")
-    last = (await backplane.connection.js.publish(event_subject(run_id), b"\xff not json")).seq
+    junk = event_subject(run_id, "Junk")
+    last = (await backplane.connection.js.publish(junk, b"\xff not json")).seq
     store = MemoryReadModel()
     done = await asyncio.wait_for(replay(backplane.events, store, upto=last + 3), 5)
     assert (done.complete, done.checkpoint, done.applied) == (False, last, last - 1)

@@ -79,7 +79,9 @@ async def first_event(bp: NatsBackplane, run_id: str) -> RunScheduled:
 
 
 async def run_count(bp: NatsBackplane) -> int:
-    info = await bp.connection.js.stream_info(EVENTS_STREAM, subjects_filter="cx.ev.>")
+    info = await bp.connection.js.stream_info(
+        EVENTS_STREAM, subjects_filter="cx.ev.*.*.RunScheduled"
+    )
     return len(info.state.subjects or {})
 
 
