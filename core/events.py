@@ -69,6 +69,9 @@ class RunScheduled(Event, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     rerun_of: str | None = None  # the earlier run this one reruns (core/rerun.py)
     notify: tuple[Notification, ...] = ()  # completion webhooks, as defined when scheduled
+    # Who asked, when a person or a token did: `<user>` (a UI login), `token:<name>` (an API
+    # token), `cli:<os login>` (the CLI). None: nobody known (an open UI, a trigger, cron).
+    requested_by: str | None = None
 
 
 class TaskQueued(TaskEvent, frozen=True, kw_only=True):
@@ -144,7 +147,8 @@ class GraphExtended(TaskEvent, frozen=True, kw_only=True):
 
 class RunCancelRequested(Event, frozen=True, kw_only=True):
     reason: str = ""
-    by: str = ""
+    by: str = ""  # the channel: "api", "cli"
+    requested_by: str | None = None  # who asked, as RunScheduled.requested_by
 
 
 class TaskCancelled(TaskEvent, frozen=True, kw_only=True):

@@ -129,10 +129,10 @@ _EVENT_COLUMNS = (
 )
 _RUN_COLUMNS = (
     "run_id text, kind text, target text, name text, status text, trigger text, context_id text,"
-    " idempotency_key text, rerun_of text, counts jsonb, tasks_total int, failed_tasks jsonb,"
-    " cancel_requested bool, cancel_reason text, cancelled_by text, scheduled_at timestamptz,"
-    " started_at timestamptz, ended_at timestamptz, scheduled_seq bigint, last_seq bigint,"
-    " definitions jsonb"
+    " idempotency_key text, rerun_of text, requested_by text, counts jsonb, tasks_total int,"
+    " failed_tasks jsonb, cancel_requested bool, cancel_reason text, cancelled_by text,"
+    " scheduled_at timestamptz, started_at timestamptz, ended_at timestamptz,"
+    " scheduled_seq bigint, last_seq bigint, definitions jsonb"
 )
 _TASK_COLUMNS = (
     "run_id text, task_id text, definition text, name text, queue text, status text,"
@@ -691,8 +691,8 @@ class _Staged:
 
 _RUN_SELECT: Final = (
     "run_id, kind, target, name, status, trigger, context_id, idempotency_key, rerun_of,"
-    " counts, tasks_total, failed_tasks, cancel_requested, cancel_reason, cancelled_by,"
-    " scheduled_at, started_at, ended_at, scheduled_seq, last_seq"
+    " requested_by, counts, tasks_total, failed_tasks, cancel_requested, cancel_reason,"
+    " cancelled_by, scheduled_at, started_at, ended_at, scheduled_seq, last_seq"
 )
 _TASK_SELECT: Final = (
     "run_id, task_id, definition, name, queue, status, attempt, max_attempts, agent_id,"

@@ -67,6 +67,7 @@ class OpenRun:
         "context_id",
         "counts",
         "idempotency_key",
+        "requested_by",
         "rerun_of",
         "scheduled_seq",
         "started_at",
@@ -79,6 +80,7 @@ class OpenRun:
         self.context_id = scheduled.context_id
         self.idempotency_key = scheduled.idempotency_key
         self.rerun_of = scheduled.rerun_of
+        self.requested_by = scheduled.requested_by
         self.counts = empty_counts()
         self.counts[PENDING] = len(state.tasks)
         self.started_at: dt.datetime | None = None
@@ -224,7 +226,7 @@ def _advance(run: OpenRun, seq: int, event: AnyEvent, row: EventRow) -> Changes:
         run.counts[PENDING] += added
         graph = tuple(t.node for t in new)
     if isinstance(event, RunCancelRequested) and state.cancel_requested and not cancel_before:
-        run.cancelled_by = event.by
+        run.cancelled_by = event.requested_by or event.by  # who, else the channel
     if not rows and not graph and cancel_before == state.cancel_requested and not state.finished:
         return Changes(seq=seq, event=row)  # core ignored it: a duplicate or a fenced result
     return Changes(
@@ -387,6 +389,7 @@ def run_row(run: OpenRun, seq: int) -> RunRow:
         context_id=run.context_id,
         idempotency_key=run.idempotency_key,
         rerun_of=run.rerun_of,
+        requested_by=run.requested_by,
         counts=dict(run.counts),
         tasks_total=len(s.tasks),
         failed_tasks=tuple(s.failed_tasks),

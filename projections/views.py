@@ -62,12 +62,13 @@ class RunRow(msgspec.Struct, kw_only=True, gc=False):
     context_id: str | None = None
     idempotency_key: str | None = None
     rerun_of: str | None = None  # the run this one reruns (RunScheduled.rerun_of)
+    requested_by: str | None = None  # who scheduled it (RunScheduled.requested_by)
     counts: dict[TaskStatus, int]
     tasks_total: int
     failed_tasks: tuple[str, ...] = ()
     cancel_requested: bool = False
     cancel_reason: str = ""
-    cancelled_by: str = ""
+    cancelled_by: str = ""  # RunCancelRequested.requested_by, else its channel (`by`)
     scheduled_at: dt.datetime
     started_at: dt.datetime | None = None  # the first TaskStarted
     ended_at: dt.datetime | None = None  # the run's terminal event

@@ -16,6 +16,7 @@ Roles are ordered: viewer (reads) < operator (also schedules, cancels, reruns) <
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import re
@@ -38,6 +39,7 @@ __all__ = [
     "check_name",
     "check_role",
     "hash_password",
+    "new_oidc_session",
     "new_session",
     "new_token",
     "parse_token",
@@ -54,8 +56,14 @@ SESSION_TTL: Final = 12 * 3600.0  # seconds a login lasts
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 _TOKEN = re.compile(r"cx_([0-9a-f]{16})_([A-Za-z0-9_-]{43})")
 _hasher = PasswordHasher()
-# Checked when the user does not exist, so that a wrong name costs as long as a wrong password.
-_DUMMY_HASH: Final = _hasher.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Checked when the user does not exist, so that a wrong name costs as long as a wrong
+    password. Made on first use: a hash costs ~0.35 s and ~64 MiB, which every role process
+    would otherwise pay at import."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 class User(msgspec.Struct, frozen=True):
@@ -78,6 +86,10 @@ class Session(msgspec.Struct, frozen=True):
     user: str
     role: Role
     expires_at: float  # seconds since the epoch
+    # How the user logged in: "password" (a user of the store: their current role counts, and
+    # the session ends with them) or "oidc" (an identity provider's user, with the role their
+    # ID token mapped to when they logged in: web/oidc.py).
+    via: Literal["password", "oidc"] = "password"
 
 
 def role_allows(have: Role, need: Role) -> bool:
@@ -114,7 +126,7 @@ def hash_password(password: str) -> str:
 def verify_password(user: User | None, password: str) -> bool:
     """Whether `password` is `user`'s (None: no such user; it takes as long all the same)."""
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else _dummy_hash(), password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
     return user is not None
@@ -151,6 +163,11 @@ def session_key(cookie: str) -> str:
 def new_session(user: User, now: float) -> tuple[str, Session]:
     """(cookie value, session) for a login of `user` at `now` (epoch seconds)."""
     return secrets.token_urlsafe(32), Session(user.name, user.role, now + SESSION_TTL)
+
+
+def new_oidc_session(name: str, role: Role, now: float) -> tuple[str, Session]:
+    """(cookie value, session) for a login through OIDC of `name` with `role` at `now`."""
+    return secrets.token_urlsafe(32), Session(name, role, now + SESSION_TTL, via="oidc")
 
 
 def created_now() -> dt.datetime:

@@ -9,6 +9,7 @@ HTTP status by its caller. Functions take only the ports they use.
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import os
 from typing import TYPE_CHECKING, Literal
 
@@ -40,6 +41,7 @@ class ScheduleRequest(msgspec.Struct, frozen=True, kw_only=True):
     trigger: str = "cli"
     idempotency_key: str | None = None
     logical_time: dt.datetime | None = None  # what `${DATE}` and the like stand for (a slot)
+    requested_by: str | None = None  # who asks (RunScheduled.requested_by)
 
 
 class Scheduled(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,7 +73,7 @@ def plan(
             "or pass --definitions DIR here"
         )
     try:
-        return plan_run(
+        planned = plan_run(
             defs,
             kind=request.kind,
             target=request.target,
@@ -89,6 +91,9 @@ def plan(
         raise
     except ValueError as exc:  # e.g. a malformed run id
         raise Invalid(str(exc)) from None
+    if request.requested_by is None:
+        return planned
+    return msgspec.structs.replace(planned, requested_by=request.requested_by)
 
 
 async def schedule(
@@ -119,15 +124,27 @@ async def load_run(events: EventLog, run_id: str) -> RunState:
 
 
 async def cancel(
-    events: EventLog, run_id: str, *, reason: str = "", by: str = ""
+    events: EventLog,
+    run_id: str,
+    *,
+    reason: str = "",
+    by: str = "",
+    requested_by: str | None = None,
 ) -> CancelRequested:
     """Ask the orchestrator to cancel a run: waiting tasks are skipped, queued ones cancelled,
-    running commands killed. NotFound for an unknown run, Conflict when it already ended."""
+    running commands killed. NotFound for an unknown run, Conflict when it already ended.
+    `by`: the channel ("api", "cli"); `requested_by`: who (RunScheduled.requested_by)."""
     state = await load_run(events, run_id)
     if state.finished:
         raise Conflict(f"run {run_id!r} already ended {state.status}")
     seq = await events.append(
-        RunCancelRequested(run_id=run_id, ts=dt.datetime.now(dt.UTC), reason=reason, by=by)
+        RunCancelRequested(
+            run_id=run_id,
+            ts=dt.datetime.now(dt.UTC),
+            reason=reason,
+            by=by,
+            requested_by=requested_by,
+        )
     )
     return CancelRequested(run_id=run_id, seq=seq)
 
@@ -140,6 +157,7 @@ async def rerun(
     from_failure: bool = False,
     run_as: str | None = None,
     trigger: str = "rerun",
+    requested_by: str | None = None,
 ) -> Scheduled:
     """Start a new run from an earlier run's own graph snapshot (not today's definitions: a
     rerun repeats what ran), linked to it by `rerun_of`; `core.rerun` says why a rerun is a new
@@ -185,6 +203,17 @@ async def rerun(
         trigger=trigger,
         idempotency_key=None,
         rerun_of=run_id,
+        requested_by=requested_by,  # who reruns it, not who asked for the earlier run
     )
     seq = await events.schedule_run(scheduled)
     return Scheduled(run_id=new_id, seq=seq, tasks=len(scheduled.graph), event=scheduled)
+
+
+def cli_requester() -> str:
+    """`requested_by` of a command given on this machine's CLI: `cli:<OS login>` (the login
+    name as the operating system reports it; `cli:unknown` when it cannot tell)."""
+    try:
+        login = getpass.getuser()
+    except (OSError, KeyError):  # no LOGNAME/USER and no passwd entry for this uid
+        login = "unknown"
+    return f"cli:{login or 'unknown'}"

@@ -20,6 +20,7 @@ from typing import Literal, Protocol, overload
 import msgspec
 
 from core.agents import AgentInfo
+from core.audit import AuditRecord
 from core.definitions import Definitions
 from core.errors import Conflict, Invalid
 from core.events import AnyEvent, Dispatch, RunCancelled, RunFailed, RunScheduled, RunSucceeded
@@ -514,6 +515,26 @@ class AuthStore(Protocol):
     async def remove_session(self, key: str) -> None: ...
 
 
+class AuditLog(Protocol):
+    """Who did what to users, tokens and sessions (`core.audit`)."""
+
+    async def write(self, r: AuditRecord) -> None:
+        """Store `r` (waiting for it to be stored); Unavailable when it cannot be."""
+        ...
+
+    async def read(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        """The newest `limit` records that `core.audit.matches`, oldest first; Invalid for an
+        action that is not one of `core.audit.ACTIONS` nor a group of them (`users`)."""
+        ...
+
+
 # -- the composition --------------------------------------------------------------------------
 
 
@@ -549,6 +570,9 @@ class Backplane(Protocol):
 
     @property
     def auth(self) -> AuthStore: ...
+
+    @property
+    def audit(self) -> AuditLog: ...
 
     @property
     def closed(self) -> bool: ...

@@ -32,6 +32,17 @@ path in `$CYCLONETIX_CONFIG` (which then must exist). Every setting:
 | `notify.concurrency`   | `CYCLONETIX_NOTIFY_CONCURRENCY` |                 | 32               |
 | `triggers.idempotency_window` | `CYCLONETIX_TRIGGER_IDEMPOTENCY_WINDOW` |   | 86400 (seconds)  |
 | `triggers.max_message_bytes`  | `CYCLONETIX_TRIGGER_MAX_MESSAGE_BYTES`  |   | 65536            |
+| `ui.login_max_failures_per_account` | `CYCLONETIX_UI_LOGIN_MAX_FAILURES_PER_ACCOUNT` | | 5 |
+| `ui.login_max_failures_per_address` | `CYCLONETIX_UI_LOGIN_MAX_FAILURES_PER_ADDRESS` | | 20 |
+| `ui.login_failure_window` | `CYCLONETIX_UI_LOGIN_FAILURE_WINDOW` |         | 900 (seconds)    |
+| `ui.oidc.issuer`       | `CYCLONETIX_UI_OIDC_ISSUER`  |                    | (none: no OIDC)  |
+| `ui.oidc.client_id`    | `CYCLONETIX_UI_OIDC_CLIENT_ID` |                  | (none)           |
+| `ui.oidc.client_secret` | `CYCLONETIX_UI_OIDC_CLIENT_SECRET` |            | (none; secret)   |
+| `ui.oidc.client_secret_file` | `CYCLONETIX_UI_OIDC_CLIENT_SECRET_FILE` |  | (none)           |
+| `ui.oidc.redirect_url` | `CYCLONETIX_UI_OIDC_REDIRECT_URL` |               | (from the request) |
+| `ui.oidc.name`, `.scopes`, `.username_claim`, `.roles_claim`, `.roles`, `.default_role` | | | |
+
+(The last `ui.oidc` settings are read from the file only: see OidcSettings.)
 
 Validation is strict, as for definitions: unknown keys in the file are errors, and a bad value
 is one line naming where it came from (`cyclonetix.yaml: nats.url: expected a string, got a
@@ -155,8 +166,51 @@ class TriggerSettings(_Section, frozen=True):
     max_message_bytes: Annotated[int, msgspec.Meta(ge=16, le=8 << 20)] = 64 * 1024
 
 
+OIDC_ROLES = ("viewer", "operator", "admin")  # services.auth.ROLES (not imported: light)
+
+
+class OidcSettings(_Section, frozen=True):
+    """Logging in to the UI through an OpenID Connect provider (web/oidc.py); off without
+    `issuer`. A user's role: the values of the ID token's `roles_claim` (a string or a list)
+    looked up in `roles` (the highest found wins), else `default_role`, else no login."""
+
+    issuer: str | None = None  # its discovery document: <issuer>/.well-known/openid-configuration
+    name: str | None = None  # "Log in with <name>" (default: the issuer's host)
+    client_id: str | None = None
+    client_secret: str | None = None  # secret: masked by __repr__, never logged
+    client_secret_file: str | None = None
+    redirect_url: str | None = None  # default: <this UI's URL>/login/oidc/callback
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    username_claim: str = "preferred_username"  # falls back to `email`
+    roles_claim: str | None = None  # e.g. groups
+    # claim value -> viewer, operator or admin (checked by the loader: one clear line)
+    roles: dict[str, str] = msgspec.field(default_factory=dict)
+    default_role: str | None = None
+
+    def __repr__(self) -> str:
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name == "client_secret" and value is not None:
+                value = MASK
+            shown.append(f"{name}={value!r}")
+        return f"OidcSettings({', '.join(shown)})"
+
+
+class UiSettings(_Section, frozen=True):
+    """The web process (web/auth.py): failed logins are limited per account and per client
+    address, each counted over the last `login_failure_window` seconds, in each UI process on
+    its own; `oidc` logs in through an identity provider."""
+
+    login_max_failures_per_account: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 5
+    login_max_failures_per_address: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 20
+    login_failure_window: Annotated[float, msgspec.Meta(gt=0, le=MAX_GRACE_S)] = 900.0
+    oidc: OidcSettings = OidcSettings()
+
+
 class Settings(_Section, frozen=True):
     nats: NatsSettings = NatsSettings()
+    ui: UiSettings = UiSettings()
     triggers: TriggerSettings = TriggerSettings()
     notify: NotifySettings = NotifySettings()
     definitions: str | None = None  # None: the bundled examples
@@ -224,7 +278,7 @@ def _as_float(text: str) -> object:
         return text
 
 
-FIELDS = (
+_BASE_FIELDS = (
     _Field(("nats", "url"), "CYCLONETIX_NATS_URL", "nats_url", "a string", str),
     _Field(("nats", "stream_replicas"), "CYCLONETIX_STREAM_REPLICAS", None, "1, 3 or 5", _as_int),
     _Field(
@@ -296,6 +350,43 @@ FIELDS = (
         _as_int,
     ),
 )
+_UI_FIELDS = (
+    _Field(
+        ("ui", "login_max_failures_per_account"),
+        "CYCLONETIX_UI_LOGIN_MAX_FAILURES_PER_ACCOUNT",
+        None,
+        "a count from 1",
+        _as_int,
+    ),
+    _Field(
+        ("ui", "login_max_failures_per_address"),
+        "CYCLONETIX_UI_LOGIN_MAX_FAILURES_PER_ADDRESS",
+        None,
+        "a count from 1",
+        _as_int,
+    ),
+    _Field(
+        ("ui", "login_failure_window"),
+        "CYCLONETIX_UI_LOGIN_FAILURE_WINDOW",
+        None,
+        f"seconds, more than 0 and at most {MAX_GRACE_S:g}",
+        _as_float,
+    ),
+    _Field(("ui", "oidc", "issuer"), "CYCLONETIX_UI_OIDC_ISSUER", None, "a URL", str),
+    _Field(("ui", "oidc", "client_id"), "CYCLONETIX_UI_OIDC_CLIENT_ID", None, "a client id", str),
+    _Field(
+        ("ui", "oidc", "client_secret"), "CYCLONETIX_UI_OIDC_CLIENT_SECRET", None, "a secret", str
+    ),
+    _Field(
+        ("ui", "oidc", "client_secret_file"),
+        "CYCLONETIX_UI_OIDC_CLIENT_SECRET_FILE",
+        None,
+        "a file path",
+        str,
+    ),
+    _Field(("ui", "oidc", "redirect_url"), "CYCLONETIX_UI_OIDC_REDIRECT_URL", None, "a URL", str),
+)
+FIELDS: tuple[_Field, ...] = (*_BASE_FIELDS, *_UI_FIELDS)
 _BY_PATH = {f.path: f for f in FIELDS}
 _FLAGS = {f.flag: f for f in FIELDS if f.flag is not None}
 _SECTIONS = {
@@ -303,12 +394,15 @@ _SECTIONS = {
     ("log",): LogSettings,
     ("notify",): NotifySettings,
     ("triggers",): TriggerSettings,
+    ("ui",): UiSettings,
+    ("ui", "oidc"): OidcSettings,
     (): Settings,
 }
 _PATH_KEYS = {  # relative to the settings file's folder
     ("definitions",),
     ("data_dir",),
     *(("nats", name) for name in NatsSettings.__struct_fields__ if name.endswith("_file")),
+    ("ui", "oidc", "client_secret_file"),
 }
 # Ways to authenticate: at most one may be set (user and password go together).
 _AUTH_WAYS = (
@@ -349,7 +443,46 @@ def load_settings(
             _set(raw, field.path, value)
     settings = _convert(raw, "settings")
     _check_nats_auth(settings.nats, "settings")
+    _check_oidc(settings.ui.oidc, "settings")
     return settings
+
+
+def _check_oidc(oidc: OidcSettings, where: str) -> None:
+    """What an OIDC login needs, given together (SettingsError)."""
+    if oidc.issuer is None:
+        given = [
+            n for n in ("client_id", "client_secret", "client_secret_file") if getattr(oidc, n)
+        ]
+        if given:
+            raise SettingsError(f"{where}: ui.oidc.{given[0]}: needs ui.oidc.issuer")
+        return
+    if not oidc.issuer.startswith(("https://", "http://")):
+        raise SettingsError(f"{where}: ui.oidc.issuer: expected an https:// URL")
+    if not oidc.client_id:
+        raise SettingsError(f"{where}: ui.oidc.client_id: needed with ui.oidc.issuer")
+    if oidc.client_secret is not None and oidc.client_secret_file is not None:
+        raise SettingsError(
+            f"{where}: ui.oidc.client_secret and ui.oidc.client_secret_file: give one of them, "
+            "not both"
+        )
+    for value, role in oidc.roles.items():
+        if role not in OIDC_ROLES:
+            raise SettingsError(
+                f"{where}: ui.oidc.roles: {value!r} maps to {role!r}: expected viewer, operator "
+                "or admin"
+            )
+    if oidc.default_role is not None and oidc.default_role not in OIDC_ROLES:
+        raise SettingsError(
+            f"{where}: ui.oidc.default_role: expected viewer, operator or admin, got "
+            f"{oidc.default_role!r}"
+        )
+    if oidc.roles and not oidc.roles_claim:
+        raise SettingsError(f"{where}: ui.oidc.roles: needs ui.oidc.roles_claim (e.g. groups)")
+    if oidc.default_role is None and not oidc.roles:
+        raise SettingsError(
+            f"{where}: ui.oidc: give ui.oidc.roles_claim and ui.oidc.roles, or "
+            "ui.oidc.default_role: else nobody could log in"
+        )
 
 
 def _check_nats_auth(nats: NatsSettings, where: str) -> None:
@@ -437,7 +570,7 @@ def _read_file(path: Path, shown: str) -> dict[str, Any]:
 def _checked(field: _Field, value: object, where: str, got: str | None = None) -> Any:
     """`value` if valid for `field` (a log level upper-cased), else SettingsError at `where`."""
     shown = got if got is not None else _show(value)
-    if field.path[-1] in SECRET_FIELDS and field.path[0] == "nats":
+    if _is_secret(field.path):
         shown = "something else"  # a secret is never repeated in a message
     problem = f"{where}: expected {field.expected}, got {shown}"
     if field.path == ("log", "level"):
@@ -502,9 +635,14 @@ def _message(where: str, raw: Mapping[str, Any], exc: msgspec.ValidationError) -
     else:  # pragma: no cover - every key is a field or a section
         expected = what
     shown = _show(_get(raw, path))
-    if len(path) == 2 and path[0] == "nats" and path[1] in SECRET_FIELDS:
+    if _is_secret(path):
         shown = "something else"  # a secret is never repeated in a message
     return f"{where}: {'.'.join(path)}: expected {expected}, got {shown}"
+
+
+def _is_secret(path: tuple[str, ...]) -> bool:
+    nats_secret = len(path) == 2 and path[0] == "nats" and path[1] in SECRET_FIELDS
+    return nats_secret or path == ("ui", "oidc", "client_secret")
 
 
 def _show(value: object) -> str:

@@ -5,6 +5,7 @@
     /healthz      NATS and the read model reachable (web/health)
     /metrics      Prometheus text (web/metrics)
     /login        the login form; /logout (web/auth, which also guards every route)
+    /login/oidc   logging in through an OpenID Connect provider, when set up (web/oidc)
     /schema       the OpenAPI document (/schema/openapi.json)
 
 The app reads the read model it is given and writes only through the event log (`UiContext`).
@@ -35,6 +36,7 @@ from services.addresses import is_loopback
 from services.nats import connect
 from services.ports import Backplane, EventLog
 from services.projector import Projector
+from services.settings import UiSettings
 from web import api, pages
 from web.auth import Authenticator, LoginRequired, authenticate, login_router, to_login
 from web.context import UiContext, provide_ui
@@ -42,6 +44,7 @@ from web.errors import exception_handlers
 from web.health import healthz
 from web.live import LiveFeed
 from web.metrics import Metrics, metrics
+from web.oidc import OidcLogin, oidc_callback, oidc_start
 from web.security import MAX_BODY_BYTES, check_path_params, security_headers
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "create_app", "listening", "projecting", "serve"]
@@ -68,7 +71,9 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
     put in `ui.extras` ("live", "metrics") unless the caller put its own there."""
     feed = ui.extras.setdefault("live", LiveFeed(ui.backplane.events, ui.read_model))
     collector = ui.extras.setdefault("metrics", Metrics())
-    ui.extras.setdefault("auth", Authenticator(ui.backplane.auth))
+    auth = ui.extras.setdefault("auth", Authenticator(ui.backplane.auth))
+    if isinstance(auth, Authenticator) and auth.settings.oidc.issuer is not None:
+        ui.extras.setdefault("oidc", OidcLogin(auth.settings.oidc))  # web/oidc.py
     if isinstance(feed, LiveFeed) and isinstance(collector, Metrics):
         feed.listeners.append(collector.observe)
 
@@ -98,7 +103,14 @@ def create_app(ui: UiContext, *, debug: bool = False) -> Litestar:
         dependencies={"ui": Provide(provide_ui, sync_to_thread=False)},
     )
     return Litestar(
-        route_handlers=[api.router, pages.router, operations, login_router],
+        route_handlers=[
+            api.router,
+            pages.router,
+            operations,
+            login_router,
+            oidc_start,
+            oidc_callback,
+        ],
         exception_handlers={**exception_handlers, LoginRequired: to_login},
         # The document only (/schema and /schema/openapi.json): Litestar's HTML viewers load
         # their scripts from a CDN and run inline script, which the pages' CSP refuses.
@@ -184,6 +196,7 @@ async def serve(
     debug: bool = False,
     beside: Beside | None = None,
     env_policy: EnvPolicy = DEFAULT_ENV_POLICY,
+    ui_settings: UiSettings | None = None,
 ) -> None:
     """Serve the UI and the API until `stop` is set.
 
@@ -204,7 +217,10 @@ async def serve(
             ui = UiContext(store, backplane, nats_url=backplane.shown_url, env_policy=env_policy)
             # Beyond loopback (allowed once a login exists: services/cli/ui.py), never open,
             # even if every user and token is removed later.
-            ui.extras["auth"] = Authenticator(backplane.auth, may_open=is_loopback(host))
+            # `ui_settings`: failed-login limits and OIDC (settings `ui.*`).
+            ui.extras["auth"] = Authenticator(
+                backplane.auth, may_open=is_loopback(host), settings=ui_settings
+            )
             app = create_app(ui, debug=debug)
             async with listening(app, host, port) as url:
                 log.info("ui.listening", url=url)

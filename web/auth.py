@@ -21,6 +21,12 @@ and OPTIONS is public. POST runs, cancel and rerun say "operator"; /healthz, /st
 
 A role below the route's is 403. What the store says is cached `CACHE_S` seconds per process:
 a revoked token, a removed user or the first user created takes effect within that.
+
+POST /login refuses (429, `Retry-After`) an account or a client address with too many recent
+failures before looking at the password (web/login_limits.py; settings `ui.login_*`). With
+`ui.oidc` set, /login also offers the identity provider (web/oidc.py: /login/oidc, public),
+whose sessions are the same; the UI is then never open. Pages say who is logged in (a
+session's user) with a Log out button: the guard tells the templates (`SIGNED_IN`).
 """
 
 from __future__ import annotations
@@ -55,7 +61,10 @@ from services.auth import (
     verify_password,
 )
 from services.ports import AuthStore
-from web.pages.templating import render
+from services.settings import UiSettings
+from web.audit import login_recorded, logout_recorded
+from web.login_limits import LoginLimiter
+from web.pages.templating import SIGNED_IN, render
 
 __all__ = [
     "CACHE_S",
@@ -123,11 +132,20 @@ class _Cache:
 class Authenticator:
     """The store, read through a short cache (one per app)."""
 
-    def __init__(self, store: AuthStore, *, may_open: bool = True) -> None:
+    def __init__(
+        self, store: AuthStore, *, may_open: bool = True, settings: UiSettings | None = None
+    ) -> None:
         self.store = store
         # False (served beyond loopback): never open, even once the last user and token are
         # removed; anonymous then gets 401 / the login page.
         self.may_open = may_open
+        self.settings = settings if settings is not None else UiSettings()
+        # Failed logins (web/login_limits.py): counted in this process.
+        self.limiter = LoginLimiter(
+            per_account=self.settings.login_max_failures_per_account,
+            per_address=self.settings.login_max_failures_per_address,
+            window=self.settings.login_failure_window,
+        )
         self._cache = _Cache()
 
     async def _cached(self, key: str, fetch: Any) -> Any:
@@ -143,8 +161,10 @@ class Authenticator:
         self._cache.values.pop(key, None)
 
     async def is_open(self) -> bool:
-        """No user and no token yet: anonymous may do everything."""
-        return self.may_open and not await self._cached("open", self.store.any_credentials())
+        """No user, no token and no OIDC provider yet: anonymous may do everything."""
+        if not self.may_open or self.settings.oidc.issuer is not None:
+            return False
+        return not await self._cached("open", self.store.any_credentials())
 
     async def from_bearer(self, header: str) -> Identity:
         scheme, _, text = header.partition(" ")
@@ -162,6 +182,8 @@ class Authenticator:
         session = await self._cached(f"session:{key}", self.store.session(key))
         if session is None or session.expires_at <= time.time():
             return None
+        if session.via == "oidc":  # the provider's user: the role it was given then
+            return Identity(session.user, session.role, "session")
         user = await self._cached(f"user:{session.user}", self.store.user(session.user))
         if user is None:
             return None
@@ -200,6 +222,9 @@ async def authenticate(
         if unsafe and not same_origin(connection, required=True):
             raise PermissionDeniedException("cross-site request refused (Origin, Referer)")
     connection.scope.setdefault("state", {})["identity"] = identity
+    # The pages' header: "Logged in as <name> (role)" and a Log out button (sessions only).
+    session = identity is not None and identity.via == "session"
+    SIGNED_IN.set((identity.name, identity.role) if identity is not None and session else None)
     if need == "public":
         return
     if identity is None:
@@ -230,8 +255,11 @@ class LoginForm(msgspec.Struct):
 
 
 def _safe_next(target: str) -> str:
-    """Only a path of this site (not `//evil` nor `https://evil`)."""
+    """Only a path of this site (not `//evil` nor `https://evil`, nor `/<tab>/evil`: browsers
+    drop tabs and newlines from URLs)."""
     if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    if any(c < " " or c == "\x7f" for c in target):
         return "/"
     return target
 
@@ -241,9 +269,40 @@ def _loopback(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
     return is_loopback(server[0] if server else "")
 
 
+def secure_cookies(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether cookies are marked Secure (HTTPS only): served beyond loopback."""
+    return not _loopback(connection)
+
+
+def session_cookie(connection: ASGIConnection[Any, Any, Any, Any], value: str) -> Cookie:
+    """The cookie of a login session (web/oidc.py's; POST /login sets the same)."""
+    return Cookie(
+        key=SESSION_COOKIE,
+        value=value,
+        max_age=int(SESSION_TTL),
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=secure_cookies(connection),
+    )
+
+
+def oidc_name(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The identity provider's name for "Log in with <name>" ("": no OIDC login)."""
+    oidc = _authenticator(connection).settings.oidc
+    if oidc.issuer is None:
+        return ""
+    return oidc.name or urllib.parse.urlsplit(oidc.issuer).netloc or oidc.issuer
+
+
+def _client_address(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    client = connection.scope.get("client")
+    return str(client[0]) if client else ""
+
+
 @get("/login", opt=PUBLIC, include_in_schema=False)
-async def login_page(next: FromQuery[str] = "/") -> Response[str]:
-    return render("login.html", next=_safe_next(next), error="")
+async def login_page(request: Request[Any, Any, Any], next: FromQuery[str] = "/") -> Response[str]:
+    return render("login.html", next=_safe_next(next), error="", oidc_name=oidc_name(request))
 
 
 @post("/login", opt=PUBLIC, include_in_schema=False)
@@ -254,14 +313,33 @@ async def login(
     if not same_origin(request, required=False):
         raise PermissionDeniedException("cross-site request refused (Origin, Referer)")
     auth = _authenticator(request)
+    address = _client_address(request)
+    # Too many failures: refused before the password is looked at (web/login_limits.py).
+    blocked = auth.limiter.blocked(data.name, address)
+    if blocked is not None:
+        await login_recorded(request, data.name, "refused", detail=blocked.message)
+        refused = render(
+            "login.html",
+            status_code=429,
+            next=_safe_next(data.next),
+            error=blocked.message,
+            oidc_name=oidc_name(request),
+        )
+        refused.headers["Retry-After"] = str(blocked.retry_after)
+        return refused
     user = await auth.store.user(data.name) if valid_name(data.name) else None
     if not await asyncio.to_thread(verify_password, user, data.password) or user is None:
+        auth.limiter.failed(data.name, address)
+        await login_recorded(request, data.name, "refused", detail="wrong name or password")
         return render(
             "login.html",
             status_code=401,
             next=_safe_next(data.next),
             error="Wrong name or password.",
+            oidc_name=oidc_name(request),
         )
+    auth.limiter.succeeded(data.name)
+    await login_recorded(request, user.name, "ok")  # (first: unrecorded, no session)
     cookie, session = new_session(user, time.time())
     await auth.store.put_session(session_key(cookie), session)
     return Redirect(
@@ -289,8 +367,11 @@ async def logout(request: Request[Any, Any, Any]) -> Response[Any]:
             raise PermissionDeniedException("cross-site request refused (Origin, Referer)")
         auth = _authenticator(request)
         key = session_key(cookie)
+        ended = await auth.store.session(key)
         await auth.store.remove_session(key)
         auth.forget(f"session:{key}")
+        if ended is not None:
+            await logout_recorded(request, ended.user)
     response: Response[Any] = Redirect("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response

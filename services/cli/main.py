@@ -26,6 +26,7 @@ COMMANDS = (
     "ui",
     "users",
     "tokens",
+    "audit",
     "schedule",
     "schedules",
     "triggers",

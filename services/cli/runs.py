@@ -159,7 +159,13 @@ async def show_run(args: argparse.Namespace) -> int:
 async def cancel_run(args: argparse.Namespace) -> int:
     backplane = await connect(args, "cyclonetix-cli")
     try:
-        await commands.cancel(backplane.events, args.run_id, reason=args.reason, by="cli")
+        await commands.cancel(
+            backplane.events,
+            args.run_id,
+            reason=args.reason,
+            by="cli",
+            requested_by=commands.cli_requester(),
+        )
     finally:
         await backplane.close()
     print(f"cancel requested for {args.run_id}")
@@ -175,6 +181,7 @@ async def rerun_run(args: argparse.Namespace) -> int:
             from_task=args.from_task,
             from_failure=args.from_failure,
             run_as=args.new_run_id,
+            requested_by=commands.cli_requester(),
         )
     finally:
         await backplane.close()

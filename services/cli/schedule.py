@@ -87,6 +87,7 @@ async def schedule(args: argparse.Namespace) -> int:
         context=args.context,
         params=tuple(args.param),
         run_id=args.run_id,
+        requested_by=commands.cli_requester(),
     )
     # With local definitions, bad input is reported before any connection is attempted.
     policy = env_policy()

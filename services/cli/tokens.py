@@ -9,9 +9,10 @@ import msgspec
 
 from core.errors import NotFound
 from core.text import printable
+from services.audit import audited
 from services.auth import ROLES, check_role, new_token
 from services.cli.common import add_nats_option, connect, run
-from services.cli.users import ROLE_HELP
+from services.cli.users import ROLE_HELP, cli_record
 
 
 def register(sub: Any) -> None:
@@ -56,7 +57,8 @@ def register(sub: Any) -> None:
 async def create_token(args: argparse.Namespace) -> int:
     token, text = new_token(args.name, check_role(args.role))
     async with await connect(args, "cyclonetix-cli") as backplane:
-        await backplane.auth.put_token(token)
+        record = cli_record("tokens.create", f"{token.id} ({token.name})", f"role {token.role}")
+        await audited(backplane.audit, record, lambda: backplane.auth.put_token(token))
     print(text)
     return 0
 
@@ -83,6 +85,8 @@ async def revoke_token(args: argparse.Namespace) -> int:
         if token is None:
             raise NotFound(f"no token {printable(args.id)!r}")
         if not token.revoked:
-            await backplane.auth.put_token(msgspec.structs.replace(token, revoked=True))
+            revoked = msgspec.structs.replace(token, revoked=True)
+            record = cli_record("tokens.revoke", f"{token.id} ({token.name})")
+            await audited(backplane.audit, record, lambda: backplane.auth.put_token(revoked))
     print(f"token {token.id} ({token.name}) revoked")
     return 0

@@ -44,8 +44,8 @@ def register(sub: Any) -> None:
         "--host",
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1); a loopback address only until a user "
-        "or API token exists (cyclonetix users add, tokens create): then every request needs "
-        "a login",
+        "or API token exists (cyclonetix users add, tokens create) or an OIDC provider is "
+        "configured (ui.oidc.issuer): then every request needs a login",
     )
     parser.add_argument(
         "--port",
@@ -83,8 +83,9 @@ def open_only_on_loopback(host: str, has_logins: bool) -> None:
     a loopback address only (and says so once listening, `listening`)."""
     if not is_loopback(host) and not has_logins:
         raise CliError(
-            f"--host {host!r} is not a loopback address, and the UI has no login yet (no user "
-            "or token: 'cyclonetix users add NAME --role admin' first): anyone reaching it "
+            f"--host {host!r} is not a loopback address, and the UI has no login yet (no user, "
+            "token or ui.oidc.issuer: 'cyclonetix users add NAME --role admin' first): anyone "
+            "reaching it "
             "could run commands on your agents (serve on 127.0.0.1, or behind a proxy that "
             "authenticates)"
         )
@@ -119,7 +120,9 @@ def _open_warning(where: str) -> None:
 def main(args: argparse.Namespace) -> int:
     from web.app import serve  # the web stack loads only for this command
 
-    logins = not is_loopback(args.host) and run(_has_logins(args))
+    ui_settings = load_settings().ui
+    oidc = ui_settings.oidc.issuer is not None  # logins through the provider: never open
+    logins = not is_loopback(args.host) and (oidc or run(_has_logins(args)))
     open_only_on_loopback(args.host, logins)
     configure_role_logging(args, "ui")
     url = read_model_url(args)
@@ -134,11 +137,12 @@ def main(args: argparse.Namespace) -> int:
                 host=args.host,
                 port=args.port,
                 stop=stop,
-                started=listening if logins else _open_warning,
+                started=listening if logins or oidc else _open_warning,
                 replicas=settings.stream_replicas,
                 events_max_age=settings.events_max_age,
                 beside=_answer_queries if args.serve_queries else None,
                 env_policy=env_policy(),  # $CYCLONETIX_DENY_ENV
+                ui_settings=ui_settings,  # failed-login limits, OIDC
             )
         except OSError as exc:
             raise CliError(str(exc)) from None  # the port is taken, or not an address here

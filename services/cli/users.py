@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import socket
 import sys
 from typing import Any
 
 import msgspec
 
+from core.audit import AuditRecord
 from core.errors import NotFound
 from core.text import printable
+from services.audit import audited, new_record
 from services.auth import ROLES, User, check_name, check_role, created_now, hash_password
 from services.cli.common import add_nats_option, connect, run
 from services.cli.main import CliError
+from services.commands import cli_requester
 
 ROLE_HELP = (
     "viewer: reads pages and the API; operator: also schedules, cancels and reruns runs; "
@@ -64,6 +68,15 @@ def register(sub: Any) -> None:
     listing.set_defaults(func=lambda args: run(list_users(args)))
 
 
+def cli_record(action: str, target: str, detail: str = "") -> AuditRecord:
+    """The audit record of an administrative command given here: by `cli:<OS login>`, from
+    this host. Written before the change (`services.audit.audited`): a change whose
+    record cannot be stored is not made."""
+    return new_record(
+        action, actor=cli_requester(), target=target, address=socket.gethostname(), detail=detail
+    )
+
+
 def _password_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--password-stdin",
@@ -95,7 +108,9 @@ async def add_user(args: argparse.Namespace) -> int:
     async with await connect(args, "cyclonetix-cli") as backplane:
         if await backplane.auth.user(name) is not None:
             raise CliError(f"user {printable(name)} exists (users passwd to change it)", 1)
-        await backplane.auth.put_user(User(name, role, password_hash, created_now()))
+        user = User(name, role, password_hash, created_now())
+        record = cli_record("users.add", name, f"role {role}")
+        await audited(backplane.audit, record, lambda: backplane.auth.put_user(user))
     print(f"user {name} added ({role})")
     return 0
 
@@ -106,14 +121,22 @@ async def change_password(args: argparse.Namespace) -> int:
         if user is None:
             raise NotFound(f"no user {args.name!r}")
         password_hash = hash_password(read_password(args))
-        await backplane.auth.put_user(msgspec.structs.replace(user, password_hash=password_hash))
+        changed = msgspec.structs.replace(user, password_hash=password_hash)
+        record = cli_record("users.passwd", user.name)
+        await audited(backplane.audit, record, lambda: backplane.auth.put_user(changed))
     print(f"password of {user.name} changed")
     return 0
 
 
 async def remove_user(args: argparse.Namespace) -> int:
     async with await connect(args, "cyclonetix-cli") as backplane:
-        removed = await backplane.auth.remove_user(args.name)
+        user = await backplane.auth.user(args.name)
+        removed = False
+        if user is not None:  # (an unknown name changes nothing: not recorded)
+            record = cli_record("users.remove", user.name, f"role {user.role}")
+            removed = await audited(
+                backplane.audit, record, lambda: backplane.auth.remove_user(user.name)
+            )
     if not removed:
         raise NotFound(f"no user {args.name!r}")
     print(f"user {printable(args.name)} removed")

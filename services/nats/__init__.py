@@ -15,6 +15,7 @@ The only package that imports `nats` (a ruff rule enforces it). What lives where
   schedules     ScheduleMarks (the cron loop's marks)
   notifications EndedRuns (the notifier's shared consumer of run ends)
   auth          AuthStore (UI users, API tokens, login sessions)
+  audit         AuditLog (CX_AUDIT: user, token and login actions)
 
     backplane = await connect("nats://127.0.0.1:4222", name="cyclonetix-agent")
     try:
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import Invalid
 from services.nats.agents import NatsAgentRegistry
+from services.nats.audit import NatsAuditLog
 from services.nats.auth import NatsAuthStore
 from services.nats.cancels import NatsCancelSignals
 from services.nats.checkpoints import NatsCheckpoints
@@ -75,6 +77,7 @@ class NatsBackplane:
         self.schedules = NatsScheduleMarks(self.provisioner)  # for the cron loop
         self.ended_runs = NatsEndedRuns(conn, self.provisioner)  # for the notifier
         self.auth = NatsAuthStore(conn, self.provisioner)  # users, tokens, sessions (web UI)
+        self.audit = NatsAuditLog(conn, self.publisher)  # who did what to them (CX_AUDIT)
         conn.on_reconnect.append(self._after_reconnect)
 
     @property

@@ -451,6 +451,39 @@ class ReadModelContract:
                 5,
             )
 
+    async def test_who_requested_a_run_and_its_cancel_is_kept_in_every_read(
+        self, stores: Stores
+    ) -> None:
+        """`requested_by` of a RunScheduled (and of its cancel request: `cancelled_by`) is on
+        the run's row through its later changes, by a cold cache too; a run nobody known asked
+        for (an older event, a trigger) has none."""
+        events: list[AnyEvent] = [
+            msgspec.structs.replace(scheduled("r1", node("a"), node("b", "a")), requested_by="ana"),
+            scheduled("r2", node("a")),
+            queued("r1", "a"),
+            RunCancelRequested(run_id="r1", ts=T0, reason="", by="api", requested_by="token:ci"),
+        ]
+        store = await stores.open()
+        await store.apply_batch(list(enumerate(events[:2], start=1)))
+        restarted = await stores.open()  # a cold cache applies the rest
+        await restarted.apply_batch(list(enumerate(events[2:], start=3)))
+        oracle = MemoryReadModel(MemoryTables())
+        await oracle.apply_batch(list(enumerate(events, start=1)))
+        for reader in (store, restarted):
+            page = await reader.list_runs(RunFilter())
+            assert [(r.run_id, r.requested_by) for r in page.items] == [
+                ("r2", None),
+                ("r1", "ana"),
+            ]
+            assert page == await oracle.list_runs(RunFilter())
+            detail = await reader.get_run("r1")
+            assert detail is not None
+            assert (detail.run.requested_by, detail.run.cancelled_by, detail.run.last_seq) == (
+                "ana",
+                "token:ci",
+                4,
+            )
+
     async def test_a_large_run_queued_a_thousand_attempts_an_event_reads_as_core(
         self, stores: Stores
     ) -> None:

@@ -24,6 +24,7 @@ from tests.fakes.faults import Faults
 from tests.fakes.kv import (
     Bucket,
     MemoryAgentRegistry,
+    MemoryAuditLog,
     MemoryAuthStore,
     MemoryCheckpoints,
     MemoryDefinitionsStore,
@@ -85,6 +86,7 @@ class MemoryServer:
         self.definitions = Bucket(self.clock)
         self.agents = Bucket(self.clock, agent_ttl)
         self.auth = MemoryAuthStore()
+        self.audit = MemoryAuditLog()
         self.leases = Bucket(self.clock, lease_ttl)
         self.checkpoints = Bucket(self.clock)
         self.snapshots = ObjectStore()
@@ -162,6 +164,10 @@ class MemoryBackplane:
     @property
     def auth(self) -> MemoryAuthStore:
         return self.server.auth
+
+    @property
+    def audit(self) -> MemoryAuditLog:
+        return self.server.audit
 
     @property
     def leases(self) -> MemoryLeases:

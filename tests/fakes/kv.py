@@ -8,6 +8,7 @@ expire `ttl` seconds after their last write on the backplane's `Clock`.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -16,6 +17,7 @@ import msgspec
 import structlog
 
 from core.agents import AgentInfo
+from core.audit import AuditRecord, matches
 from core.definitions import ContextDef, DagDef, Definitions, ParameterSetDef, TaskDef
 from services.auth import ApiToken, Session, User
 from services.ports import DefinitionTooLarge
@@ -28,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Bucket",
     "MemoryAgentRegistry",
+    "MemoryAuditLog",
     "MemoryAuthStore",
     "MemoryCheckpoints",
     "MemoryDefinitionsStore",
@@ -293,3 +296,25 @@ class MemoryAuthStore:
 
     async def remove_session(self, key: str) -> None:
         self._sessions.pop(key, None)
+
+
+class MemoryAuditLog:
+    """`services.ports.AuditLog` in memory."""
+
+    def __init__(self) -> None:
+        self.records: list[AuditRecord] = []
+
+    async def write(self, r: AuditRecord) -> None:
+        if all(known.id != r.id for known in self.records):  # (a retried write: stored once)
+            self.records.append(r)
+
+    async def read(
+        self,
+        *,
+        since: dt.datetime | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        limit: int = 100,
+    ) -> list[AuditRecord]:
+        found = [r for r in self.records if matches(r, since=since, actor=actor, action=action)]
+        return found[-limit:] if limit > 0 else []

@@ -67,6 +67,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/dags/{dag_id:str}"): "viewer",
     ("GET", "/agents"): "viewer",
     ("GET", "/queues"): "viewer",
+    ("GET", "/audit"): "admin",
+    ("GET", "/api/v1/audit"): "admin",
     ("GET", "/static/{file_path:path}"): PUBLIC,
     ("HEAD", "/static/{file_path:path}"): PUBLIC,
     ("GET", "/healthz"): PUBLIC,
@@ -77,6 +79,8 @@ RULES: dict[tuple[str, str], str] = {
     ("GET", "/login"): PUBLIC,
     ("POST", "/login"): PUBLIC,
     ("POST", "/logout"): PUBLIC,
+    ("GET", "/login/oidc"): PUBLIC,  # (404 without ui.oidc: tests/web/test_oidc.py)
+    ("GET", "/login/oidc/callback"): PUBLIC,
 }
 
 PARAMS = {
@@ -237,7 +241,7 @@ async def test_cross_site_posts_with_a_session_are_refused(
 
 
 async def test_login_cookie_and_logout(client: httpx.AsyncClient, backplane: NatsBackplane) -> None:
-    await _people(backplane)
+    texts = await _people(backplane)
     wrong = await _login(client, "admin-user", "nope")
     assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
     nobody = await _login(client, "nobody", PASSWORD)
@@ -250,8 +254,15 @@ async def test_login_cookie_and_logout(client: httpx.AsyncClient, backplane: Nat
     cookie = r.cookies["cx_session"]
     headers = {"cookie": f"cx_session={cookie}"}
     client.cookies.clear()
-    assert (await client.get("/runs", headers=headers)).status_code == 200
+    page = await client.get("/runs", headers=headers)
+    assert page.status_code == 200
+    # Every page's header: who is logged in, and a Log out button (a form POST to /logout).
+    assert "Logged in as <strong>admin-user</strong> (admin)" in page.text
+    assert '<form method="post" action="/logout" class="logout">' in page.text
     assert await backplane.auth.session(session_key(cookie)) is not None
+    client.cookies.clear()
+    token = await client.get("/runs", headers={"authorization": f"Bearer {texts['admin']}"})
+    assert token.status_code == 200 and "Logged in as" not in token.text  # no session to end
     client.cookies.clear()
     out = await client.post(
         "/logout", headers={**headers, "origin": str(client.base_url).rstrip("/")}
@@ -263,7 +274,9 @@ async def test_login_cookie_and_logout(client: httpx.AsyncClient, backplane: Nat
     assert again.status_code == 303 and again.headers["location"].startswith("/login")
 
 
-@pytest.mark.parametrize("target", ["//evil.example/", "https://evil.example/", "/\\evil"])
+@pytest.mark.parametrize(
+    "target", ["//evil.example/", "https://evil.example/", "/\\evil", "/\t/evil.example/"]
+)
 async def test_login_goes_back_to_this_site_only(
     client: httpx.AsyncClient, backplane: NatsBackplane, target: str
 ) -> None:
@@ -278,7 +291,9 @@ async def test_without_users_the_ui_stays_open(
     client: httpx.AsyncClient, backplane: NatsBackplane, published: Definitions
 ) -> None:
     assert await backplane.auth.any_credentials() is False
-    assert (await client.get("/")).status_code == 200
+    home = await client.get("/")
+    assert home.status_code == 200
+    assert "Logged in as" not in home.text and 'action="/logout"' not in home.text
     assert (await client.get("/api/v1/runs")).status_code == 200
     assert (await client.post("/api/v1/runs", json={"task": "a"})).status_code == 201
     # A token is never ignored, even on an open UI.

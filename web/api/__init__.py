@@ -10,7 +10,7 @@ from __future__ import annotations
 from litestar import Router
 from litestar.di import Provide
 
-from web.api import agents, definitions, events, logs, queues, runs, schedule
+from web.api import agents, audit, definitions, events, logs, queues, runs, schedule
 from web.context import provide_ui
 from web.live import run_stream, runs_stream
 
@@ -26,6 +26,7 @@ router = Router(
         *definitions.handlers,
         *agents.handlers,
         *queues.handlers,
+        *audit.handlers,
         run_stream,
         runs_stream,
     ],

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from litestar.connection import ASGIConnection
+
 from core.errors import NotFound
 from projections.views import RunDetail
 from web.context import UiContext
@@ -21,6 +25,17 @@ async def task_or_404(ui: UiContext, run_id: str, task_id: str) -> RunDetail:
     if not any(t.task_id == task_id for t in detail.tasks):
         raise NotFound(f"run {run_id!r} has no task {task_id!r}")
     return detail
+
+
+def requester(connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
+    """Who a write is made for (`requested_by` of its event), from the identity the guard
+    found (web/auth.py): a login's user name, `token:<name>` for an API token (names cannot
+    hold ':', so neither spelling can pass for the other); None for anonymous (an open UI)."""
+    identity = connection.scope.get("state", {}).get("identity")
+    if identity is None:
+        return None
+    name = str(identity.name)
+    return f"token:{name}" if identity.via == "token" else name
 
 
 async def visible(ui: UiContext, seq: int) -> bool:

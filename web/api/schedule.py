@@ -5,10 +5,10 @@ the GET that follows sees the write."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
-from litestar import post
+from litestar import Request, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
@@ -16,7 +16,7 @@ from core.definitions import Definitions, env_value
 from core.errors import Invalid
 from services import commands
 from services.commands import ScheduleRequest
-from web.api.common import visible
+from web.api.common import requester, visible
 from web.auth import OPERATOR
 from web.context import UiContext
 from web.errors import FieldInvalid
@@ -92,27 +92,35 @@ def blame(defs: Definitions, request: ScheduleRequest, exc: Invalid) -> Invalid:
 
 
 @post("/runs", summary="Start a run of a task (outcome) or a DAG", opt=OPERATOR)
-async def schedule_run(data: JSONBody[ScheduleBody], ui: NamedDependency[UiContext]) -> Written:
+async def schedule_run(
+    data: JSONBody[ScheduleBody], ui: NamedDependency[UiContext], request: Request[Any, Any, Any]
+) -> Written:
     """201 with the run id; 422 naming the field for an unknown task, DAG or context, a
     malformed parameter or run id; 409 when the run id is taken."""
-    request = request_of(data)
+    asked = request_of(data)
     defs = await ui.backplane.definitions.load()
     try:
-        commands.plan(defs, request, env_policy=ui.env_policy)
+        commands.plan(defs, asked, env_policy=ui.env_policy)
     except Invalid as exc:
-        raise blame(defs, request, exc) from None
-    written = await commands.schedule(ui.backplane.events, defs, request, env_policy=ui.env_policy)
+        raise blame(defs, asked, exc) from None
+    asked = msgspec.structs.replace(asked, requested_by=requester(request))
+    written = await commands.schedule(ui.backplane.events, defs, asked, env_policy=ui.env_policy)
     return await _written(ui, written)
 
 
 @post("/runs/{run_id:str}/cancel", summary="Cancel a run", status_code=202, opt=OPERATOR)
 async def cancel_run(
-    run_id: FromPath[str], ui: NamedDependency[UiContext], data: JSONBody[CancelBody | None] = None
+    run_id: FromPath[str],
+    ui: NamedDependency[UiContext],
+    request: Request[Any, Any, Any],
+    data: JSONBody[CancelBody | None] = None,
 ) -> Written:
     """202: the orchestrator skips waiting tasks and kills running ones; 404 for an unknown
     run, 409 for one that already ended."""
     reason = data.reason if data is not None else ""
-    done = await commands.cancel(ui.backplane.events, run_id, reason=reason, by="api")
+    done = await commands.cancel(
+        ui.backplane.events, run_id, reason=reason, by="api", requested_by=requester(request)
+    )
     return Written(
         run_id=run_id, seq=done.seq, status="cancel_requested", visible=await visible(ui, done.seq)
     )
@@ -124,7 +132,10 @@ async def cancel_run(
     opt=OPERATOR,
 )
 async def rerun_run(
-    run_id: FromPath[str], ui: NamedDependency[UiContext], data: JSONBody[RerunBody | None] = None
+    run_id: FromPath[str],
+    ui: NamedDependency[UiContext],
+    request: Request[Any, Any, Any],
+    data: JSONBody[RerunBody | None] = None,
 ) -> Written:
     """201 with the new run's id; with `from_task`, that task and its dependents only; with
     `from_failure`, the tasks that did not succeed."""
@@ -135,6 +146,7 @@ async def rerun_run(
         from_task=body.from_task,
         from_failure=body.from_failure,
         run_as=body.run_id,
+        requested_by=requester(request),
     )
     return await _written(ui, scheduled)
 

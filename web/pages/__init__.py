@@ -14,7 +14,7 @@ from litestar import Router
 from litestar.di import Provide
 
 from web.context import provide_ui
-from web.pages import dashboard, definitions, fleet, runs
+from web.pages import audit, dashboard, definitions, fleet, runs
 from web.pages.failures import exception_handlers
 from web.pages.templating import static_router, template_config
 
@@ -27,6 +27,7 @@ router = Router(
         *runs.handlers,
         *definitions.handlers,
         *fleet.handlers,
+        *audit.handlers,
         static_router(),
     ],
     dependencies={"ui": Provide(provide_ui, sync_to_thread=False)},

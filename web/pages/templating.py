@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,15 @@ from markupsafe import Markup
 
 from core.run import RunStatus, TaskStatus
 
-__all__ = ["STATIC", "TEMPLATES", "environment", "render", "static_router", "template_config"]
+__all__ = [
+    "SIGNED_IN",
+    "STATIC",
+    "TEMPLATES",
+    "environment",
+    "render",
+    "static_router",
+    "template_config",
+]
 
 HERE = Path(__file__).resolve().parent.parent  # web/
 TEMPLATES = HERE / "templates"
@@ -39,6 +48,11 @@ DONE_TASK_STATUSES = (
 )
 RUN_STATUSES = tuple(RunStatus)
 
+# Who is logged in for the request being answered: (name, role) of a login session, set by
+# web/auth.py's guard (None: anonymous, an open UI, or an API token). The header of every page
+# shows it with a "Log out" button (`signed_in()` in templates).
+SIGNED_IN: ContextVar[tuple[str, str] | None] = ContextVar("cx_signed_in", default=None)
+
 
 @functools.cache
 def environment() -> jinja2.Environment:
@@ -52,7 +66,7 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters.update(ago=ago, duration=duration, when=when, progress=progress)
-    env.globals.update(run_statuses=RUN_STATUSES)
+    env.globals.update(run_statuses=RUN_STATUSES, signed_in=SIGNED_IN.get)
     return env
 
 

@@ -86,7 +86,8 @@ GOLDEN: dict[str, str] = {
          "notify": [
             {"url": "https://hooks.example.com/cx", "on": ["failed", "cancelled"],
              "secret_env": "CX_HOOK_SECRET"}
-         ]}
+         ],
+         "requested_by": "token:ci"}
     """,
     "TaskQueued": """
         {"type": "TaskQueued", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
@@ -147,7 +148,7 @@ GOLDEN: dict[str, str] = {
     """,
     "RunCancelRequested": """
         {"type": "RunCancelRequested", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
-         "reason": "user", "by": "cli"}
+         "reason": "user", "by": "cli", "requested_by": "cli:ana"}
     """,
     "TaskCancelled": """
         {"type": "TaskCancelled", "run_id": "r-0001", "ts": "2026-01-01T00:00:00Z",
@@ -216,6 +217,7 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
                 secret_env="CX_HOOK_SECRET",
             ),
         ),
+        requested_by="token:ci",
     ),
     "TaskQueued": TaskQueued(run_id=RUN, ts=T0, task_id="extract", attempt=1, queue="default"),
     "TasksQueued": TasksQueued(
@@ -268,7 +270,9 @@ EXPECTED: dict[str, AnyEvent | Dispatch] = {
         ),
         context_updates={"MODEL": "m-7"},
     ),
-    "RunCancelRequested": RunCancelRequested(run_id=RUN, ts=T0, reason="user", by="cli"),
+    "RunCancelRequested": RunCancelRequested(
+        run_id=RUN, ts=T0, reason="user", by="cli", requested_by="cli:ana"
+    ),
     "TaskCancelled": TaskCancelled(run_id=RUN, ts=T0, task_id="extract", attempt=1),
     "RunSucceeded": RunSucceeded(run_id=RUN, ts=T1),
     "RunFailed": RunFailed(
@@ -573,6 +577,16 @@ def test_a_run_scheduled_written_before_notify_existed_decodes_as_no_webhooks() 
     expected = EXPECTED["RunScheduled"]
     assert isinstance(expected, RunScheduled)
     assert event == msgspec.structs.replace(expected, notify=())
+
+
+@pytest.mark.parametrize("name", ["RunScheduled", "RunCancelRequested"])
+def test_a_command_written_before_requested_by_existed_decodes_as_nobody(name: str) -> None:
+    document = json.loads(GOLDEN[name])
+    del document["requested_by"]
+    event = decode(json.dumps(document).encode())
+    expected = EXPECTED[name]
+    assert isinstance(expected, RunScheduled | RunCancelRequested)
+    assert event == msgspec.structs.replace(expected, requested_by=None)
 
 
 def drive_to_the_end(state: RunState, *, fail_first: str = "") -> list[AnyEvent]:

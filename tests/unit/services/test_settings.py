@@ -319,7 +319,8 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
         f"nats.{name}"
         for name in NatsSettings.__struct_fields__
         if name not in ("url", "stream_replicas", "events_max_age", "tls_required")
-    }
+    } | {f"ui.oidc.{name}" for name in ("issuer", "client_id", "client_secret", "redirect_url")}
+    security.add("ui.oidc.client_secret_file")
     assert {".".join(f.path) for f in FIELDS} - strings - security == {
         "nats.stream_replicas",
         "nats.tls_required",
@@ -333,6 +334,9 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
         "notify.concurrency",
         "triggers.idempotency_window",
         "triggers.max_message_bytes",
+        "ui.login_max_failures_per_account",
+        "ui.login_max_failures_per_address",
+        "ui.login_failure_window",
     }
     env = {f.env: "[1, 2]" for f in FIELDS if ".".join(f.path) in strings}
     settings = load_settings(env, tmp_path)
@@ -344,8 +348,8 @@ def test_string_settings_take_any_text_from_the_environment(tmp_path: Path) -> N
     [
         (
             "colour: x",
-            "colour: unknown field (allowed: nats, triggers, notify, definitions, data_dir, "
-            "log, shutdown_grace)",
+            "colour: unknown field (allowed: nats, ui, triggers, notify, definitions, "
+            "data_dir, log, shutdown_grace)",
         ),
         ("nats_url: x", "nats_url: unknown field (did you mean 'nats'?)"),
         ("nats: {urll: x}", "nats.urll: unknown field (did you mean 'url'?)"),

@@ -91,3 +91,29 @@ async def test_a_port_in_use_is_one_line(nats_url: str, tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         f"cyclonetix: error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
+
+
+async def test_oidc_counts_as_a_login_for_the_host(nats_url: str, tmp_path: Path) -> None:
+    """With `ui.oidc` set (and no user nor token), `--host 0.0.0.0` is allowed, and the UI is
+    not open: the API says 401 and the login page offers the provider."""
+    (tmp_path / "cyclonetix.yaml").write_text(
+        "ui:\n  oidc:\n    issuer: https://login.example.com\n    name: Acme SSO\n"
+        "    client_id: cyclonetix\n    default_role: viewer\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "ui", "--host", "0.0.0.0", "--port", "0", "--nats-url", nats_url,
+        "--log-level", "WARNING",
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 20)).decode()
+        assert line.startswith("cyclonetix ui: http://0.0.0.0:"), line
+        port = line.strip().rsplit(":", 1)[1]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            assert (await client.get("/api/v1/runs")).status_code == 401
+            assert "Log in with Acme SSO" in (await client.get("/login")).text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(process.wait(), 20)
+    assert code == 0, (await process.stderr.read()).decode() if process.stderr else ""

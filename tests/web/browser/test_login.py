@@ -3,11 +3,8 @@ system (conftest.py's `live_system`) with an operator `op` in the auth store: a 
 to /login; the login form lands on the page asked for; a run scheduled from the DAG's form is
 accepted; a page of another origin (same host, another port: the same *site*, so the browser
 sends the SameSite=Strict cookie along) posting a form to the UI is refused and changes
-nothing; after logging out, the API refuses and pages redirect to /login again.
-
-The base template has no logout button (pages are rendered without the request, so they do
-not know who is logged in): logging out is a same-origin `fetch` POST /logout from the page,
-as a button's form would send it.
+nothing; every page's header says who is logged in, and its "Log out" button (a form POST to
+/logout) ends the session; after that the API refuses and pages redirect to /login again.
 
 Every wait is a condition with a deadline (Playwright's `expect` and `wait_for_*`, and
 tests/waiting.py's `eventually`).
@@ -134,6 +131,7 @@ async def test_log_in_schedule_log_out_and_cross_site_posts_refused(
     await page.click("button[type=submit]")
     await page.wait_for_url(f"{ui}/runs", timeout=WAIT_MS)
     await expect()(page.locator("h1")).to_contain_text("Runs")
+    await expect()(page.locator("header .signed-in")).to_have_text("Logged in as op (operator)")
     cookies = {c["name"]: c for c in await page.context.cookies()}
     assert cookies["cx_session"]["httpOnly"] and cookies["cx_session"]["sameSite"] == "Strict"
 
@@ -178,10 +176,15 @@ async def test_log_in_schedule_log_out_and_cross_site_posts_refused(
     assert code == 202, body
     await expect()(page.locator("#run-status .badge")).to_have_text("cancelled", timeout=WAIT_MS)
 
-    # (4) Log out (as a logout button's form POST would).
-    code, _ = await call(page, "POST", "/logout")
-    assert code in (0, 303), code  # redirect: "manual" gives an opaque redirect (status 0)
+    # (4) Log out with the header's button: its form POSTs /logout (same origin), back to /login.
+    async with page.expect_response(
+        lambda r: r.url.endswith("/logout") and r.request.method == "POST"
+    ) as logged_out:
+        await page.click("header form.logout button")
+    assert (await logged_out.value).status == 303
+    await page.wait_for_url(f"{ui}/login", timeout=WAIT_MS)
     assert "cx_session" not in {c["name"] for c in await page.context.cookies()}
+    await expect()(page.locator("header .signed-in")).to_have_count(0)
 
     # (5) What comes next is refused: the API says 401, pages redirect to /login.
     code, body = await call(page, "POST", "/api/v1/runs", {"task": "sleeper"})
