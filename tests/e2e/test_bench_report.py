@@ -1,6 +1,8 @@
-"""`python -m bench.report --quick` (the harness of `just bench`) runs every benchmark on a tiny
-size and writes the report and its plots: the harness never rots. No figure is asserted, only
-that each is there (the README's figures are measured at full size on a quiet machine)."""
+"""`python -m bench.report --quick` (the harness of `just bench`) runs benchmarks on a tiny size
+and writes the report and its plots: the harness never rots. Three benchmarks here, those the
+plots and the per-role memory come from (every benchmark has its own tiny-size test next to its
+code, and tests/unit/bench covers the harness's handling of each outcome). No figure is
+asserted, only that each is there (the README's figures are measured on a quiet machine)."""
 
 from __future__ import annotations
 
@@ -15,17 +17,18 @@ from bench.report import NAMES
 from tests.conftest import requires_service
 from tests.e2e.conftest import child_env
 
-# ~90 s alone on a busy 2-core machine; the suite's other worker may slow it down
+# ~20 s alone on a busy 2-core machine; the suite's other worker may slow it down
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"
-SAMPLED = ("hop", "throughput", "projector_lag_memory", "agent_kill", "recovery", "takeover")
+CHOSEN = ("resolve", "hop", "throughput")
+SAMPLED = ("hop", "throughput")
 
 
-def test_the_quick_report_runs_every_benchmark_and_plots(tmp_path: Path) -> None:
+def test_the_quick_report_runs_benchmarks_and_plots(tmp_path: Path) -> None:
     out, plots = tmp_path / "results.json", tmp_path / "plots"
-    argv = [sys.executable, "-m", "bench.report", "--quick", "--jobs", "3"]
+    argv = [sys.executable, "-m", "bench.report", "--quick", "--only", *CHOSEN]
     argv += ["--out", str(out), "--plots", str(plots)]
     done = subprocess.run(
         argv, capture_output=True, text=True, cwd=ROOT, env=child_env(), timeout=540, check=False
@@ -33,7 +36,7 @@ def test_the_quick_report_runs_every_benchmark_and_plots(tmp_path: Path) -> None
     assert out.exists(), done.stderr[-3000:]
     report = json.loads(out.read_text())
     benchmarks = report["benchmarks"]
-    assert list(benchmarks) == list(NAMES)
+    assert list(benchmarks) == [name for name in NAMES if name in CHOSEN]
     broken = {name: entry.get("error") for name, entry in benchmarks.items() if entry.get("error")}
     tails = "\n".join(f"{name}: {benchmarks[name]['stderr_tail'][-1500:]}" for name in broken)
     assert broken == {}, tails
@@ -66,7 +69,6 @@ def test_the_quick_report_runs_every_benchmark_and_plots(tmp_path: Path) -> None
     assert hop["seconds"] > 0 and hop["tasks_per_s"] > 0
     assert throughput["seconds"] > 0 and throughput["tasks_per_s"] > 0
     assert throughput["completed_over_time"][-1][1] == throughput["tasks"]
-    assert set(benchmarks["web"]["result"]) >= {"api_runs_list", "sse_delivery"}
 
     written = {Path(p).name for p in report["plots"]}
     assert written == {"hop-latency.png", "throughput.png", "rss.png"}

@@ -91,12 +91,12 @@ async def test_users_and_tokens_are_audited_and_listed(
         out = ok(cli(tmp_path, nats_url, "audit", "--json", *options))
         return [json.loads(line)["action"] for line in out.splitlines()]
 
+    # (Each filter's logic: tests/unit/services/test_audit.py; here, that the options reach it.)
     assert actions("--action", "tokens") == ["tokens.create", "tokens.revoke"]
-    assert actions("--action", "users.remove") == ["users.remove"]
-    assert actions("--actor", f"cli:{LOGIN}", "--limit", "2") == ["tokens.revoke", "users.remove"]
-    assert actions("--actor", "someone-else") == []
-    assert len(actions("--since", "1h")) == 5
-    assert actions("--since", "2999-01-01T00:00") == []
+    assert actions("--actor", f"cli:{LOGIN}", "--limit", "2", "--since", "1h") == [
+        "tokens.revoke",
+        "users.remove",
+    ]
     assert ok(cli(tmp_path, nats_url, "audit", "--since", "2999-01-01T00:00")) == (
         "no audit records match\n"
     )
