@@ -42,13 +42,17 @@ async def scheduled(*args: str, cwd: Path, code: int = 0) -> str:
 
 
 SLOW_TASKS = {
-    "slow_start.yaml": "id: slow_start\ncommand: sleep 3\ntimeout_seconds: 30\n",
+    # Runs until cancelled, however slow the machine (a fixed sleep could end before the
+    # cancel arrives on a loaded machine); the timeout only bounds a broken test.
+    "slow_start.yaml": (
+        "id: slow_start\ncommand: 'until [ -e never ]; do sleep 0.1; done'\ntimeout_seconds: 120\n"
+    ),
     "after_slow.yaml": "id: after_slow\ncommand: echo done\ndependencies: [slow_start]\n",
 }
 
 
 def definitions_with_a_slow_chain(folder: Path) -> Path:
-    """The bundled examples plus a chain whose first task takes seconds (a run to cancel)."""
+    """The bundled examples plus a chain whose first task runs until cancelled (a run to cancel)."""
     defs = folder / "defs"
     shutil.copytree(EXAMPLES, defs)
     for name, text in SLOW_TASKS.items():
