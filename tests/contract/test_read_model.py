@@ -71,7 +71,7 @@ PROPERTY = settings(
     # differing_executors: one property, inherited by a subclass per store (the contract's
     # point); each subclass gives it its own store through the fixture, nothing else differs.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.differing_executors],
-    max_examples=max(10, settings().max_examples // 5),
+    max_examples=max(10, settings().max_examples // 10),  # (a store round trip per event)
 )
 
 
